@@ -1,0 +1,216 @@
+"""The Target protocol: what an attacker can ask a model, with query counting and budgets.
+
+A target declares the highest :class:`Access` it grants. ``predict`` always returns labels; scores
+only at ``Access.SCORES`` or above and logits only at ``Access.LOGITS`` or above. Every row of an
+input batch counts as one query; a budget is checked *before* a query is sent, so a budget is
+never exceeded.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from invguard.core.access import Access
+from invguard.core.errors import BudgetExhausted, ConfigError, TargetError
+
+FloatArray = NDArray[np.floating[Any]]
+IntArray = NDArray[np.integer[Any]]
+
+
+def softmax(logits: FloatArray, axis: int = -1) -> NDArray[np.float64]:
+    """Numerically stable softmax in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - np.max(z, axis=axis, keepdims=True)
+    e = np.exp(z)
+    out: NDArray[np.float64] = e / np.sum(e, axis=axis, keepdims=True)
+    return out
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a target answers for a batch of ``n`` inputs.
+
+    ``labels`` has shape ``(n,)``; ``scores`` and ``logits``, where present, ``(n, num_classes)``.
+    ``access`` is the level this prediction was produced at (what the caller was allowed to see).
+    """
+
+    labels: IntArray
+    scores: FloatArray | None = None
+    logits: FloatArray | None = None
+    access: Access = Access.LABEL
+
+    def __post_init__(self) -> None:
+        if self.labels.ndim != 1:
+            raise ValueError(f"Prediction.labels must be 1-D, got shape {self.labels.shape}")
+        n = self.labels.shape[0]
+        for name in ("scores", "logits"):
+            arr = getattr(self, name)
+            if arr is not None and (arr.ndim != 2 or arr.shape[0] != n):
+                raise ValueError(f"Prediction.{name} must have shape (n={n}, classes), got {arr.shape}")
+        if self.access < Access.SCORES and self.scores is not None:
+            raise ValueError("a LABEL-access prediction cannot carry scores")
+        if self.access < Access.LOGITS and self.logits is not None:
+            raise ValueError("a prediction below LOGITS access cannot carry logits")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @classmethod
+    def from_logits(cls, logits: FloatArray, access: Access) -> Prediction:
+        """Build the prediction a target at ``access`` returns for raw ``logits``."""
+        logits = np.asarray(logits, dtype=np.float64)
+        labels = np.argmax(logits, axis=1).astype(np.int64)
+        scores = softmax(logits) if access >= Access.SCORES else None
+        return cls(
+            labels=labels,
+            scores=scores,
+            logits=logits if access >= Access.LOGITS else None,
+            access=min(access, Access.LOGITS),
+        )
+
+    @classmethod
+    def from_scores(cls, scores: FloatArray, access: Access) -> Prediction:
+        """Build the prediction a target at ``access`` (at most SCORES) returns for probabilities."""
+        scores = np.asarray(scores, dtype=np.float64)
+        labels = np.argmax(scores, axis=1).astype(np.int64)
+        level = min(access, Access.SCORES)
+        return cls(labels=labels, scores=scores if level >= Access.SCORES else None, access=level)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (lists of numbers), the shape the guard returns."""
+        out: dict[str, Any] = {"labels": self.labels.tolist(), "access": self.access.name.lower()}
+        if self.scores is not None:
+            out["scores"] = self.scores.tolist()
+        if self.logits is not None:
+            out["logits"] = self.logits.tolist()
+        return out
+
+
+@runtime_checkable
+class Target(Protocol):
+    """What an attack may ask of a model."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def access(self) -> Access: ...
+
+    @property
+    def queries_used(self) -> int: ...
+
+    @property
+    def budget(self) -> int | None: ...
+
+    def predict(self, x: FloatArray) -> Prediction: ...
+
+    def describe(self) -> str: ...
+
+
+class BaseTarget:
+    """Shared machinery of every adapter: input validation, query counting and budgets.
+
+    Subclasses implement ``_predict(x) -> Prediction`` on a validated float batch of shape
+    ``(n, *input_shape)``; they never see a request that would break the budget.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        access: Access,
+        budget: int | None = None,
+        name: str = "target",
+    ) -> None:
+        if int(num_classes) < 2:
+            raise ConfigError(f"{name}: num_classes must be >= 2, got {num_classes}")
+        if budget is not None and int(budget) < 0:
+            raise ConfigError(f"{name}: budget must be >= 0 or None, got {budget}")
+        self._num_classes = int(num_classes)
+        self._input_shape = tuple(int(d) for d in input_shape)
+        self._access = Access.parse(access)
+        self._budget = None if budget is None else int(budget)
+        self._queries = 0
+        self._lock = threading.Lock()
+        self.name = name
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self._input_shape
+
+    @property
+    def access(self) -> Access:
+        return self._access
+
+    @property
+    def queries_used(self) -> int:
+        return self._queries
+
+    @property
+    def budget(self) -> int | None:
+        return self._budget
+
+    @property
+    def queries_left(self) -> int | None:
+        return None if self._budget is None else max(0, self._budget - self._queries)
+
+    def describe(self) -> str:
+        return self._access.name
+
+    def reset_queries(self) -> None:
+        with self._lock:
+            self._queries = 0
+
+    def _as_batch(self, x: FloatArray) -> NDArray[np.float32]:
+        arr = np.asarray(x, dtype=np.float32)
+        shape = self._input_shape
+        if arr.shape == shape:
+            arr = arr[None, ...]
+        elif arr.ndim == len(shape) + 1 and arr.shape[1:] != shape and arr[0].size == int(np.prod(shape)):
+            arr = arr.reshape((arr.shape[0], *shape))
+        if arr.shape[1:] != shape:
+            raise ConfigError(
+                f"{self.name}: input of shape {tuple(np.shape(x))} does not match the target's input shape "
+                f"{shape}; pass one sample of shape {shape} or a batch of shape "
+                f"(n, {', '.join(map(str, shape))})"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ConfigError(f"{self.name}: input contains NaN or infinite values")
+        return arr
+
+    def charge(self, n: int) -> None:
+        """Count ``n`` queries, refusing (before any is spent) if that would exceed the budget."""
+        with self._lock:
+            if self._budget is not None and self._queries + n > self._budget:
+                raise BudgetExhausted(
+                    f"{self.name}: query budget exhausted: {self._queries} of {self._budget} queries used, "
+                    f"this request needs {n} more",
+                    used=self._queries,
+                    budget=self._budget,
+                    requested=n,
+                )
+            self._queries += n
+
+    def predict(self, x: FloatArray) -> Prediction:
+        batch = self._as_batch(x)
+        self.charge(batch.shape[0])
+        pred = self._predict(batch)
+        if len(pred) != batch.shape[0]:
+            raise TargetError(f"{self.name}: asked for {batch.shape[0]} predictions, got {len(pred)}")
+        return pred
+
+    def _predict(self, x: NDArray[np.float32]) -> Prediction:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,234 @@
+"""OutputPolicy, composition and the policy-wrapped target."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from invguard.core.access import Access
+from invguard.core.errors import ConfigError
+from invguard.core.registry import Registry
+from invguard.core.target import BaseTarget, FloatArray, Prediction, Target, softmax
+
+POLICIES: Registry[type[OutputPolicy]] = Registry("output policy")
+
+
+def probabilities(pred: Prediction) -> NDArray[np.float64] | None:
+    """The probability vector behind a prediction: its scores, or the softmax of its logits."""
+    if pred.scores is not None:
+        return np.asarray(pred.scores, dtype=np.float64)
+    if pred.logits is not None:
+        return softmax(pred.logits)
+    return None
+
+
+class OutputPolicy:
+    """Reduce what a prediction reveals.
+
+    ``cap`` is the highest access a response passing through this policy can carry. Subclasses set
+    ``name`` (the config key) and implement ``transform(pred)``. Policies compose left to right
+    with ``|``: ``TopK(3) | Round(2)`` keeps the top three scores, then rounds them.
+    """
+
+    name: str = "policy"
+    cap: Access = Access.SCORES
+    preserves_argmax: bool = True
+
+    def apply(self, pred: Prediction) -> Prediction:
+        if pred.access <= Access.LABEL:
+            return pred
+        return self.transform(pred)
+
+    def transform(self, pred: Prediction) -> Prediction:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def label(self) -> str:
+        """Short human description of this step, e.g. ``top_k=3``."""
+        p = self.params()
+        return self.name if not p else ", ".join(f"{k}={v}" for k, v in p.items())
+
+    def describe(self, base: Access | None = None) -> str:
+        level = self.cap if base is None else min(base, self.cap)
+        return f"{level.name} ({self.label()})"
+
+    def to_spec(self) -> list[dict[str, Any]]:
+        return [{self.name: self.params() or True}]
+
+    def steps(self) -> tuple[OutputPolicy, ...]:
+        return (self,)
+
+    def __or__(self, other: OutputPolicy) -> Chain:
+        if not isinstance(other, OutputPolicy):
+            return NotImplemented
+        return Chain(*self.steps(), *other.steps())
+
+    def wrap(self, target: Target) -> PolicyTarget:
+        return PolicyTarget(target, self)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, OutputPolicy) and type(self) is type(other) and self.params() == other.params()
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(self.params().items()))))
+
+
+class Chain(OutputPolicy):
+    """Several policies applied in order."""
+
+    name = "chain"
+
+    def __init__(self, *policies: OutputPolicy) -> None:
+        if not policies:
+            raise ConfigError("a policy chain needs at least one policy")
+        self.policies: tuple[OutputPolicy, ...] = tuple(policies)
+        self.cap = min(p.cap for p in self.policies)
+        self.preserves_argmax = all(p.preserves_argmax for p in self.policies)
+
+    def apply(self, pred: Prediction) -> Prediction:
+        for p in self.policies:
+            pred = p.apply(pred)
+        return pred
+
+    def transform(self, pred: Prediction) -> Prediction:
+        return self.apply(pred)
+
+    def steps(self) -> tuple[OutputPolicy, ...]:
+        return self.policies
+
+    def label(self) -> str:
+        return ", ".join(p.label() for p in self.policies)
+
+    def params(self) -> dict[str, Any]:
+        return {"policies": [p.to_spec() for p in self.policies]}
+
+    def to_spec(self) -> list[dict[str, Any]]:
+        return [s for p in self.policies for s in p.to_spec()]
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(p) for p in self.policies)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Chain) and self.policies == other.policies
+
+    def __hash__(self) -> int:
+        return hash(self.policies)
+
+
+class PolicyTarget(BaseTarget):
+    """A target seen through an output policy: its access is lowered and its answers reduced.
+
+    Queries are counted (and budgeted) by the wrapped target; a budget may also be set here.
+    """
+
+    def __init__(self, inner: Target, policy: OutputPolicy, *, budget: int | None = None) -> None:
+        super().__init__(
+            num_classes=inner.num_classes,
+            input_shape=inner.input_shape,
+            access=min(inner.access, policy.cap),
+            budget=budget,
+            name=getattr(inner, "name", "target"),
+        )
+        self.inner = inner
+        self.policy = policy
+
+    @property
+    def queries_used(self) -> int:
+        return self.inner.queries_used if self.budget is None else self._queries
+
+    def describe(self) -> str:
+        return f"{self.access.name} ({self.policy.label()})"
+
+    def predict(self, x: FloatArray) -> Prediction:
+        batch = self._as_batch(x)
+        if self.budget is not None:
+            self.charge(batch.shape[0])
+        return self.policy.apply(self.inner.predict(batch))
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+_ALIASES = {
+    "label": "label_only",
+    "labels": "label_only",
+    "label-only": "label_only",
+    "topk": "top_k",
+    "top-k": "top_k",
+    "rounded": "round",
+    "rounding": "round",
+    "full": "identity",
+    "logits": "identity",
+    "none": "identity",
+    "scores_only": "scores",
+}
+
+
+def _build(name: str, value: Any, where: str) -> OutputPolicy:
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    cls = POLICIES.get(key) if key in POLICIES else None
+    if cls is None:
+        raise ConfigError(f"{where}: unknown output policy {name!r}; known: {', '.join(POLICIES.names())}")
+    try:
+        if value is True or value is None:
+            return cls()
+        if isinstance(value, Mapping):
+            return cls(**value)
+        return cls(value)  # type: ignore[call-arg]
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except TypeError as e:
+        raise ConfigError(f"{where}: bad parameters for {key!r}: {e}") from None
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def parse(spec: Any, where: str = "policy") -> OutputPolicy:
+    """Build a policy from its config form.
+
+    Accepted forms: an ``OutputPolicy``; a name (``"label_only"``, ``"scores"``, ``"logits"``); a string
+    of steps (``"top_k=3 round=2"``); a mapping (``{"top_k": 3, "round": 2}``, applied in order) or a
+    list of such items.
+    """
+    if isinstance(spec, OutputPolicy):
+        return spec
+    steps: list[OutputPolicy] = []
+    if isinstance(spec, str):
+        tokens = [t for t in re.split(r"[\s,|]+", spec.strip()) if t]
+        if not tokens:
+            raise ConfigError(f"{where}: empty output policy")
+        for t in tokens:
+            name, _, val = t.partition("=")
+            steps.append(_build(name, _scalar(val) if val else True, where))
+    elif isinstance(spec, Mapping):
+        if not spec:
+            raise ConfigError(f"{where}: empty output policy")
+        for name, val in spec.items():
+            steps.append(_build(str(name), val, f"{where}.{name}"))
+    elif isinstance(spec, Sequence):
+        for i, item in enumerate(spec):
+            steps.extend(parse(item, f"{where}[{i}]").steps())
+    else:
+        raise ConfigError(f"{where}: cannot read an output policy from {spec!r}")
+    if not steps:
+        raise ConfigError(f"{where}: empty output policy")
+    return steps[0] if len(steps) == 1 else Chain(*steps)

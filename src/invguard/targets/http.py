@@ -1,0 +1,252 @@
+"""A live HTTP endpoint as a target.
+
+Presets:
+
+- ``kserve-v2``: the KServe / Triton "Open Inference Protocol" (v2). Request
+  ``{"inputs": [{"name", "shape", "datatype": "FP32", "data"}]}``, response
+  ``{"outputs": [{"name", "shape", "datatype", "data"}]}`` (row-major flat ``data``).
+- ``instances``: ``{"instances": [...]}`` -> ``{"predictions": [...]}`` (TF-Serving / KServe v1 style).
+- ``invguard``: the guard's own API, ``{"inputs": [...]}`` -> ``{"labels", "scores"?, "logits"?}``.
+- ``custom``: ``request_template`` (JSON with the string ``"$inputs"`` where the batch goes) and
+  ``response_field`` (dotted path, list indices allowed: ``"result.0.probs"``).
+
+``returns`` says what the endpoint answers (``labels``, ``scores`` or ``logits``) and so the access
+the target grants. Connections are pooled (urllib3); timeouts, retries with exponential backoff
+and ``429`` + ``Retry-After`` are honoured; every row counts as a query against the budget, checked
+before the request is sent. A response that is not a valid prediction raises ``TargetError``
+quoting the route, the status and the first bytes of the body.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import urllib3
+
+from invguard.core.errors import ConfigError, TargetError
+from invguard.core.target import BaseTarget, Prediction
+from invguard.targets.callable import _KINDS, prediction_from_output
+
+PRESETS = ("kserve-v2", "instances", "invguard", "custom")
+_BODY_PREVIEW = 200
+
+
+def _dig(doc: Any, path: str) -> Any:
+    cur = doc
+    for part in path.split("."):
+        if isinstance(cur, list) and part.lstrip("-").isdigit():
+            cur = cur[int(part)]
+        elif isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        else:
+            raise KeyError(part)
+    return cur
+
+
+def _fill(template: Any, inputs: list[Any]) -> Any:
+    if template == "$inputs":
+        return inputs
+    if isinstance(template, dict):
+        return {k: _fill(v, inputs) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill(v, inputs) for v in template]
+    return template
+
+
+class _CappedRetry(urllib3.Retry):
+    """urllib3's retry policy, with the server's ``Retry-After`` capped at ``max_retry_after`` seconds."""
+
+    max_retry_after: float = 30.0
+
+    def new(self, **kw: Any) -> _CappedRetry:
+        r: _CappedRetry = super().new(**kw)
+        r.max_retry_after = self.max_retry_after
+        return r
+
+    def get_retry_after(self, response: Any) -> float | None:
+        value = super().get_retry_after(response)
+        return None if value is None else min(value, self.max_retry_after)
+
+
+class HttpTarget(BaseTarget):
+    """Query a model served over HTTP. See the module docstring for presets."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        preset: str = "kserve-v2",
+        returns: str = "scores",
+        budget: int | None = None,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        api_key_header: str = "X-API-Key",
+        headers: dict[str, str] | None = None,
+        input_name: str = "input",
+        output_name: str | None = None,
+        request_template: Any = None,
+        response_field: str | None = None,
+        batch_size: int = 64,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+        max_retry_after: float = 30.0,
+        pool_size: int = 4,
+        name: str | None = None,
+    ) -> None:
+        if preset not in PRESETS:
+            raise ConfigError(f"http target: unknown preset {preset!r}; expected one of {list(PRESETS)}")
+        if returns not in _KINDS:
+            raise ConfigError(f"http target: returns must be one of {sorted(_KINDS)}, got {returns!r}")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"http target: url must start with http:// or https://, got {url!r}")
+        if preset == "custom" and (request_template is None or response_field is None):
+            raise ConfigError("http target: the custom preset needs request_template and response_field")
+        super().__init__(
+            num_classes=num_classes,
+            input_shape=input_shape,
+            access=_KINDS[returns],
+            budget=budget,
+            name=name or url,
+        )
+        if api_key_env is not None:
+            if api_key_env not in os.environ:
+                raise ConfigError(f"http target: environment variable {api_key_env} (api_key_env) is not set")
+            api_key = os.environ[api_key_env]
+        self.url = url
+        self.preset = preset
+        self.returns = returns
+        self.input_name = input_name
+        self.output_name = output_name
+        self.request_template = request_template
+        self.response_field = response_field
+        self.batch_size = max(1, int(batch_size))
+        self._headers = {"Content-Type": "application/json", **(headers or {})}
+        if api_key:
+            self._headers[api_key_header] = api_key
+        self._retry = _CappedRetry(
+            total=int(retries),
+            connect=int(retries),
+            read=0,
+            status=int(retries),
+            backoff_factor=float(backoff),
+            status_forcelist=(429, 502, 503, 504),
+            allowed_methods=frozenset({"POST"}),
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+        self._retry.max_retry_after = float(max_retry_after)
+        self._timeout = urllib3.Timeout(connect=min(timeout, 5.0), read=timeout)
+        self._pool = urllib3.PoolManager(
+            num_pools=2, maxsize=int(pool_size), retries=self._retry, timeout=self._timeout
+        )
+
+    def describe(self) -> str:
+        return f"{self.access.name} (HTTP {self.preset} at {self.url})"
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    # ------------------------------------------------------------------ request / response shapes
+    def _body(self, x: np.ndarray) -> dict[str, Any]:
+        if self.preset == "kserve-v2":
+            return {
+                "inputs": [
+                    {
+                        "name": self.input_name,
+                        "shape": list(x.shape),
+                        "datatype": "FP32",
+                        "data": x.reshape(-1).tolist(),
+                    }
+                ]
+            }
+        rows = x.tolist()
+        if self.preset == "instances":
+            return {"instances": rows}
+        if self.preset == "invguard":
+            return {"inputs": rows}
+        body: dict[str, Any] = _fill(self.request_template, rows)
+        return body
+
+    def _extract(self, doc: Any, n: int) -> Any:
+        if self.preset == "kserve-v2":
+            outputs = doc["outputs"]
+            if self.output_name is not None:
+                matches = [o for o in outputs if o.get("name") == self.output_name]
+                if not matches:
+                    raise KeyError(f"outputs[name={self.output_name}]")
+                out = matches[0]
+            else:
+                out = outputs[0]
+            data = np.asarray(out["data"], dtype=np.float64)
+            shape = out.get("shape")
+            if shape is not None:
+                if int(np.prod(shape)) != data.size:
+                    raise ValueError(f"output shape {shape} does not match {data.size} data values")
+                data = data.reshape(shape)
+            if self.returns != "labels" and data.ndim == 1 and data.size == n * self.num_classes:
+                data = data.reshape(n, self.num_classes)
+            return data
+        if self.preset == "instances":
+            return doc["predictions"]
+        if self.preset == "invguard":
+            return doc[self.returns]
+        assert self.response_field is not None
+        return _dig(doc, self.response_field)
+
+    # ------------------------------------------------------------------ transport
+    def _post(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        route = f"POST {self.url}"
+        try:
+            resp = self._pool.request(
+                "POST",
+                self.url,
+                body=json.dumps(body).encode(),
+                headers=self._headers,
+                retries=self._retry.new(),
+                preload_content=True,
+            )
+        except urllib3.exceptions.MaxRetryError as e:
+            raise TargetError(f"{route}: cannot reach the endpoint after retries ({e.reason})") from None
+        except urllib3.exceptions.HTTPError as e:
+            raise TargetError(f"{route}: request failed: {e}") from None
+        return resp.status, resp.data
+
+    def _predict(self, x: np.ndarray) -> Prediction:
+        preds: list[Prediction] = []
+        for i in range(0, x.shape[0], self.batch_size):
+            preds.append(self._predict_chunk(x[i : i + self.batch_size]))
+        if len(preds) == 1:
+            return preds[0]
+        return Prediction(
+            labels=np.concatenate([p.labels for p in preds]),
+            scores=None if preds[0].scores is None else np.concatenate([p.scores for p in preds]),
+            logits=None if preds[0].logits is None else np.concatenate([p.logits for p in preds]),
+            access=preds[0].access,
+        )
+
+    def _predict_chunk(self, x: np.ndarray) -> Prediction:
+        status, data = self._post(self._body(x))
+        route = f"POST {self.url}"
+        preview = data[:_BODY_PREVIEW].decode("utf-8", "replace")
+        where = f"{route} -> {status} (body: {preview!r})"
+        if status == 429:
+            raise TargetError(f"{where}: still rate-limited after retries")
+        if status >= 400:
+            raise TargetError(f"{where}: the endpoint answered with an error status")
+        try:
+            doc = json.loads(data)
+        except ValueError as e:
+            raise TargetError(f"{where}: response is not valid JSON ({e})") from None
+        try:
+            raw = self._extract(doc, x.shape[0])
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise TargetError(
+                f"{where}: response does not match the {self.preset!r} preset (missing or bad field {e})"
+            ) from None
+        return prediction_from_output(raw, self.returns, x.shape[0], self.num_classes, where)

@@ -1,0 +1,31 @@
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from invguard.cli import app
+
+runner = CliRunner()
+
+
+def test_help_and_version():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0 and "model-inversion" in r.output
+    r = runner.invoke(app, ["version"])
+    assert r.exit_code == 0 and r.output.startswith("invguard 0.")
+
+
+def test_train_writes_a_model_and_bad_input_exits_2(tmp_path):
+    out = tmp_path / "m.pt"
+    r = runner.invoke(app, ["train", "--recipe", "quick", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.exists() and "held-out accuracy" in r.output
+    r = runner.invoke(app, ["train", "--dataset", "digitz", "--out", str(tmp_path / "x.pt")])
+    assert r.exit_code == 2
+    assert "unknown dataset 'digitz'" in r.output and "Traceback" not in r.output
+
+
+def test_import_is_light():
+    code = "import sys, invguard; import invguard.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
