@@ -5,9 +5,9 @@
 >>> result = attack.run(target, splits)          # doctest: +SKIP
 """
 
-from invguard.attacks.base import ATTACKS, Attack, AttackOutput
+from invguard.attacks.base import ATTACKS, Attack, AttackOutput, RunContext
 
-__all__ = ["ATTACKS", "Attack", "AttackOutput", "get", "names"]
+__all__ = ["ATTACKS", "Attack", "AttackOutput", "RunContext", "get", "names"]
 
 
 def get(name: str) -> type[Attack]:

@@ -1,7 +1,7 @@
 """The Attack contract.
 
 An attack is a frozen dataclass of hyper-parameters (validated on construction, every problem
-reported at once) plus ``_run(target, data, rng) -> AttackOutput``. The final ``run`` wrapper
+reported at once) plus ``_run(target, data, rng, ctx) -> AttackOutput``. The final ``run`` wrapper
 checks access before any query is spent, seeds numpy and torch, times the run, counts queries and
 records provenance, so an attack module holds only its algorithm. A new attack is one module and
 one ``@ATTACKS.register(name)`` line (and, for a new family, one import in ``_load_all``).
@@ -13,7 +13,10 @@ import dataclasses
 import importlib
 import random
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,6 +43,31 @@ def _load_all() -> None:
 
 
 ATTACKS.add_loader(_load_all)
+
+
+@dataclass
+class RunContext:
+    """What the caller lends an attack for one run (never part of its hyper-parameters).
+
+    ``executor``: a ``concurrent.futures.Executor`` for independent jobs such as reference or
+    shadow model training (process pool, or a Dask ``distributed.Client.get_executor()``); ``None``
+    means run them in this process. ``cache_dir``: where trained artifacts may be cached by content
+    hash (``None``: no caching). ``progress(task, done, total)``: progress reporting.
+    """
+
+    executor: Executor | None = None
+    cache_dir: Path | None = None
+    progress: Callable[[str, int, int], None] | None = None
+
+    def report(self, task: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(task, done, total)
+
+    def map(self, fn: Callable[..., Any], *iterables: Any) -> list[Any]:
+        """``fn`` over the iterables, through the executor when there is one; results in order."""
+        if self.executor is None:
+            return list(map(fn, *iterables))
+        return list(self.executor.map(fn, *iterables))
 
 
 @dataclass
@@ -81,7 +109,9 @@ class Attack:
         if target.access < need:
             raise AccessError(f"{self.name} needs {need.name}; this target grants {target.describe()}")
 
-    def run(self, target: Target, data: Any, *, seed: int = 0) -> AttackResult:
+    def run(
+        self, target: Target, data: Any, *, seed: int = 0, context: RunContext | None = None
+    ) -> AttackResult:
         """Run the attack: access check (before any query), seeding, timing and provenance."""
         self.check_access(target)
         random.seed(seed)
@@ -95,7 +125,7 @@ class Attack:
         rng = np.random.default_rng(seed)
         before = target.queries_used
         t0 = time.perf_counter()
-        out = self._run(target, data, rng)
+        out = self._run(target, data, rng, context or RunContext())
         wall = time.perf_counter() - t0
         info = dict(out.info)
         if hasattr(data, "provenance"):
@@ -115,5 +145,7 @@ class Attack:
             info=info,
         )
 
-    def _run(self, target: Target, data: Any, rng: np.random.Generator) -> AttackOutput:  # pragma: no cover
+    def _run(
+        self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext
+    ) -> AttackOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -1,0 +1,61 @@
+"""The Attack contract: validation, access check before any query, seeding and provenance."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from invguard import policies
+from invguard.attacks import Attack, AttackOutput, RunContext
+from invguard.core import Access, AccessError, ConfigError
+from invguard.core.result import Metric
+from invguard.targets import CallableTarget
+
+
+@dataclass(frozen=True)
+class MeanScore(Attack):
+    """A tiny real attack used only to test the contract: mean top score over random probes."""
+
+    name = "test.mean_score"
+    requires = Access.SCORES
+    probes: int = 10
+
+    def validate(self):
+        return [] if self.probes >= 1 else [f"probes must be >= 1, got {self.probes}"]
+
+    def _run(self, target, data, rng, ctx):
+        x = rng.random((self.probes, *target.input_shape))
+        s = target.predict(x).scores.max(1)
+        return AttackOutput(metrics={"mean_top_score": Metric(float(s.mean()))})
+
+
+def target():
+    w = np.random.default_rng(0).normal(size=(4, 3))
+    return CallableTarget(lambda x: x @ w, input_shape=(4,), num_classes=3, outputs="logits")
+
+
+def test_access_refused_before_any_query():
+    t = policies.LabelOnly().wrap(target())
+    with pytest.raises(
+        AccessError, match=r"test.mean_score needs SCORES; this target grants LABEL \(label only\)"
+    ):
+        MeanScore().run(t, None)
+    assert t.queries_used == 0
+
+
+def test_validation_and_seeded_reproducibility():
+    with pytest.raises(ConfigError, match="test.mean_score: probes must be >= 1, got 0"):
+        MeanScore(probes=0)
+    a = MeanScore().run(target(), None, seed=3)
+    b = MeanScore().run(target(), None, seed=3)
+    c = MeanScore().run(target(), None, seed=4)
+    assert a.metric("mean_top_score") == b.metric("mean_top_score") != c.metric("mean_top_score")
+    assert a.queries_used == 10 and a.params == {"probes": 10} and a.access == "LOGITS"
+
+
+def test_run_context_maps_serially_or_through_an_executor():
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert RunContext().map(lambda a, b: a + b, [1, 2], [3, 4]) == [4, 6]
+    with ThreadPoolExecutor(2) as ex:
+        assert RunContext(executor=ex).map(lambda a: a * 2, [1, 2, 3]) == [2, 4, 6]
