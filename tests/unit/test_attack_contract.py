@@ -44,7 +44,7 @@ def test_access_refused_before_any_query():
 
 
 def test_validation_and_seeded_reproducibility():
-    with pytest.raises(ConfigError, match="test.mean_score: probes must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"test\.mean_score: probes must be >= 1, got 0"):
         MeanScore(probes=0)
     a = MeanScore().run(target(), None, seed=3)
     b = MeanScore().run(target(), None, seed=3)
