@@ -58,7 +58,9 @@ def test_failing_gate_exits_1_with_a_failing_junit_testcase(audit_root, passing_
         {"metric": "test.confidence.tpr_at_fpr_0.01", "op": "<=", "threshold": 0.9, "severity": "low"},
         {"metric": "test.confidence.no_such_metric", "threshold": 1, "severity": "low"},
     ]
-    path = write_config(audit_root / "fail", gates=gates, fail_on="medium")
+    # same model, same history store as the passing run: this run shows the change since that one
+    history = str(audit_root / "pass" / "history.db")
+    path = write_config(audit_root / "fail", gates=gates, fail_on="medium", history=history)
     r = runner.invoke(app, ["audit", str(path)])
     assert r.exit_code == 1, r.output
     assert "FAIL" in r.output and "Traceback" not in r.output
@@ -79,7 +81,10 @@ def test_failing_gate_exits_1_with_a_failing_junit_testcase(audit_root, passing_
     assert suite.get("failures") == "1"
     # the history store holds both runs of the same model; the second shows changes since the first
     hist = doc["history"]
-    assert hist["previous"] is None  # a different history store per folder
+    assert hist["previous"]["passed"] is True and hist["previous"]["summary"] == "All 2 gates passed."
+    d = hist["deltas"]["test.prototype"]["as deployed"]["attack_accuracy"]
+    assert d["change"] == 0.0  # same seed, same attack, same numbers
+    assert doc["attacks"][0]["metrics"] == passing_run["results"]["attacks"][0]["metrics"]
     # re-render from the JSON alone, in every format
     for fmt, name in (("junit", "junit.xml"), ("markdown", "summary.md"), ("html", "report.html")):
         target = audit_root / "fail" / f"again-{name}"
@@ -96,17 +101,6 @@ def test_failing_gate_exits_1_with_a_failing_junit_testcase(audit_root, passing_
         )
         assert rr.exit_code == 0, rr.output
         assert target.read_text() == (audit_root / "fail" / "out" / name).read_text()
-
-
-def test_second_run_records_history_and_deltas(audit_root, passing_run):
-    from invguard.audit.runner import run_audit
-
-    again = run_audit(passing_run["config"], history=True, out_dir=audit_root / "pass" / "again")
-    hist = again.results["history"]
-    assert hist["previous"] is not None and hist["previous"]["passed"] is True
-    d = hist["deltas"]["test.prototype"]["as deployed"]["attack_accuracy"]
-    assert d["change"] == 0.0  # same seed, same numbers
-    assert again.results["attacks"][0]["metrics"] == passing_run["results"]["attacks"][0]["metrics"]
 
 
 def test_broken_config_exits_2_listing_every_problem_with_path_and_line(tmp_path):

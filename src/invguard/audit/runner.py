@@ -93,14 +93,18 @@ class ExecutorHandle:
                     p.terminate()
             for p in procs:
                 p.join(timeout=5)
-        else:
-            self.executor.shutdown(wait=not cancel, cancel_futures=cancel)
+        elif isinstance(self.executor, ProcessPoolExecutor):
+            self.executor.shutdown(wait=True)
+        else:  # Dask's ClientExecutor: shutdown(wait=False) cancels the futures still running
+            self.executor.shutdown(wait=not cancel)
         if self._close is not None:
             self._close()
 
 
 @contextlib.contextmanager
-def make_executor(scheduler: str | None, n_jobs: int, max_workers: int | None) -> Iterator[ExecutorHandle]:
+def make_executor(
+    scheduler: str | None, n_jobs: int, max_workers: int | None, *, connect_timeout: float = 10.0
+) -> Iterator[ExecutorHandle]:
     """A process pool (default) or a Dask cluster's executor, with a progress channel."""
     if scheduler:
         try:
@@ -110,7 +114,7 @@ def make_executor(scheduler: str | None, n_jobs: int, max_workers: int | None) -
                 "--scheduler needs the 'distributed' package (pip install 'dask[distributed]')"
             ) from None
         try:
-            client = Client(scheduler, timeout=10, set_as_default=False)  # type: ignore[no-untyped-call]
+            client = Client(scheduler, timeout=connect_timeout, set_as_default=False)  # type: ignore[no-untyped-call]
         except (OSError, TimeoutError) as e:
             raise ConfigError(
                 f"--scheduler {scheduler}: cannot connect to the Dask scheduler ({e})"
@@ -211,6 +215,7 @@ def run_audit(
     console: Console | None = None,
     max_workers: int | None = None,
     history: str | Path | bool | None = True,
+    connect_timeout: float = 10.0,
 ) -> AuditRun:
     """Run the audit a config describes and write its reports. See the module docstring."""
     from invguard.audit import history as hist
@@ -245,7 +250,11 @@ def run_audit(
     jobs = _make_jobs(cfg, target, splits, cache_dir)
     t0 = time.perf_counter()
     outputs, executor_desc = _execute(
-        jobs, scheduler=scheduler, max_workers=max_workers or cfg.max_workers, console=console
+        jobs,
+        scheduler=scheduler,
+        max_workers=max_workers or cfg.max_workers,
+        console=console,
+        connect_timeout=connect_timeout,
     )
     timings["attacks_s"] = time.perf_counter() - t0
 
@@ -280,11 +289,16 @@ def run_audit(
 
 
 def _execute(
-    jobs: list[Job], *, scheduler: str | None, max_workers: int | None, console: Console
+    jobs: list[Job],
+    *,
+    scheduler: str | None,
+    max_workers: int | None,
+    console: Console,
+    connect_timeout: float = 10.0,
 ) -> tuple[list[dict[str, Any]], str]:
     """Run the jobs through the executor with progress bars; results in job order."""
     outputs: dict[str, dict[str, Any]] = {}
-    with make_executor(scheduler, len(jobs), max_workers) as handle:
+    with make_executor(scheduler, len(jobs), max_workers, connect_timeout=connect_timeout) as handle:
         console.print(
             f"running {len(jobs)} attack job{'s' if len(jobs) != 1 else ''} on {handle.description}",
             highlight=False,
