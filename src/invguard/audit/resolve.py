@@ -219,18 +219,27 @@ def _reference_bytes(ref: str, splits: Any, *, seed: int, cache_dir: Path | None
             f"target.model: reference/{ref} is trained on {spec_ref['dataset']!r} but data.dataset is "
             f"{splits.dataset.name!r}; set data.dataset: {spec_ref['dataset']}"
         )
+    import torch
+
+    from invguard.models.train import RECIPES
+
     spec = {**spec_ref["arch"], "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}
     key = _sha(
         json.dumps(
-            {"spec": spec, "recipe": spec_ref["recipe"], "seed": seed, "data": splits.provenance()},
+            {
+                "spec": spec,
+                "recipe": RECIPES[spec_ref["recipe"]],
+                "seed": seed,
+                "data": splits.provenance(),
+                "torch": torch.__version__,
+            },
             sort_keys=True,
+            default=str,
         ).encode()
     )
     path = None if cache_dir is None else Path(cache_dir) / "models" / f"{ref}-{key}.pt"
     if path is not None and path.is_file():
         return path.read_bytes()
-    import torch
-
     from invguard.models.train import fit
 
     module, report = fit(
