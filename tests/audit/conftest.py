@@ -23,7 +23,7 @@ TINY = {
     ],
     "exposures": {
         "attacks": ["test.prototype"],
-        "policies": ["logits", "top_k=3 round=2", "label_only"],
+        "policies": ["whitebox", "logits", "top_k=3 round=2", "label_only"],
         "params": {"test.prototype": {"steps": 15, "population": 6}},
     },
     "gates": [

@@ -44,12 +44,13 @@ def test_gates_pass_exit_0_and_every_report_is_written(passing_run):
 def test_exposure_sweep_recommends_the_least_restrictive_passing_policy(passing_run):
     sweep = passing_run["results"]["exposure_sweep"]
     rows = {r["exposure"]: r for r in sweep["rows"]}
-    assert list(rows) == ["full output", "top_k=3, rounded to 2 decimals", "label only"]
+    assert list(rows) == ["whitebox", "full output", "top_k=3, rounded to 2 decimals", "label only"]
+    assert rows["whitebox"]["access"] == "WHITEBOX"
     assert rows["full output"]["status"] == "ok" and rows["full output"]["access"] == "LOGITS"
     assert rows["label only"]["status"] == "not_applicable"  # scores attack against a label-only answer
     assert 0.8 <= rows["full output"]["utility"] <= 1.0 and rows["label only"]["argmax_agreement"] == 1.0
     rec = sweep["recommended"]
-    assert rec["exposure"] == "full output" and rec["utility_cost"] == 0.0
+    assert rec["exposure"] == "whitebox" and rec["utility_cost"] == 0.0
 
 
 def test_failing_gate_exits_1_with_a_failing_junit_testcase(audit_root, passing_run):
@@ -68,6 +69,11 @@ def test_failing_gate_exits_1_with_a_failing_junit_testcase(audit_root, passing_
     st = [(g["status"], g["blocking"]) for g in doc["gates"]]
     assert st == [("fail", True), ("pass", False), ("error", False)]
     assert "reported no metric 'no_such_metric'" in doc["gates"][2]["message"]
+    # every exposure that returns scores leaks above 0.05: only the label-only answer passes
+    sweep = doc["exposure_sweep"]
+    assert [e["passes_gates"] for e in sweep["exposures"]] == [False, False, False, True]
+    rec = sweep["recommended"]
+    assert rec["exposure"] == "label only" and rec["access"] == "LABEL" and rec["utility_cost"] == 0.0
     suite = ET.parse(audit_root / "fail" / "out" / "junit.xml").getroot().find("testsuite")
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == [

@@ -176,8 +176,28 @@ class AttackConfig(_Strict):
         return v
 
 
+def is_whitebox(spec: Any) -> bool:
+    return isinstance(spec, str) and spec.strip().lower() == "whitebox"
+
+
+def exposure_label(spec: Any) -> str:
+    """The name an exposure goes by in the report: ``whitebox`` or the policy's own label."""
+    if spec is None:
+        return "as deployed"
+    if is_whitebox(spec):
+        return "whitebox"
+    from invguard import policies
+
+    return policies.parse(spec).label()
+
+
 class ExposureSweepConfig(_Strict):
-    """Run attacks against the model behind each output policy, least restrictive first."""
+    """Run attacks against the model behind each exposure, least restrictive first.
+
+    An exposure is ``whitebox`` (the model itself) or an output policy (``logits``, ``scores``,
+    ``"top_k=3 round=2"``, ``label_only``, ...). Where an inversion attack needs more access than an
+    exposure grants, the strongest inversion attack allowed there runs instead (the row says which).
+    """
 
     attacks: list[str] = Field(min_length=1)
     policies: list[str | dict[str, Any] | list[Any]] = Field(min_length=1)
@@ -200,8 +220,22 @@ class ExposureSweepConfig(_Strict):
         from invguard import policies
 
         for i, p in enumerate(v):
-            policies.parse(p, f"policies[{i}]")
+            if not is_whitebox(p):
+                policies.parse(p, f"policies[{i}]")
         return v
+
+    @model_validator(mode="after")
+    def _sweep_params(self) -> ExposureSweepConfig:
+        from invguard.attacks import ATTACKS
+
+        for name, params in self.params.items():
+            if name not in self.attacks:
+                raise ValueError(f"params.{name}: not one of the sweep's attacks {self.attacks}")
+            try:
+                ATTACKS.get(name)(**params)
+            except TypeError as e:
+                raise ValueError(f"params.{name}: bad parameters: {e}") from None
+        return self
 
 
 class GateConfig(_Strict):

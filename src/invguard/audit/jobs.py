@@ -116,6 +116,52 @@ def exposure_utility(raw: Any, exposed: Any, data: Any, limit: int = 500) -> dic
     }
 
 
+def _inversion_sweep() -> Any:
+    """``invguard.attacks.inversion.sweep.exposure_sweep`` when the inversion family provides it."""
+    try:
+        from invguard.attacks.inversion.sweep import exposure_sweep
+    except ImportError:
+        return None
+    return exposure_sweep
+
+
+def _metric(row: dict[str, Any], name: str) -> dict[str, Any] | None:
+    v = row.get(name)
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        return {"value": v.get("value"), "low": v.get("low"), "high": v.get("high")}
+    return {"value": v, "low": row.get(f"{name}_low"), "high": row.get(f"{name}_high")}
+
+
+def _sweep_with_inversion(job: Job, raw: Any, ctx: Any, sweep_fn: Any) -> dict[str, Any]:
+    """One exposure of the inversion family's own sweep: it substitutes the strongest inversion
+    attack the exposure allows when the configured one needs more access."""
+    rows = sweep_fn(
+        job.attack, raw, job.data, exposures=[(job.exposure_label, job.exposure)], seed=job.seed, context=ctx
+    )
+    row = dict(rows[0])
+    metrics = {
+        k: m
+        for k in ("attack_accuracy", "knn_distance", "baseline_prior_accuracy")
+        if (m := _metric(row, k)) is not None
+    }
+    used = row.get("attack")
+    out: dict[str, Any] = {
+        "attack": job.attack.name,
+        "attack_used": used,
+        "substituted_for": row.get("substituted_for"),
+        "access": row.get("access"),
+        "status": "ok" if used else "not_applicable",
+        "error": None if used else row.get("note"),
+        "metrics": metrics,
+        "queries_used": int(row.get("queries") or 0),
+        "params": job.attack.params(),
+        "tables": {"exposure_sweep": [row]},
+    }
+    return out
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Run one attack job; never raises for an attack's own failure (see the module docstring)."""
     from invguard import policies
@@ -147,11 +193,17 @@ def run_job(job: Job) -> dict[str, Any]:
             cache_dir=None if job.cache_dir is None else Path(job.cache_dir),
             progress=job.progress,
         )
-        result = job.attack.run(target, job.data, seed=job.seed, context=ctx)
-        out = result.to_json()
-        out.update(meta, status="ok", error=None)
+        sweep_fn = _inversion_sweep() if job.sweep and job.attack.name.startswith("inversion.") else None
+        if sweep_fn is not None:
+            t1 = time.perf_counter()
+            out = {**meta, **_sweep_with_inversion(job, raw, ctx, sweep_fn)}
+            out["wall_time_s"] = time.perf_counter() - t1
+        else:
+            out = job.attack.run(target, job.data, seed=job.seed, context=ctx).to_json()
+            out.update(meta, status="ok", error=None)
         if job.sweep:
             out["utility"] = exposure_utility(raw, target, job.data)
+            out.setdefault("access", target.access.name)
     except AccessError as e:
         out = {**meta, "status": "not_applicable", "error": str(e), "params": job.attack.params()}
         if job.sweep:

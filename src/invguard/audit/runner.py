@@ -29,7 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from invguard.audit.config import AuditConfig, load_config
+from invguard.audit.config import AuditConfig, exposure_label, is_whitebox, load_config
 from invguard.audit.jobs import Job, QueueProgress, run_job
 from invguard.audit.resolve import ResolvedTarget, resolve_data, resolve_target
 from invguard.core.errors import ConfigError, InvguardError, TargetError
@@ -173,11 +173,12 @@ def _make_jobs(cfg: AuditConfig, target: ResolvedTarget, splits: Any, cache_dir:
         )
     if cfg.exposures is not None:
         for j, pol in enumerate(cfg.exposures.policies):
-            label = policies.parse(pol).label()
+            label = exposure_label(pol)
+            spec = None if is_whitebox(pol) else pol
             for name in cfg.exposures.attacks:
                 attack = ATTACKS.get(name)(**cfg.exposures.params.get(name, {}))
                 jobs.append(
-                    Job(f"s{j}:{name}", attack, target, splits, cfg.seed, pol, label, True, str(cache_dir))
+                    Job(f"s{j}:{name}", attack, target, splits, cfg.seed, spec, label, True, str(cache_dir))
                 )
     return jobs
 

@@ -50,13 +50,13 @@ def _row_metric(metrics: dict[str, Any], name: str) -> dict[str, Any] | None:
 def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[str, Any]:
     """The exposure sweep: one row per (exposure, attack), the per-exposure gate check and the
     recommended policy (the least restrictive exposure, in config order, that passes every gate)."""
-    from invguard import policies
+    from invguard.audit.config import exposure_label
     from invguard.audit.gates import evaluate_one
 
     rows: list[dict[str, Any]] = []
     exposures: list[dict[str, Any]] = []
     for pol in cfg.exposures.policies:
-        label = policies.parse(pol).label()
+        label = exposure_label(pol)
         here = [o for o in outputs if o.get("exposure") == label]
         util: dict[str, Any] = next((o["utility"] for o in here if "utility" in o), {})
         problems: list[str] = []
