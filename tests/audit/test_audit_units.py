@@ -60,7 +60,10 @@ def test_gates_that_cannot_be_checked_fail_and_severity_decides_blocking():
     assert [o.blocking for o in out] == [False, True]
     v = verdict(out)
     assert v["passed"] is False and v["gates_blocking_failed"] == 1
-    assert v["summary"].startswith("1 of 2 gates failed — inversion.blackbox.attack_accuracy <= 0.2 [high]")
+    assert (
+        v["summary"]
+        == "1 of 2 gates failed: inversion.blackbox.attack_accuracy <= 0.2 (high, not checkable)."
+    )
     assert verdict(out[:1])["summary"].startswith("Passed with warnings: 1 non-blocking gate did not pass")
 
 

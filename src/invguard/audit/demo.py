@@ -15,14 +15,38 @@ import yaml
 from invguard.core.errors import ConfigError
 
 # fast parameters per attack for the demo (attacks not listed run with their defaults)
-DEMO_PARAMS: dict[str, dict[str, Any]] = {}
+_INV = {"reconstructions_per_class": 2, "permutations": 200, "bootstrap": 200, "evaluator_epochs": 15}
+DEMO_PARAMS: dict[str, dict[str, Any]] = {
+    "inversion.whitebox": {**_INV, "steps": 120, "restarts": 1},
+    "inversion.blackbox": {**_INV, "queries_per_class": 600},
+    "inversion.generative": {
+        **_INV,
+        "queries_per_class": 600,
+        "generator_epochs": 60,
+        "steps": 80,
+        "refine_steps": 40,
+        "restarts": 1,
+    },
+    "inversion.label_only": {**_INV, "queries_per_class": 600},
+    "membership.threshold": {"n_boot": 300},
+    "membership.shadow": {"n_models": 4, "n_boot": 300},
+    "membership.lira": {"n_models": 8, "n_boot": 300},
+    "membership.rmia": {"n_models": 2, "n_boot": 300},
+    "membership.label_only": {"queries_per_record": 8, "n_boot": 300},
+}
+
+# families that need data the digits model does not have (attribute inference works on tabular
+# records with a sensitive column, e.g. the Adult dataset)
+DEMO_SKIP_FAMILIES = ("attribute", "hybrid")
 
 # the demo's gates, used for whichever of these attacks are installed
+# Inversion is gated on the lift over the no-model prior: what the attack recognises beyond what
+# public data alone gives (raw attack accuracy on digits is high even for a model that leaks nothing).
 DEMO_GATES: list[dict[str, Any]] = [
-    {"metric": "inversion.whitebox.attack_accuracy", "op": "<=", "threshold": 0.5, "severity": "high"},
-    {"metric": "inversion.blackbox.attack_accuracy", "op": "<=", "threshold": 0.5, "severity": "high"},
-    {"metric": "inversion.label_only.attack_accuracy", "op": "<=", "threshold": 0.5, "severity": "medium"},
-    {"metric": "inversion.generative.attack_accuracy", "op": "<=", "threshold": 0.5, "severity": "high"},
+    {"metric": "inversion.whitebox.lift_over_prior", "op": "<=", "threshold": 0.2, "severity": "high"},
+    {"metric": "inversion.blackbox.lift_over_prior", "op": "<=", "threshold": 0.2, "severity": "high"},
+    {"metric": "inversion.generative.lift_over_prior", "op": "<=", "threshold": 0.2, "severity": "high"},
+    {"metric": "inversion.label_only.lift_over_prior", "op": "<=", "threshold": 0.2, "severity": "medium"},
     {"metric": "membership.threshold.auc", "op": "<=", "threshold": 0.6, "severity": "medium"},
     {"metric": "membership.lira.tpr_at_fpr_0.01", "op": "<=", "threshold": 0.05, "severity": "high"},
     {"metric": "membership.rmia.tpr_at_fpr_0.01", "op": "<=", "threshold": 0.05, "severity": "high"},
@@ -37,7 +61,7 @@ def demo_config(*, seed: int = 0, out_dir: str | Path = "reports/demo") -> dict[
     """The demo audit config (a plain mapping, as it would be read from YAML)."""
     from invguard.attacks import ATTACKS
 
-    names = [n for n in ATTACKS.names() if not n.startswith("test.")]
+    names = [n for n in ATTACKS.names() if n.split(".")[0] not in ("test", *DEMO_SKIP_FAMILIES)]
     if not names:
         raise ConfigError("invguard demo: no attacks are installed (invguard.attacks has none registered)")
     attacks = [{"name": n, "params": DEMO_PARAMS.get(n, {})} for n in names]

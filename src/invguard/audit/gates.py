@@ -166,9 +166,11 @@ def verdict(outcomes: Sequence[GateOutcome | Mapping[str, Any]]) -> dict[str, An
             f"did not pass ({'; '.join(r['gate'] for r in failed)})."
         )
     else:
-        words = f"{len(blocking)} of {len(rows)} gate{'s' if len(rows) != 1 else ''} failed — " + "; ".join(
-            f"{r['gate']} [{r['severity']}]: {r['message']}" for r in blocking
+        listed = "; ".join(
+            f"{r['gate']} ({r['severity']}{', not checkable' if r['status'] == 'error' else ''})"
+            for r in blocking
         )
+        words = f"{len(blocking)} of {len(rows)} gate{'s' if len(rows) != 1 else ''} failed: {listed}."
     return {
         "passed": passed,
         "summary": words,

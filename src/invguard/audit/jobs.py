@@ -143,9 +143,13 @@ def _sweep_with_inversion(job: Job, raw: Any, ctx: Any, sweep_fn: Any) -> dict[s
     row = dict(rows[0])
     metrics = {
         k: m
-        for k in ("attack_accuracy", "knn_distance", "baseline_prior_accuracy")
+        for k in ("attack_accuracy", "knn_distance", "baseline_prior_accuracy", "lift_over_prior")
         if (m := _metric(row, k)) is not None
     }
+    acc, prior = metrics.get("attack_accuracy"), metrics.get("baseline_prior_accuracy")
+    if "lift_over_prior" not in metrics and acc and prior and None not in (acc["value"], prior["value"]):
+        # the same definition as the attack's own: accuracy beyond the no-model prior baseline
+        metrics["lift_over_prior"] = {"value": acc["value"] - prior["value"], "low": None, "high": None}
     used = row.get("attack")
     out: dict[str, Any] = {
         "attack": job.attack.name,

@@ -115,7 +115,12 @@ def roc_curve(entry: dict[str, Any]) -> str | None:
     return _uri(fig)
 
 
-def _sweep_metric(rows: list[dict[str, Any]]) -> str | None:
+def _sweep_metric(rows: list[dict[str, Any]], gates: list[dict[str, Any]] | None = None) -> str | None:
+    """The metric a sweep is drawn with: the one gated for that attack, else a conventional one."""
+    attacks = {r.get("attack") for r in rows}
+    for g in gates or []:
+        if g.get("attack") in attacks and any(g.get("metric") in r.get("metrics", {}) for r in rows):
+            return str(g["metric"])
     for name in ("attack_accuracy", "tpr_at_fpr_0.01", "auc", "advantage"):
         if any(name in r.get("metrics", {}) for r in rows):
             return name
@@ -137,7 +142,7 @@ def sweep_chart(sweep: dict[str, Any], gates: list[dict[str, Any]]) -> str | Non
     colours = ["#c0392b", "#8e44ad", "#d35400", "#16a085", "#2c3e50"]
     for k, attack in enumerate(sweep.get("attacks", [])):
         mine = [r for r in rows if r["attack"] == attack]
-        metric = _sweep_metric(mine)
+        metric = _sweep_metric(mine, gates)
         if metric is None:
             continue
         vals, lo, hi = [], [], []
@@ -191,7 +196,7 @@ def sweep_chart(sweep: dict[str, Any], gates: list[dict[str, Any]]) -> str | Non
         )
     ax.set_xticks(x)
     ax.set_xticklabels(exposures, rotation=20, ha="right", fontsize=8)
-    ax.set_ylim(-0.02, 1.05)
+    ax.set_ylim(min(-0.02, ax.get_ylim()[0]), max(1.05, ax.get_ylim()[1]))
     ax.set_xlabel("exposure (least restrictive first)")
     ax.set_title("What each exposure leaks, and what it costs", fontsize=10)
     ax.legend(fontsize=7, loc="best")

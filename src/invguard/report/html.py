@@ -137,7 +137,7 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
     if sweep:
         rows = []
         for r in sweep.get("rows", []):
-            main_metric = figures._sweep_metric([r])
+            main_metric = figures._sweep_metric([r], results.get("gates", []))
             rows.append(
                 {
                     "exposure": r["exposure"],
