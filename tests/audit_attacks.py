@@ -20,10 +20,20 @@ from invguard.core.result import Finding, Metric
 from invguard.metrics import bootstrap_metric, proportion_metric
 
 
+def _where() -> str:
+    try:
+        from distributed import get_worker
+
+        return f"dask:{get_worker().address}"
+    except (ImportError, ValueError):
+        return "in-process"
+
+
 def _fit_evaluator(X, y, seed):
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(max_iter=300, C=0.5 + seed, random_state=seed).fit(X.reshape(len(X), -1), y)
+    model = LogisticRegression(max_iter=300, C=0.5 + seed, random_state=seed).fit(X.reshape(len(X), -1), y)
+    return model, _where()
 
 
 @ATTACKS.register("test.prototype")
@@ -61,7 +71,8 @@ class Prototype(Attack):
             ctx.report("classes", ci + 1, len(classes))
         recs = np.stack(recs).astype(np.float32)
         ev = data.evaluation
-        evaluators = ctx.map(_fit_evaluator, [ev.X, ev.X], [ev.y, ev.y], [0, 1])
+        fitted = ctx.map(_fit_evaluator, [ev.X, ev.X], [ev.y, ev.y], [0, 1])
+        evaluators = [m for m, _ in fitted]
         proba = sum(e.predict_proba(recs.reshape(len(recs), -1)) for e in evaluators)
         hits = int(np.sum(np.argmax(proba, 1) == np.asarray(classes)))
         near, dist = [], []
@@ -88,6 +99,7 @@ class Prototype(Attack):
             tables={
                 "per_class": [{"class": c, "knn_distance": d} for c, d in zip(classes, dist, strict=True)]
             },
+            info={"evaluators_fitted_on": [w for _, w in fitted]},
             findings=[
                 Finding(
                     "class prototypes",

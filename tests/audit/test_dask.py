@@ -29,6 +29,15 @@ def test_dask_local_cluster_matches_the_process_pool(passing_run, tmp_path):
     workers = {a["worker"] for a in run.results["attacks"] + run.results["exposure_sweep"]["jobs"]}
     assert len(workers) >= 1
     assert _numbers(run.results) == _numbers(passing_run["results"])
+    # the attack's own jobs (RunContext.map) went to the cluster too; in the local pool they ran in-process
+    assert all(
+        w.startswith("dask:tcp://127.0.0.1:")
+        for w in run.results["attacks"][0]["info"]["evaluators_fitted_on"]
+    )
+    assert passing_run["results"]["attacks"][0]["info"]["evaluators_fitted_on"] == [
+        "in-process",
+        "in-process",
+    ]
     assert run.exit_code == 0
 
 
