@@ -70,7 +70,7 @@ class TargetConfig(_Strict):
     response_field: str | None = None
     timeout: float = Field(10.0, gt=0)
     retries: int = Field(3, ge=0)
-    budget: int | None = Field(None, ge=0)
+    budget: int | None = Field(None, ge=0, description="query budget of each attack job")
     access: Literal["label", "scores", "logits", "whitebox"] | None = Field(
         None, description="lower the access the target grants (e.g. attack a torch model as a black box)"
     )

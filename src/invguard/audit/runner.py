@@ -32,13 +32,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from invguard.audit.config import AuditConfig, exposure_label, is_whitebox, load_config
 from invguard.audit.jobs import Job, QueueProgress, run_job
 from invguard.audit.resolve import ResolvedTarget, resolve_data, resolve_target
-from invguard.core.errors import ConfigError, InvguardError, TargetError
-
-
-class AuditInterrupted(InvguardError):
-    """The audit was stopped (Ctrl-C) before it finished; nothing partial was written."""
-
-    exit_code = 130
+from invguard.core.errors import ConfigError, TargetError
 
 
 @dataclass

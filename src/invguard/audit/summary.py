@@ -36,8 +36,12 @@ def print_summary(results: dict[str, Any], paths: dict[str, Path], console: Cons
             )
         console.print(t)
     t = Table(title="attacks", title_justify="left")
-    for c in ("attack", "exposure", "status", "headline metrics", "time (s)", "queries"):
-        t.add_column(c)
+    t.add_column("attack", no_wrap=True)
+    t.add_column("exposure", max_width=18)
+    t.add_column("status")
+    t.add_column("headline metrics", overflow="fold")
+    t.add_column("time (s)", justify="right")
+    t.add_column("queries", justify="right")
     rows = list(results.get("attacks", []))
     sweep = results.get("exposure_sweep") or {}
     rows += sweep.get("jobs", [])

@@ -65,6 +65,13 @@ def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _delta_class(change: float | None, higher_is_worse: bool = True) -> str:
+    """``delta-up`` (red) when a change means more leakage, ``delta-down`` (green) when less."""
+    if change is None or change == 0:
+        return "muted"
+    return "delta-up" if (change > 0) == higher_is_worse else "delta-down"
+
+
 def _attack_view(a: dict[str, Any], deltas: dict[str, Any]) -> dict[str, Any]:
     d = deltas.get(a["attack"], {}).get(a.get("exposure") or "as deployed", {})
     metrics = [
@@ -74,6 +81,9 @@ def _attack_view(a: dict[str, Any], deltas: dict[str, Any]) -> dict[str, Any]:
             "description": m.get("description", ""),
             "direction": "higher is worse" if m.get("higher_is_worse", True) else "higher is better",
             "delta": None if k not in d else d[k]["change"],
+            "delta_class": _delta_class(
+                None if k not in d else d[k]["change"], m.get("higher_is_worse", True)
+            ),
         }
         for k, m in a.get("metrics", {}).items()
     ]
@@ -129,6 +139,7 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
                 if g.get("low") is None or g.get("high") is None
                 else f"[{fmt(g['low'])}, {fmt(g['high'])}]",
                 "delta": None if d is None else d["change"],
+                "delta_class": _delta_class(None if d is None else d["change"], g["op"] in ("<=", "<")),
             }
         )
     attacks = [_attack_view(a, deltas) for a in results.get("attacks", [])]
