@@ -243,3 +243,22 @@ def make_mlp():
 def test_results_json_has_no_nan_and_round_trips(passing_run):
     text = (passing_run["out"] / "results.json").read_text()
     assert "NaN" not in text and json.loads(text) == passing_run["results"]
+
+
+def test_progress_from_workers_is_forwarded_and_throttled():
+    import queue
+
+    from invguard.audit.jobs import QueueProgress
+    from invguard.audit.runner import ExecutorHandle
+
+    q: queue.Queue = queue.Queue()
+    cb = QueueProgress(q, "a0")
+    for i in range(1, 51):
+        cb("classes", i, 50)  # fifty fast updates: the first and the last get through
+    handle = ExecutorHandle(executor=None, description="", progress_queue=q, kind="local")  # type: ignore[arg-type]
+    items = handle.drain()
+    assert items[0] == ("a0", "classes", 1, 50) and items[-1] == ("a0", "classes", 50, 50)
+    assert len(items) < 10
+    assert handle.drain() == []
+    # a progress channel that is gone (after an interrupt) never breaks the attack
+    QueueProgress(None, "a1")("x", 1, 1)
