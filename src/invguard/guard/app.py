@@ -501,7 +501,11 @@ class Guard:
             404: f"no route {request.url.path!r}; see /openapi.json",
             405: f"method {request.method} not allowed on {request.url.path!r}",
         }.get(status, str(getattr(exc, "detail", "bad request")))
-        rec = self._record(None)
+        try:
+            body: bytes | None = await self._read_body(request)
+        except BadInput:
+            body = None
+        rec = self._record(body)
         route = (
             "unmatched"
             if status == 404
