@@ -391,6 +391,8 @@ def verify(
 ) -> VerifyReport:
     """Check the chain and every checkpoint of a log (with its rotated files) and, if available,
     the signed head checkpoint (``head``, or ``<log>.head`` next to it)."""
+    if not segments(path):
+        raise ConfigError(f"{path}: audit log not found")
     hp: Path | None = None
     if head is not None:
         hp = Path(head)
