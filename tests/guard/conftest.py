@@ -17,13 +17,23 @@ import yaml
 from invguard.guard.auth import hash_key
 from tests.servers import free_port, serve
 
-KEYS = {"internal": "k-internal-0123456789", "partner": "k-partner-0123456789", "default": "k-default-0123456789"}
+KEYS = {
+    "internal": "k-internal-0123456789",
+    "partner": "k-partner-0123456789",
+    "default": "k-default-0123456789",
+}
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def base_config(tmp: Path, **over) -> dict:
     cfg = {
-        "model": {"name": "digits", "kind": "torch", "path": "unused.pt", "input_range": [0, 1], "max_batch": 16},
+        "model": {
+            "name": "digits",
+            "kind": "torch",
+            "path": "unused.pt",
+            "input_range": [0, 1],
+            "max_batch": 16,
+        },
         "roles": {
             "internal": {"policy": "logits", "rate": {"burst": 1000, "per_second": 1000}},
             "partner": {"policy": "top_k=3 round=2", "rate": {"burst": 1000, "per_second": 1000}},
@@ -99,7 +109,9 @@ def start_guard_process(config: Path, port: int) -> subprocess.Popen:
                 return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"guard exited: {proc.stderr.read().decode() if proc.stderr else ''}") from None
+                raise RuntimeError(
+                    f"guard exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+                ) from None
             if time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError("guard did not start") from None

@@ -54,7 +54,9 @@ def write_log(path, n, *, every=4, rotate=None, key=None, concurrent=True):
 
         log._write_sync = counted
         await log.start()
-        recs = [{"client": f"c{i}", "role": "partner", "decision": "served", "labels": [i % 10]} for i in range(n)]
+        recs = [
+            {"client": f"c{i}", "role": "partner", "decision": "served", "labels": [i % 10]} for i in range(n)
+        ]
         if concurrent:
             seqs = await asyncio.gather(*(log.append(r) for r in recs))
         else:
