@@ -280,7 +280,7 @@ def test_every_error_path_is_a_clear_4xx_without_scores_and_is_audited(make_guar
     for name, path, body, headers, status, code, fragment in BAD:
         h = {"X-API-Key": KEYS["internal"], **headers}
         h = {k: v for k, v in h.items() if v is not None}
-        got_status, got_headers, raw = call(url, path, ok if body == "ok" else body, headers=h)
+        got_status, _, raw = call(url, path, ok if body == "ok" else body, headers=h)
         assert got_status == status, (name, raw)
         doc = json.loads(raw)
         assert set(doc) == {"code", "error"}, (name, doc)
@@ -317,7 +317,7 @@ def test_rate_limit_and_budget_answer_429_with_ietf_headers(make_guard, tmp_path
     body = {"inputs": x[:2].tolist()}
     got = [call(url, "/v1/models/digits/predict", body, KEYS["partner"]) for _ in range(3)]
     assert [g[0] for g in got] == [200, 200, 429]
-    s, h, raw = got[2]
+    _, h, raw = got[2]
     assert json.loads(raw) == {"code": "rate_limited", "error": "rate limit exceeded"}
     assert int(h["retry-after"]) >= 99 and h["ratelimit-policy"] == '"burst";q=2;w=200'
     assert h["ratelimit"].startswith('"burst";r=0;t=')
@@ -352,12 +352,12 @@ def test_metrics_export_the_privacy_slis_without_client_ids(make_guard, x):
         in m
     )
     assert (
-        'invguard_guard_sensitive_fields_total{field="logits",role="internal",route="/v1/models/{name}/predict"} 1.0'
-        in m
+        'invguard_guard_sensitive_fields_total{field="logits",role="internal",'
+        'route="/v1/models/{name}/predict"} 1.0' in m
     )
     assert (
-        'invguard_guard_sensitive_fields_total{field="scores",role="partner",route="/v2/models/{name}/infer"} 1.0'
-        in m
+        'invguard_guard_sensitive_fields_total{field="scores",role="partner",'
+        'route="/v2/models/{name}/infer"} 1.0' in m
     )
     assert 'field="scores",role="default"' not in m
     assert float(line('invguard_guard_response_entropy_nats_count{role="internal"}').split()[-1]) == 4
@@ -375,9 +375,9 @@ def test_metrics_export_the_privacy_slis_without_client_ids(make_guard, x):
 
 def test_keys_from_the_sqlite_store_and_revocation_on_a_running_guard(make_guard, tmp_path, x):
     store = KeyStore(tmp_path / "keys.db")
-    key, rec = store.add("partner", "acme")
+    key, _ = store.add("partner", "acme")
     cfg = base_config(tmp_path, auth={"key_store": str(store.path)})
-    url, guard = make_guard(cfg)
+    url, _ = make_guard(cfg)
     body = {"inputs": x[:1].tolist()}
     s, _, raw = call(url, "/v1/models/digits/predict", body, key)
     assert s == 200 and "scores" in json.loads(raw)

@@ -210,7 +210,7 @@ def test_guard_refuses_to_extend_a_tampered_log(good_log):
 
 
 def test_log_verify_cli(good_log, tmp_path):
-    log, key = good_log
+    log, _ = good_log
     runner = CliRunner()
     pub = tmp_path / "k.pem.pub"
     res = runner.invoke(cli, ["log", "verify", str(log), "--public-key", str(pub)])
