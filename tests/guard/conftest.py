@@ -91,22 +91,25 @@ def write_sklearn_config(tmp: Path, model_file: Path, **over) -> Path:
     return p
 
 
-def start_guard_process(config: Path, port: int) -> subprocess.Popen:
-    """``invguard serve`` as a subprocess; waits for /healthz."""
-    import urllib.request
-
+def spawn_guard(config: Path, port: int) -> subprocess.Popen:
+    """``invguard serve`` as a subprocess (not yet ready)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "invguard.cli", "serve", str(config), "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def wait_ready(proc: subprocess.Popen, port: int) -> None:
+    import urllib.request
+
     deadline = time.monotonic() + 30
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return proc
+                return
         except OSError:
             if proc.poll() is not None:
                 raise RuntimeError(
@@ -116,6 +119,13 @@ def start_guard_process(config: Path, port: int) -> subprocess.Popen:
                 proc.kill()
                 raise RuntimeError("guard did not start") from None
             time.sleep(0.05)
+
+
+def start_guard_process(config: Path, port: int) -> subprocess.Popen:
+    """``invguard serve`` as a subprocess; returns once /healthz answers."""
+    proc = spawn_guard(config, port)
+    wait_ready(proc, port)
+    return proc
 
 
 def stop_process(proc: subprocess.Popen) -> None:
