@@ -65,29 +65,34 @@ def build(
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
         "description": f"The model name (this guard serves {model_name!r}).",
     }
-    v2_input = {
-        "type": "object",
-        "required": ["name", "shape", "datatype", "data"],
-        "additionalProperties": False,
-        "properties": {
-            "name": {"type": "string", "maxLength": 64},
-            "shape": {
-                "type": "array",
-                "items": {"type": "integer"},
-                "prefixItems": [{"type": "integer", "minimum": 1, "maximum": max_batch}]
-                + [{"const": d} for d in input_shape],
-                "minItems": len(input_shape) + 1,
-                "maxItems": len(input_shape) + 1,
+
+    def v2_input(n: int) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "required": ["name", "shape", "datatype", "data"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string", "maxLength": 64},
+                "shape": {
+                    "type": "array",
+                    "prefixItems": [{"const": n}] + [{"const": d} for d in input_shape],
+                    "items": False,
+                    "minItems": len(input_shape) + 1,
+                },
+                "datatype": {"enum": ["FP32", "FP64"]},
+                "data": {
+                    "type": "array",
+                    "items": {"type": "number", "minimum": lo, "maximum": hi},
+                    "minItems": n * size,
+                    "maxItems": n * size,
+                },
             },
-            "datatype": {"enum": ["FP32", "FP64"]},
-            "data": {
-                "type": "array",
-                "items": {"type": "number", "minimum": lo, "maximum": hi},
-                "minItems": size,
-                "maxItems": size,
-            },
-        },
-    }
+        }
+
+    # the flat v2 ``data`` must hold exactly shape[0] * prod(input_shape) values: one exact
+    # alternative per batch size (JSON Schema cannot multiply); listed up to 64 samples
+    v2_tensor = {"anyOf": [v2_input(n) for n in range(1, min(max_batch, 64) + 1)]}
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -137,7 +142,7 @@ def build(
                     "required": ["inputs"],
                     "properties": {
                         "id": {"type": "string", "maxLength": 128},
-                        "inputs": {"type": "array", "items": v2_input, "minItems": 1, "maxItems": 1},
+                        "inputs": {"type": "array", "items": v2_tensor, "minItems": 1, "maxItems": 1},
                     },
                     "additionalProperties": False,
                 },
