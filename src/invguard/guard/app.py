@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -69,9 +70,8 @@ def _json(doc: Any, status: int = 200, headers: list[tuple[str, str]] | None = N
 
 def _entropy(p: np.ndarray) -> np.ndarray:
     """Shannon entropy in nats of each row (0 log 0 = 0)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    out: np.ndarray = terms.sum(axis=1)
+    logp = np.log(p, out=np.zeros_like(p), where=p > 0)
+    out: np.ndarray = -(p * logp).sum(axis=1)
     return out
 
 
@@ -144,7 +144,9 @@ class Guard:
             input_range=(self.lo, self.hi),
         )
         self._openapi_body = json.dumps(self.openapi).encode()
-        self.app = Starlette(
+        self._m_requests: dict[tuple[str, int, str], Any] = {}
+        self._m_latency: dict[str, Any] = {}
+        self.starlette = Starlette(
             routes=[
                 Route(V1, self.predict_v1, methods=["POST"]),
                 Route(V2, self.infer_v2, methods=["POST"]),
@@ -156,6 +158,7 @@ class Guard:
             exception_handlers={HTTPException: self.http_error, Exception: self.internal_error},
             lifespan=self.lifespan,
         )
+        self.app = self
 
     # ------------------------------------------------------------------ lifecycle
     @contextlib.asynccontextmanager
@@ -173,7 +176,9 @@ class Guard:
 
     # ------------------------------------------------------------------ plumbing
     async def _read_body(self, request: Request) -> bytes:
-        cl = request.headers.get("content-length")
+        return await self._read_stream(request.headers.get("content-length"), request.stream())
+
+    async def _read_stream(self, cl: str | None, stream: AsyncIterator[bytes]) -> bytes:
         if cl is not None and cl.isdigit() and int(cl) > self.max_body:
             raise BadInput(
                 413,
@@ -182,7 +187,7 @@ class Guard:
             )
         chunks = []
         total = 0
-        async for chunk in request.stream():
+        async for chunk in stream:
             total += len(chunk)
             if total > self.max_body:
                 raise BadInput(
@@ -199,7 +204,7 @@ class Guard:
         doc: dict[str, Any],
         record: dict[str, Any],
         headers: list[tuple[str, str]] | None = None,
-    ) -> Response:
+    ) -> tuple[int, bytes, list[tuple[str, str]]]:
         record["status"] = status
         record["route"] = route
         try:
@@ -211,9 +216,17 @@ class Guard:
             )
             headers = None
         role = record.get("role") or "anonymous"
-        self.metrics.requests.labels(route, str(status), role).inc()
-        self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
-        return _json(doc, status, headers)
+        key = (route, status, role)
+        counter = self._m_requests.get(key)
+        if counter is None:
+            counter = self._m_requests[key] = self.metrics.requests.labels(route, str(status), role)
+        counter.inc()
+        hist = self._m_latency.get(route)
+        if hist is None:
+            hist = self._m_latency[route] = self.metrics.latency.labels(route)
+        hist.observe(time.perf_counter() - t0)
+        body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+        return status, body, headers or []
 
     def _record(self, body: bytes | None) -> dict[str, Any]:
         rec: dict[str, Any] = {
@@ -356,16 +369,23 @@ class Guard:
         return self._check_batch(arr.reshape(shape), "inputs[0]"), rid
 
     # ------------------------------------------------------------------ the prediction pipeline
-    async def _guarded(self, request: Request, route: str) -> Response:
+    async def _guarded(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        stream: AsyncIterator[bytes],
+        name: str | None,
+        route: str,
+    ) -> tuple[int, bytes, list[tuple[str, str]]]:
         t0 = time.perf_counter()
         try:
-            body = await self._read_body(request)
+            cl = next((v.decode("latin-1") for k, v in headers if k.lower() == b"content-length"), None)
+            body = await self._read_stream(cl, stream)
         except BadInput as e:
             return await self._finish(
                 route, t0, e.status, {"code": e.code, "error": str(e)}, self._record(None)
             )
         rec = self._record(body)
-        principal, reason = self.auth.authenticate(request.scope["headers"])
+        principal, reason = self.auth.authenticate(headers)
         if principal is None:
             rec["decision"] = "unauthorized"
             return await self._finish(
@@ -381,7 +401,6 @@ class Guard:
         x: np.ndarray | None = None
         rid: str | None = None
         err: BadInput | None = None
-        name = request.path_params.get("name")
         try:
             if name != self.model_name:
                 raise BadInput(
@@ -487,10 +506,40 @@ class Guard:
         return await self._finish(route, t0, 200, doc, rec, rl_headers)
 
     async def predict_v1(self, request: Request) -> Response:
-        return await self._guarded(request, V1)
+        t = await self._guarded(
+            request.scope["headers"], request.stream(), request.path_params.get("name"), V1
+        )
+        return _response(t)
 
     async def infer_v2(self, request: Request) -> Response:
-        return await self._guarded(request, V2)
+        t = await self._guarded(
+            request.scope["headers"], request.stream(), request.path_params.get("name"), V2
+        )
+        return _response(t)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """The ASGI entry point: prediction routes are served directly (the hot path), everything
+        else (service routes, unknown routes, wrong methods, lifespan) by the Starlette app."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            m = _FAST.match(scope["path"])
+            if m is not None:
+                route = V1 if m.group(1) is not None else V2
+                name = m.group(1) if m.group(1) is not None else m.group(2)
+                try:
+                    status, body, headers = await self._guarded(
+                        scope["headers"], _stream(receive), name, route
+                    )
+                except Exception:  # the last resort: never a traceback, never model outputs
+                    status, body, headers = 500, b'{"code":"internal_error","error":"internal error"}', []
+                raw = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+                await send({"type": "http.response.start", "status": status, "headers": raw})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.starlette(scope, receive, send)
 
     # ------------------------------------------------------------------ errors and service routes
     async def http_error(self, request: Request, exc: Exception) -> Response:
@@ -513,8 +562,10 @@ class Guard:
             if request.url.path in ("/healthz", "/readyz", "/metrics", "/openapi.json")
             else _template(request.url.path)
         )
-        return await self._finish(
-            route, t0, status if 400 <= status < 500 else 400, {"code": code, "error": msg}, rec
+        return _response(
+            await self._finish(
+                route, t0, status if 400 <= status < 500 else 400, {"code": code, "error": msg}, rec
+            )
         )
 
     async def internal_error(self, request: Request, exc: Exception) -> Response:
@@ -543,6 +594,29 @@ class Guard:
         return Response(self._openapi_body, media_type="application/json")
 
 
+_FAST = re.compile(r"^/v1/models/([^/]+)/predict$|^/v2/models/([^/]+)/infer$")
+
+
+async def _stream(receive: Any) -> AsyncIterator[bytes]:
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return
+        body = msg.get("body", b"")
+        if body:
+            yield body
+        if not msg.get("more_body", False):
+            return
+
+
+def _response(t: tuple[int, bytes, list[tuple[str, str]]]) -> Response:
+    status, body, headers = t
+    r = Response(body, status_code=status, media_type="application/json")
+    for k, v in headers:
+        r.headers[k] = v
+    return r
+
+
 def _template(path: str) -> str:
     if path.startswith("/v1/models/") and path.endswith("/predict"):
         return V1
@@ -551,6 +625,6 @@ def _template(path: str) -> str:
     return "unmatched"
 
 
-def build_app(cfg: GuardConfig, **kw: Any) -> Starlette:
+def build_app(cfg: GuardConfig, **kw: Any) -> Any:
     """The ASGI app for a config (``registry``, ``model`` and ``limiter`` may be injected)."""
     return Guard(cfg, **kw).app

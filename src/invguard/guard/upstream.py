@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from invguard.core.access import Access
 from invguard.core.errors import ConfigError, TargetError
 from invguard.core.target import Prediction
 from invguard.guard.config import ModelConfig, UpstreamConfig
@@ -28,14 +29,37 @@ class UpstreamError(Exception):
 
 
 class LocalModel:
-    """A model in the guard's process, wrapped in a foundation target (torch or scikit-learn)."""
+    """A model in the guard's process, wrapped in a foundation target (torch or scikit-learn).
+
+    The guard has already validated the batch (shape, dtype, finite values in range), so a torch
+    model is called directly (inference mode, one forward pass) rather than through the target's
+    per-call validation; other targets go through ``target.predict``.
+    """
 
     def __init__(self, target: Any) -> None:
         self.target = target
         self.input_shape: tuple[int, ...] = tuple(target.input_shape)
         self.num_classes: int = int(target.num_classes)
+        self._forward: Any = None
+        if type(target).__name__ == "TorchTarget":
+            import torch
+
+            module = target._module
+            module.eval()
+
+            def forward(x: np.ndarray) -> Prediction:
+                with torch.inference_mode():
+                    logits = module(torch.from_numpy(x)).double().numpy()
+                return Prediction.from_logits(logits, Access.LOGITS)
+
+            self._forward = forward
 
     async def predict(self, x: np.ndarray) -> Prediction:
+        if self._forward is not None:
+            out: Prediction = self._forward(x)
+            if out.logits is None or out.logits.shape != (x.shape[0], self.num_classes):
+                raise TargetError(f"model gave outputs of the wrong shape for a batch of {x.shape[0]}")
+            return out
         pred: Prediction = self.target.predict(x)
         return pred
 
