@@ -6,6 +6,7 @@ Every error names the field path and what would be right, e.g.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,7 +159,7 @@ class GuardConfig(_Strict):
         def rel(p: str | None) -> str | None:
             if p is None or p.startswith("reference/") or Path(p).is_absolute():
                 return p
-            return str(base / p)
+            return os.path.normpath(base / p)
 
         model = self.model.model_copy(update={"path": rel(self.model.path)})
         auth = self.auth.model_copy(update={"key_store": rel(self.auth.key_store)})
