@@ -433,3 +433,42 @@ def test_no_prediction_without_an_audit_record(make_guard, x):
     m = urllib.request.urlopen(url + "/metrics").read().decode()
     assert "invguard_guard_audit_write_failures_total 2.0" in m
     assert "invguard_guard_audit_records_written_total 1.0" in m
+
+
+def test_torch_model_file_from_config_and_raw_inputs_in_the_log(tmp_path, digits_mlp, x):
+    from invguard import models
+    from invguard.guard import from_dict
+    from invguard.guard.app import Guard
+
+    path = models.save(digits_mlp, tmp_path / "m.pt")
+    cfg = base_config(tmp_path, audit={"store_inputs": True})
+    cfg["model"] = {**cfg["model"], "path": str(path)}
+    guard = Guard(from_dict(cfg))  # loads the file itself
+    assert (guard.input_shape, guard.num_classes) == ((1, 8, 8), 10)
+    with serve(guard.app) as url:
+        body = json.dumps({"inputs": x[:2].tolist()}).encode()
+        s, _, raw = call(url, "/v1/models/digits/predict", body, KEYS["default"])
+    from invguard.targets.torch import TorchTarget
+
+    truth = TorchTarget(digits_mlp, input_shape=(1, 8, 8)).predict(x[:2]).labels.tolist()
+    assert s == 200 and json.loads(raw)["labels"] == truth
+    rec = records(guard)[-1]
+    assert (
+        rec["input"] == body.decode()
+        and rec["input_sha256"] == __import__("hashlib").sha256(body).hexdigest()
+    )
+
+
+def test_an_unreachable_redis_fails_closed(make_guard, tmp_path, x):
+    from tests.servers import free_port
+
+    cfg = base_config(
+        tmp_path, ratelimit={"backend": "redis", "redis_url": f"redis://127.0.0.1:{free_port()}/0"}
+    )
+    url, guard = make_guard(cfg)
+    s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])
+    doc = json.loads(raw)
+    assert s == 503 and doc["code"] == "limiter_unavailable" and set(doc) == {"code", "error"}
+    assert records(guard)[-1]["decision"] == "rejected"
+    s, _, raw = call(url, "/readyz", method="GET")
+    assert s == 503 and "rate-limit backend unreachable" in json.loads(raw)["problems"]

@@ -413,7 +413,13 @@ class Guard:
         except BadInput as e:
             err = e
         rows = 0 if x is None else int(x.shape[0])
-        decision = await self.limiter.acquire(principal.client_id, role.limits, rows)
+        try:
+            decision = await self.limiter.acquire(principal.client_id, role.limits, rows)
+        except Exception as e:  # the shared limiter is down: fail closed, never serve unmetered
+            self.metrics.limiter_errors.inc()
+            rec["decision"] = "rejected"
+            msg = f"the rate-limit backend is unavailable ({type(e).__name__}); try later"
+            return await self._finish(route, t0, 503, {"code": "limiter_unavailable", "error": msg}, rec)
         rl_headers = decision.headers(role.limits)
         if not decision.allowed:
             rec["decision"] = decision.outcome

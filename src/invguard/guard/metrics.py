@@ -79,6 +79,11 @@ class GuardMetrics:
             ["kind"],
             registry=registry,
         )
+        self.limiter_errors = Counter(
+            "invguard_guard_limiter_errors",
+            "Requests refused (503) because the rate-limit backend could not be reached.",
+            registry=registry,
+        )
         self.rows = Counter(
             "invguard_guard_rows_served",
             "Input rows answered with a prediction, by role.",

@@ -56,7 +56,7 @@ def build(
         "413": _error("Request body larger than the configured limit."),
         "429": _limited("Rate limit or query budget exceeded."),
         "502": _error("The upstream model server failed."),
-        "503": _error("The audit log cannot be written; no prediction is given without an audit record."),
+        "503": _error("The audit log cannot be written or the rate-limit backend is down; no prediction."),
     }
     name_param = {
         "name": "name",
