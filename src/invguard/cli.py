@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # error lines stay whole in logs
 out = Console()
 
 
@@ -220,12 +220,30 @@ def log_verify(
 
 
 def main() -> None:
-    """Entry point of the ``invguard`` script."""
+    """Entry point of the ``invguard`` script.
+
+    User errors are reported by the commands (exit 2 or 3). Anything else is a bug: it gets a
+    one-line message and exit code 4, and the traceback with ``INVGUARD_DEBUG=1``.
+    """
+    import os
+
     try:
         app()
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except OSError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except Exception as e:
+        if os.environ.get("INVGUARD_DEBUG"):
+            raise
+        console.print(
+            f"[bold red]internal error[/] ({type(e).__name__}: {e}). This is a bug in invguard; rerun with "
+            "INVGUARD_DEBUG=1 for the traceback and please report it.",
+            highlight=False,
+        )
+        sys.exit(4)
 
 
 if __name__ == "__main__":
