@@ -472,3 +472,15 @@ def test_an_unreachable_redis_fails_closed(make_guard, tmp_path, x):
     assert records(guard)[-1]["decision"] == "rejected"
     s, _, raw = call(url, "/readyz", method="GET")
     assert s == 503 and "rate-limit backend unreachable" in json.loads(raw)["problems"]
+
+
+def test_noise_is_never_replayable_through_the_guard(make_guard, tmp_path, x):
+    """A configured seed would give every guard start the same noise stream (subtractable)."""
+    body = {"inputs": x[:1].tolist()}
+    first = []
+    for i in range(2):  # two guard starts, the same first request
+        cfg = base_config(tmp_path / str(i))
+        cfg["roles"]["partner"] = {"policy": {"noise": {"scale": 0.05, "seed": 0}}}
+        url, _ = make_guard(cfg)
+        first.append(json.loads(call(url, "/v1/models/digits/predict", body, KEYS["partner"])[2])["scores"])
+    assert first[0] != first[1]

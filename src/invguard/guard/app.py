@@ -37,7 +37,7 @@ from invguard.guard.config import GuardConfig
 from invguard.guard.metrics import GuardMetrics
 from invguard.guard.ratelimit import BUDGET_EXHAUSTED, Limits, MemoryLimiter, RedisLimiter
 from invguard.guard.upstream import UpstreamError, build_model
-from invguard.policies import OutputPolicy, parse
+from invguard.policies import Chain, Noise, OutputPolicy, parse
 
 V1 = "/v1/models/{name}/predict"
 V2 = "/v2/models/{name}/infer"
@@ -104,7 +104,7 @@ class Guard:
         self.max_body = cfg.server.max_body_bytes
         self.roles: dict[str, Role] = {}
         for name, rc in cfg.roles.items():
-            pol = parse(rc.policy, f"roles.{name}.policy")
+            pol = _unseeded(parse(rc.policy, f"roles.{name}.policy"))
             self.roles[name] = Role(
                 name,
                 pol,
@@ -598,6 +598,13 @@ class Guard:
 
     async def openapi_endpoint(self, request: Request) -> Response:
         return Response(self._openapi_body, media_type="application/json")
+
+
+def _unseeded(policy: OutputPolicy) -> OutputPolicy:
+    """The guard draws policy noise from OS entropy: a seed in the config would hand an attacker
+    the noise stream to subtract, so seeded ``Noise`` steps are rebuilt unseeded."""
+    steps = [Noise(p.scale, p.kind, seed=None) if isinstance(p, Noise) else p for p in policy.steps()]
+    return steps[0] if len(steps) == 1 else Chain(*steps)
 
 
 _FAST = re.compile(r"^/v1/models/([^/]+)/predict$|^/v2/models/([^/]+)/infer$")
