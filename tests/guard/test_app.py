@@ -140,6 +140,15 @@ BAD = [
         "bad_json",
         "request body is not valid JSON",
     ),
+    (
+        "nested too deeply",
+        "/v1/models/digits/predict",
+        b'{"inputs": ' + b"[" * 9000 + b"]" * 9000 + b"}",
+        {},
+        400,
+        "bad_json",
+        "request body is nested too deeply",
+    ),
     ("not an object", "/v1/models/digits/predict", [1, 2], {}, 400, "bad_input", "must be a JSON object"),
     (
         "extra field",

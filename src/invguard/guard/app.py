@@ -274,8 +274,10 @@ class Guard:
     def _parse_v1(self, body: bytes) -> np.ndarray:
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except ValueError:
             raise BadInput(400, "bad_json", "request body is not valid JSON") from None
+        except RecursionError:
+            raise BadInput(400, "bad_json", "request body is nested too deeply") from None
         if not isinstance(doc, dict):
             raise BadInput(400, "bad_input", 'request body must be a JSON object {"inputs": [...]}')
         extra = sorted(set(doc) - {"inputs"})
@@ -292,7 +294,7 @@ class Guard:
             )
         try:
             arr = np.array(inputs)
-        except (ValueError, TypeError, OverflowError):
+        except (ValueError, TypeError, OverflowError, RecursionError):
             raise BadInput(
                 400,
                 "bad_shape",
@@ -306,8 +308,10 @@ class Guard:
     def _parse_v2(self, body: bytes) -> tuple[np.ndarray, str | None]:
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except ValueError:
             raise BadInput(400, "bad_json", "request body is not valid JSON") from None
+        except RecursionError:
+            raise BadInput(400, "bad_json", "request body is nested too deeply") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
             raise BadInput(
                 400,
@@ -360,7 +364,7 @@ class Guard:
             raise BadInput(400, "bad_input", "inputs[0].data: must be a flat list of numbers")
         try:
             arr = np.array(data)
-        except (ValueError, TypeError, OverflowError):
+        except (ValueError, TypeError, OverflowError, RecursionError):
             raise BadInput(400, "bad_input", "inputs[0].data: must be a flat list of numbers") from None
         if arr.dtype.kind not in "iuf" or arr.ndim != 1:
             raise BadInput(400, "bad_input", "inputs[0].data: must be a flat list of numbers")
