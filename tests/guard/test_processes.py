@@ -174,3 +174,14 @@ def test_key_and_log_commands_do_not_import_torch(tmp_path):
         check=True,
     )
     assert out.stdout.split() == ["0", "2", "False"]
+
+
+def test_the_example_config_is_valid():
+    from invguard.guard import load
+    from invguard.policies import parse
+
+    cfg = load(ROOT / "examples" / "guard.yaml")
+    assert cfg.model.path == "reference/digits-mlp" and cfg.ratelimit.backend == "memory"
+    assert parse(cfg.roles["partner"].policy).describe() == "SCORES (top_k=3, rounded to 2 decimals)"
+    assert cfg.auth.key_store == str(ROOT / "keys.db")
+    assert cfg.audit.path == str(ROOT / "audit" / "guard.jsonl")
