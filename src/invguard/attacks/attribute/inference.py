@@ -191,8 +191,8 @@ class AttributeInference(Attack):
         detail = (
             f"Inferring {col.name} of {c_map.size} training records: accuracy "
             f"{metrics['accuracy']:.3f} vs {metrics['baseline_accuracy']:.3f} for the {self.baseline} "
-            f"attacker without the model: advantage {adv:.3f}. Control on non-members: advantage {ctrl:.3f}; over imputation from public data: "
-            f"{imp:.3f} (95% bootstrap CIs)."
+            f"attacker without the model: advantage {adv:.3f}. Control on non-members: advantage "
+            f"{ctrl:.3f}; over imputation from public data: {imp:.3f} (95% bootstrap CIs)."
         )
         findings = []
         if adv.low is not None and adv.low > 0:
