@@ -6,6 +6,7 @@ Sub-packages are imported lazily, so ``import invguard`` stays cheap (no torch a
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from invguard.core import (
@@ -21,7 +22,11 @@ from invguard.core import (
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("attacks", "audit", "data", "guard", "metrics", "models", "policies", "report", "targets")
+_SUBMODULES = tuple(
+    name
+    for name in ("attacks", "audit", "data", "guard", "metrics", "models", "policies", "report", "targets")
+    if importlib.util.find_spec(f"invguard.{name}") is not None
+)
 
 __all__ = [
     "Access",
@@ -35,6 +40,10 @@ __all__ = [
     "__version__",
     *_SUBMODULES,
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # error lines stay whole in logs
 out = Console()
 
 
@@ -98,13 +98,152 @@ def demo(
         _fail(e)
 
 
+# --------------------------------------------------------------------------------------------- guard
+
+keys_app = typer.Typer(
+    help="Manage the guard's API keys (only SHA-256 hashes are stored).", no_args_is_help=True
+)
+log_app = typer.Typer(help="Work with the guard's tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(log_app, name="log")
+
+_STORE = typer.Option("--store", "-s", help="The SQLite key store (auth.key_store in guard.yaml).")
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Argument(help="The guard config (guard.yaml).")],
+    host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override server.port.")] = None,
+) -> None:
+    """Run the guard: API keys, rate limits, output policies and an audit log in front of a model."""
+    from invguard.core.errors import InvguardError
+    from invguard.guard import load
+    from invguard.guard.app import build_app
+
+    try:
+        cfg = load(config)
+        asgi = build_app(cfg)
+    except InvguardError as e:
+        _fail(e)
+        return
+    import uvicorn
+
+    h = host or cfg.server.host
+    pt = port if port is not None else cfg.server.port
+    console.print(
+        f"guard serving model {cfg.model.name!r} on http://{h}:{pt} (audit log {cfg.audit.path})",
+        highlight=False,
+    )
+    uvicorn.run(
+        asgi,
+        host=h,
+        port=pt,
+        log_level="warning",
+        access_log=False,
+        loop="auto",
+        http="auto",
+    )
+
+
+@keys_app.command("add")
+def keys_add(
+    role: Annotated[str, typer.Option(help="The role the key grants (a role of guard.yaml).")],
+    store: Annotated[Path, _STORE] = Path("keys.db"),
+    key_id: Annotated[str | None, typer.Option("--id", help="A name for the key (default: random).")] = None,
+) -> None:
+    """Create an API key; it is printed once and only its hash is stored."""
+    from invguard.core.errors import InvguardError
+    from invguard.guard.auth import KeyStore
+
+    try:
+        key, rec = KeyStore(store).add(role, key_id)
+    except InvguardError as e:
+        _fail(e)
+        return
+    console.print(f"key {rec.id!r} for role {rec.role!r} added to {store} (shown once, store it now):")
+    out.print(key, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(store: Annotated[Path, _STORE] = Path("keys.db")) -> None:
+    """List the keys of a store (id, role, created, revoked, hash prefix)."""
+    from invguard.guard.auth import KeyStore
+
+    for r in KeyStore(store).list():
+        state = "revoked" if r.revoked else "active"
+        out.print(f"{r.id}\t{r.role}\t{r.created}\t{state}\tsha256:{r.sha256[:12]}", highlight=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The id of the key to revoke.")],
+    store: Annotated[Path, _STORE] = Path("keys.db"),
+) -> None:
+    """Revoke a key; a running guard stops accepting it within a second."""
+    from invguard.core.errors import InvguardError
+    from invguard.guard.auth import KeyStore
+
+    try:
+        KeyStore(store).revoke(key_id)
+    except InvguardError as e:
+        _fail(e)
+    console.print(f"key {key_id!r} revoked")
+
+
+@log_app.command("verify")
+def log_verify(
+    file: Annotated[Path, typer.Argument(help="The audit log (its rotated files are checked too).")],
+    public_key: Annotated[
+        Path | None, typer.Option(help="Pin the Ed25519 key the checkpoints must be signed with (PEM).")
+    ] = None,
+    head: Annotated[
+        Path | None, typer.Option(help="A saved head checkpoint (default: FILE.head if present).")
+    ] = None,
+) -> None:
+    """Check the hash chain and the signed checkpoints; name the first bad record. Exit 1 if bad."""
+    from invguard.core.errors import InvguardError
+    from invguard.guard.auditlog import load_public_key_hex, verify
+
+    try:
+        pk = load_public_key_hex(public_key) if public_key is not None else None
+        rep = verify(file, public_key=pk, head=head)
+    except InvguardError as e:
+        _fail(e)
+        return
+    for w in rep.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if not rep.ok:
+        console.print(f"[bold red]{rep.summary()}[/]", highlight=False)
+        raise typer.Exit(1)
+    out.print(rep.summary(), highlight=False)
+
+
 def main() -> None:
-    """Entry point of the ``invguard`` script."""
+    """Entry point of the ``invguard`` script.
+
+    User errors are reported by the commands (exit 2 or 3). Anything else is a bug: it gets a
+    one-line message and exit code 4, and the traceback with ``INVGUARD_DEBUG=1``.
+    """
+    import os
+
     try:
         app()
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except OSError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except Exception as e:
+        if os.environ.get("INVGUARD_DEBUG"):
+            raise
+        console.print(
+            f"[bold red]internal error[/] ({type(e).__name__}: {e}). This is a bug in invguard; rerun with "
+            "INVGUARD_DEBUG=1 for the traceback and please report it.",
+            highlight=False,
+        )
+        sys.exit(4)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,17 @@ class ModelServer:
     async def kserve(self, request: Request) -> Response:
         self.requests += 1
         body = await request.json()
-        inp = body["inputs"][0]
+        # the Open Inference Protocol (v2) request: named, typed, shaped, row-major flat data
+        (inp,) = body["inputs"]
+        ok = (
+            isinstance(inp.get("name"), str)
+            and inp.get("datatype") == "FP32"
+            and len(inp["shape"]) == 4
+            and len(inp["data"]) == int(np.prod(inp["shape"]))
+            and all(isinstance(v, float | int) for v in inp["data"][:5])
+        )
+        if not ok:
+            return JSONResponse({"error": "not a valid v2 inference request"}, status_code=400)
         x = np.asarray(inp["data"], dtype=np.float64).reshape(inp["shape"])
         z = linear_logits(x)
         kind = request.path_params["kind"]
@@ -252,6 +262,13 @@ def test_contract_rejects_bad_input(adapter):
         t.predict(np.zeros((3, 5)))
     with pytest.raises(ConfigError, match="NaN or infinite"):
         t.predict(np.full((1, *SHAPE), np.nan))
+    with pytest.raises(ConfigError, match="empty batch: pass at least one sample"):
+        t.predict(np.zeros((0, *SHAPE)))
+    with pytest.raises(ConfigError, match=r"\(channels-last\? transpose the batch to channels-first\)"):
+        t.predict(np.zeros((2, 8, 8, 1)))
+    assert t.queries_used == 0
+    flat = t.predict(np.zeros((2, 64)))  # a flat batch of the right width is accepted
+    assert len(flat) == 2
 
 
 # ------------------------------------------------------------------------------------------ HTTP specifics
@@ -363,3 +380,85 @@ def test_torch_target_whitebox_gradients_and_access():
     blackbox = TorchTarget(t.module, input_shape=SHAPE, access="scores")
     with pytest.raises(AccessError, match="only exposed at WHITEBOX access; this target grants SCORES"):
         _ = blackbox.module
+
+
+def test_http_does_not_follow_redirects_with_the_api_key(server):
+    seen = []
+
+    async def moved(request: Request) -> Response:
+        return Response(status_code=307, headers={"Location": f"{other}/steal"})
+
+    async def steal(request: Request) -> Response:
+        seen.append(request.headers.get("x-api-key"))
+        return JSONResponse({"predictions": [[0.1] * C]})
+
+    with (
+        serve(Starlette(routes=[Route("/steal", steal, methods=["POST"])])) as other,
+        serve(Starlette(routes=[Route("/moved", moved, methods=["POST"])])) as url,
+    ):
+        t = HttpTarget(f"{url}/moved", preset="instances", input_shape=SHAPE, num_classes=C, api_key="SECRET")
+        with pytest.raises(
+            TargetError, match=r"-> 307 .*the endpoint redirects \(to http://127.0.0.1:\d+/steal\)"
+        ):
+            t.predict(np.zeros((1, *SHAPE)))
+    assert seen == []
+
+
+def test_http_custom_template_must_place_the_inputs():
+    with pytest.raises(ConfigError, match='request_template must contain the string "\\$inputs"'):
+        HttpTarget(
+            "http://x/y",
+            preset="custom",
+            request_template={"rows": []},
+            response_field="p",
+            input_shape=SHAPE,
+            num_classes=C,
+        )
+
+
+def test_http_credentials_in_url_never_reach_messages():
+    from tests.servers import free_port
+
+    t = HttpTarget(f"http://user:pw@127.0.0.1:{free_port()}/x", input_shape=SHAPE, num_classes=C, retries=0)
+    with pytest.raises(TargetError) as e:
+        t.predict(np.zeros((1, *SHAPE)))
+    assert "pw" not in str(e.value) and "***" in str(e.value) and "pw" not in t.describe()
+
+
+def test_budget_holds_under_concurrency(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = make_http_instances(budget=50, server=server)
+    before = server.requests
+
+    def one(_):
+        try:
+            t.predict(np.zeros((1, *SHAPE)))
+            return 1
+        except BudgetExhausted:
+            return 0
+
+    with ThreadPoolExecutor(8) as ex:
+        served = sum(ex.map(one, range(80)))
+    assert served == 50 and t.queries_used == 50 and server.requests - before == 50
+
+
+def test_torch_target_validates_the_module_output():
+    import torch
+
+    from invguard.targets.torch import TorchTarget
+
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, C))
+    with pytest.raises(TargetError, match="expected 5 classes, got 10 logits per row"):
+        TorchTarget(lin, input_shape=SHAPE, num_classes=5).predict(np.zeros((2, *SHAPE)))
+
+    class NaNs(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), C), float("nan"))
+
+    with pytest.raises(TargetError, match="logits contain NaN or infinite values"):
+        TorchTarget(NaNs(), input_shape=SHAPE, num_classes=C).predict(np.zeros((1, *SHAPE)))
+    with pytest.raises(ConfigError, match=r"does not accept inputs of shape \(3, 8, 8\)"):
+        TorchTarget(lin, input_shape=(3, 8, 8))
+    double = TorchTarget(make_torch().module.inner, input_shape=SHAPE)  # a float64 module works
+    assert len(double.predict(np.zeros((2, *SHAPE)))) == 2

@@ -25,6 +25,23 @@ def test_train_writes_a_model_and_bad_input_exits_2(tmp_path):
     assert "unknown dataset 'digitz'" in r.output and "Traceback" not in r.output
 
 
+def test_user_errors_exit_2_without_traceback(tmp_path):
+    r = runner.invoke(app, ["train", "--dataset", "adult", "--arch", "cnn", "--out", str(tmp_path / "m.pt")])
+    assert r.exit_code == 2 and "cnn needs images" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", "--recipe", "quick", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "is a folder" in r.output
+
+
+def test_python_dash_m_and_internal_errors_exit_4():
+    r = subprocess.run([sys.executable, "-m", "invguard", "version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("invguard ")
+    code = "import invguard.cli as c; c.app = lambda: 1 / 0; c.main()"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (
+        r.returncode == 4 and "internal error (ZeroDivisionError" in r.stderr and "Traceback" not in r.stderr
+    )
+
+
 def test_import_is_light():
     code = "import sys, invguard; import invguard.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -78,6 +78,32 @@ def test_bad_inputs_name_what_and_where(tmp_path):
         data.load("digits", fractions={"members": 0.5, "nonmembers": 0.5, "public": 0.2, "evaluation": 0.2})
 
 
+def test_csv_missing_values_numeric_labels_and_bom(tmp_path):
+    (tmp_path / "m.csv").write_text("age,colour,label\n30,red,a\n,blue,b\n50,red,a\n")
+    with pytest.raises(DataError, match=r"m.csv:3: column 'age' is numeric but has 1 missing value\(s\)"):
+        data.load_dataset(tmp_path / "m.csv", label="label")
+    (tmp_path / "n.csv").write_bytes("\ufeffx,label\n1,10\n2,2\n3,10\n".encode())
+    d = data.load_dataset(tmp_path / "n.csv", label="label")
+    assert d.class_names == ("2", "10") and d.y.tolist() == [1, 0, 1]
+    with pytest.raises(DataError, match="dataset 'digits' takes no options; got \\['label'\\]"):
+        data.load_dataset("digits", label="y")
+
+
+def test_npz_channels_last_nan_and_label_shapes(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "c.npz", X=(rng.random((12, 8, 8, 3)) * 255).astype(np.uint8), y=np.arange(12) % 2)
+    d = data.load_dataset(tmp_path / "c.npz")
+    assert d.input_shape == (3, 8, 8) and d.X.max() <= 1.0
+    X = rng.random((6, 4))
+    X[3, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", X=X, y=np.arange(6) % 2)
+    with pytest.raises(DataError, match=r"features contain NaN or infinite values \(first at sample 3\)"):
+        data.load_dataset(tmp_path / "nan.npz")
+    np.savez(tmp_path / "y2.npz", X=rng.random((6, 4)), y=np.zeros((6, 2)))
+    with pytest.raises(DataError, match=r"labels must be one per sample, got an array of shape \(6, 2\)"):
+        data.load_dataset(tmp_path / "y2.npz")
+
+
 def test_missing_extra_names_the_extra(monkeypatch):
     import builtins
 

@@ -35,7 +35,20 @@ def test_save_load_round_trip(tmp_path, digits_mlp, digits):
     back = models.load(p)
     x = torch.as_tensor(digits.members.X[:5])
     assert torch.allclose(back(x), digits_mlp(x))
-    assert back.invguard_meta == {"x": 1}
+    assert back.invguard_meta["x"] == 1 and back.invguard_meta["torch"] == str(torch.__version__)
+
+
+def test_bad_specs_and_training_inputs(tmp_path, digits_mlp):
+    with pytest.raises(
+        ConfigError, match=r"cnn needs images of shape \(channels, height, width\), got input_shape"
+    ):
+        models.build({"arch": "cnn", "input_shape": [14], "num_classes": 2})
+    with pytest.raises(ConfigError, match=r"labels must lie in \[0, 10\) for a model with 10 outputs"):
+        models.train(digits_mlp, np.zeros((2, 1, 8, 8), np.float32), np.array([0, 12]), recipe="quick")
+    with pytest.raises(ConfigError, match="training needs epochs >= 1, batch_size >= 1"):
+        models.train(digits_mlp, np.zeros((2, 1, 8, 8), np.float32), np.array([0, 1]), batch_size=0)
+    with pytest.raises(ConfigError, match="is a folder; give a file path for the model"):
+        models.save(digits_mlp, tmp_path)
 
 
 def test_load_errors(tmp_path):
@@ -62,6 +75,13 @@ def test_reference_model_is_cached(tmp_path, monkeypatch):
     m1, splits = models.reference("digits-mlp", seed=0)
     files = list(tmp_path.glob("digits-mlp-*.pt"))
     assert len(files) == 1
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached reference model was retrained")
+
+    import sys
+
+    monkeypatch.setattr(sys.modules["invguard.models.train"], "fit", no_training)
     m2 = models.load("reference/digits-mlp")
     x = torch.as_tensor(splits.members.X[:3])
     assert torch.equal(m1(x), m2(x))

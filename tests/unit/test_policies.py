@@ -54,7 +54,8 @@ def test_top_k_keeps_exactly_k_and_sums_to_one(logits, k):
     expected = np.minimum(kk, positive.sum(1))
     assert ((out.scores > 0).sum(1) == expected).all()
     np.testing.assert_allclose(out.scores.sum(1), 1.0, rtol=1e-9)
-    assert (np.argmax(out.scores, 1) == np.argmax(p.scores, 1)).all()
+    rows = np.arange(len(p))
+    assert (out.scores[rows, p.labels] == out.scores.max(1)).all()  # the model's own label stays on top
     assert out.logits is None and out.access is Access.SCORES
 
 
@@ -99,15 +100,18 @@ def test_noise_is_seeded():
     assert not np.array_equal(a, c)
 
 
-def test_reverse_sigmoid_matches_the_formula():
-    p = np.array([[0.7, 0.2, 0.1]])
-    beta, gamma = 0.5, 0.2
-    q = np.clip(p, 1e-12, 1 - 1e-12)
-    r = beta * (1 / (1 + np.exp(-gamma * np.log(q / (1 - q)))) - 0.5)
-    expected = np.clip(p - r, 0, 1)
-    expected /= expected.sum()
-    out = policies.ReverseSigmoid(beta, gamma).apply(Prediction.from_scores(p, Access.SCORES))
-    np.testing.assert_allclose(out.scores, expected)
+def test_reverse_sigmoid_reference_values_and_properties():
+    # reference values from the independent implementation in IBM ART (ReverseSigmoid, beta=0.5, gamma=0.2)
+    p = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]])
+    expected = np.array([[0.63602035, 0.2196402, 0.14433944], [0.38950941, 0.34708086, 0.26340973]])
+    out = policies.ReverseSigmoid(0.5, 0.2).apply(Prediction.from_scores(p, Access.SCORES))
+    np.testing.assert_allclose(out.scores, expected, rtol=1e-7)
+    # p = 0.5 everywhere is a fixed point (r = 0), and a confident top score is pulled down
+    half = policies.ReverseSigmoid(1.0, 0.5).apply(
+        Prediction.from_scores(np.array([[0.5, 0.5]]), Access.SCORES)
+    )
+    np.testing.assert_allclose(half.scores, [[0.5, 0.5]])
+    assert out.scores[0, 0] < p[0, 0]
 
 
 def test_composition_lowers_access_and_describes_itself():
@@ -136,6 +140,25 @@ def test_parse_forms():
     assert policies.parse("logits") == policies.Identity()
 
 
+def test_nested_wraps_keep_every_policy_and_the_effective_budget():
+    target = CallableTarget(
+        lambda x: np.tile([[2.0, 1.0, 0.5, 0.1]], (len(x), 1)),
+        input_shape=(2,),
+        num_classes=4,
+        outputs="logits",
+        budget=10,
+    )
+    view = policies.TopK(1).wrap(policies.Round(1).wrap(target))
+    assert view.describe() == "SCORES (rounded to 1 decimals, top_k=1)"
+    assert view.budget == 10 and view.queries_left == 10
+    view.predict(np.zeros((7, 2)))
+    assert view.queries_left == 3 and target.queries_used == 7
+    own = policies.PolicyTarget(target, policies.Round(2), budget=2)
+    assert own.queries_left == 2
+    own.predict(np.zeros((2, 2)))
+    assert own.queries_left == 0 and target.queries_left == 1
+
+
 def test_parse_errors_name_the_place():
     with pytest.raises(ConfigError, match=r"roles.partner: unknown output policy 'top3'; known: identity"):
         policies.parse("top3", "roles.partner")
@@ -143,3 +166,8 @@ def test_parse_errors_name_the_place():
         policies.parse({"top_k": 0}, "roles.x")
     with pytest.raises(ConfigError, match="round: decimals must be an integer in"):
         policies.Round(-1)
+    with pytest.raises(ConfigError, match=r"'top_k' needs a value after '=' \(e.g. top_k=3\)"):
+        policies.parse("top_k=")
+    with pytest.raises(ConfigError, match="noise: seed must be a whole number or None, got 'x'"):
+        policies.Noise(0.1, seed="x")
+    assert policies.Noise(np.float32(0.1)).scale == pytest.approx(0.1)

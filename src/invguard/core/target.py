@@ -47,11 +47,18 @@ class Prediction:
     def __post_init__(self) -> None:
         if self.labels.ndim != 1:
             raise ValueError(f"Prediction.labels must be 1-D, got shape {self.labels.shape}")
+        if not np.issubdtype(self.labels.dtype, np.integer):
+            raise ValueError(f"Prediction.labels must be integers, got dtype {self.labels.dtype}")
         n = self.labels.shape[0]
+        if n and int(self.labels.min()) < 0:
+            raise ValueError("Prediction.labels must be >= 0")
         for name in ("scores", "logits"):
             arr = getattr(self, name)
             if arr is not None and (arr.ndim != 2 or arr.shape[0] != n):
                 raise ValueError(f"Prediction.{name} must have shape (n={n}, classes), got {arr.shape}")
+        width = next((a.shape[1] for a in (self.scores, self.logits) if a is not None), None)
+        if width is not None and n and int(self.labels.max()) >= width:
+            raise ValueError(f"Prediction.labels must be < the number of classes ({width})")
         if self.access < Access.SCORES and self.scores is not None:
             raise ValueError("a LABEL-access prediction cannot carry scores")
         if self.access < Access.LOGITS and self.logits is not None:
@@ -133,8 +140,20 @@ class BaseTarget:
     ) -> None:
         if int(num_classes) < 2:
             raise ConfigError(f"{name}: num_classes must be >= 2, got {num_classes}")
-        if budget is not None and int(budget) < 0:
-            raise ConfigError(f"{name}: budget must be >= 0 or None, got {budget}")
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0
+        ):
+            raise ConfigError(f"{name}: budget must be a whole number >= 0 or None, got {budget!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+            raise ConfigError(f"{name}: num_classes must be a whole number, got {num_classes!r}")
+        try:
+            input_shape = tuple(int(d) for d in input_shape)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{name}: input_shape must be a tuple of whole numbers, got {input_shape!r}"
+            ) from None
+        if not input_shape or any(d < 1 for d in input_shape):
+            raise ConfigError(f"{name}: input_shape must be non-empty with sizes >= 1, got {input_shape}")
         self._num_classes = int(num_classes)
         self._input_shape = tuple(int(d) for d in input_shape)
         self._access = Access.parse(access)
@@ -175,18 +194,31 @@ class BaseTarget:
             self._queries = 0
 
     def _as_batch(self, x: FloatArray) -> NDArray[np.float32]:
-        arr = np.asarray(x, dtype=np.float32)
+        """Validate ``x``: one sample of ``input_shape``, a batch ``(n, *input_shape)`` or flat ``(n, d)``.
+
+        Anything else (including channels-last images) is refused, never silently reshaped.
+        """
+        try:
+            arr = np.asarray(x, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{self.name}: input is not a numeric array ({e})") from None
         shape = self._input_shape
+        size = int(np.prod(shape))
         if arr.shape == shape:
             arr = arr[None, ...]
-        elif arr.ndim == len(shape) + 1 and arr.shape[1:] != shape and arr[0].size == int(np.prod(shape)):
+        elif arr.ndim == 2 and len(shape) > 1 and arr.shape[1] == size:
             arr = arr.reshape((arr.shape[0], *shape))
         if arr.shape[1:] != shape:
+            hint = ""
+            if arr.ndim == len(shape) + 1 and sorted(arr.shape[1:]) == sorted(shape):
+                hint = " (channels-last? transpose the batch to channels-first)"
             raise ConfigError(
                 f"{self.name}: input of shape {tuple(np.shape(x))} does not match the target's input shape "
-                f"{shape}; pass one sample of shape {shape} or a batch of shape "
-                f"(n, {', '.join(map(str, shape))})"
+                f"{shape}{hint}; pass one sample of shape {shape}, a batch of shape "
+                f"(n, {', '.join(map(str, shape))}) or a flat batch of shape (n, {size})"
             )
+        if arr.shape[0] == 0:
+            raise ConfigError(f"{self.name}: empty batch: pass at least one sample")
         if not np.all(np.isfinite(arr)):
             raise ConfigError(f"{self.name}: input contains NaN or infinite values")
         return arr
@@ -203,6 +235,11 @@ class BaseTarget:
                     requested=n,
                 )
             self._queries += n
+
+    def refund(self, n: int) -> None:
+        """Give back ``n`` charged queries that were never sent (e.g. chunks after a failure)."""
+        with self._lock:
+            self._queries = max(0, self._queries - n)
 
     def predict(self, x: FloatArray) -> Prediction:
         batch = self._as_batch(x)

@@ -35,10 +35,25 @@ class Dataset:
     source: str = ""
 
     def __post_init__(self) -> None:
+        if self.y.ndim != 1:
+            if self.y.ndim == 2 and self.y.shape[1] == 1:
+                object.__setattr__(self, "y", self.y.reshape(-1))
+            else:
+                raise DataError(
+                    f"{self.name}: labels must be one per sample, got an array of shape {self.y.shape}"
+                )
+        if self.X.ndim < 2:
+            raise DataError(
+                f"{self.name}: features must have shape (n, ...) with at least 2 dimensions, "
+                f"got {self.X.shape}"
+            )
         if self.X.shape[0] != self.y.shape[0]:
             raise DataError(f"{self.name}: {self.X.shape[0]} samples but {self.y.shape[0]} labels")
         if self.X.shape[0] == 0:
             raise DataError(f"{self.name}: the dataset is empty")
+        if not np.all(np.isfinite(self.X)):
+            bad = int(np.argwhere(~np.isfinite(self.X.reshape(self.X.shape[0], -1)))[0][0])
+            raise DataError(f"{self.name}: features contain NaN or infinite values (first at sample {bad})")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -58,8 +73,26 @@ class Dataset:
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset", DataError)
 
 
+def _numeric_if_possible(values: np.ndarray) -> np.ndarray:
+    """String labels that are all whole numbers become integers (so "10" sorts after "2")."""
+    if values.dtype.kind not in "UO":
+        return values
+    try:
+        as_float = values.astype(np.float64)
+    except ValueError:
+        return values
+    if np.all(np.isfinite(as_float)) and np.all(as_float == np.round(as_float)):
+        return as_float.astype(np.int64)
+    return values
+
+
 def _labelled(name: str, X: np.ndarray, y_raw: np.ndarray, kind: str, source: str, **kw: Any) -> Dataset:
-    classes, y = np.unique(np.asarray(y_raw), return_inverse=True)
+    y_arr = np.asarray(y_raw)
+    if y_arr.ndim == 2 and y_arr.shape[1] == 1:
+        y_arr = y_arr.reshape(-1)
+    if y_arr.ndim != 1:
+        raise DataError(f"{name}: labels must be one per sample, got an array of shape {y_arr.shape}")
+    classes, y = np.unique(_numeric_if_possible(y_arr), return_inverse=True)
     if classes.size < 2:
         raise DataError(f"{name}: needs at least 2 classes, found {classes.size}")
     return Dataset(
@@ -143,12 +176,19 @@ def tabular_from_rows(
     label: str,
     source: str = "",
     categorical: list[str] | None = None,
+    lines: list[int] | None = None,
 ) -> Dataset:
-    """Encode string rows: numeric columns scaled to [0, 1], the others one-hot; ``label`` is the class."""
+    """Encode string rows: numeric columns scaled to [0, 1], the others one-hot; ``label`` is the class.
+
+    A numeric column with missing values (empty, NA, nan, null) is refused with the line and column
+    of the first one: impute them before loading. ``lines`` gives each row's line in its file.
+    """
     if label not in header:
         raise DataError(f"{name}: label column {label!r} not found; columns are {header}")
     if not rows:
         raise DataError(f"{name}: no data rows")
+    if len(header) < 2:
+        raise DataError(f"{name}: no feature columns besides the label {label!r}")
     cols = {h: [r[i] for r in rows] for i, h in enumerate(header)}
     feats: list[np.ndarray] = []
     groups: dict[str, list[int]] = {}
@@ -160,10 +200,20 @@ def tabular_from_rows(
         values = cols[h]
         numeric = categorical is None or h not in categorical
         if numeric:
+            missing = [i for i, v in enumerate(values) if v.strip().lower() in MISSING]
+            present = [v for v in values if v.strip().lower() not in MISSING]
             try:
-                arr = np.asarray([float(v) for v in values], dtype=np.float64)
+                [float(v) for v in present]
             except ValueError:
                 numeric = False
+            else:
+                if missing and present:
+                    raise DataError(
+                        f"{source or name}:{lines[missing[0]] if lines else missing[0] + 2}: column {h!r} is "
+                        f"numeric but has "
+                        f"{len(missing)} missing value(s); impute them before loading"
+                    )
+                arr = np.asarray([float(v) for v in values], dtype=np.float64)
         if numeric:
             lo, hi = float(arr.min()), float(arr.max())
             feats.append(((arr - lo) / (hi - lo if hi > lo else 1.0))[:, None])
@@ -184,6 +234,8 @@ def tabular_from_rows(
     )
 
 
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "none"})
+
 # ------------------------------------------------------------------------------------------ user files
 
 
@@ -203,9 +255,24 @@ def load_npz(path: str | Path, *, x_key: str = "X", y_key: str = "y", name: str 
     if X.ndim == 3:  # (n, h, w) grey images
         X = X[:, None]
     kind = "image" if X.ndim == 4 else "tabular"
-    if kind == "image" and X.max() > 1.0:
-        X = X / 255.0
+    if kind == "image":
+        if X.shape[-1] in (1, 3, 4) and X.shape[1] not in (1, 3, 4):  # channels-last -> channels-first
+            X = np.moveaxis(X, -1, 1)
+        X = _unit_scale(X, str(p))
     return _labelled(name or p.stem, np.asarray(X, dtype=np.float32), y, kind, str(p))
+
+
+def _unit_scale(X: np.ndarray, where: str) -> np.ndarray:
+    """Images to [0, 1]: integer images by their dtype's range, float images in [0, 1] or [0, 255]."""
+    if np.issubdtype(X.dtype, np.integer):
+        return X.astype(np.float64) / float(np.iinfo(X.dtype).max)
+    X = X.astype(np.float64)
+    hi = float(np.nanmax(X)) if X.size else 0.0
+    if hi <= 1.0:
+        return X
+    if hi <= 255.0:
+        return X / 255.0
+    raise DataError(f"{where}: float images must be in [0, 1] or [0, 255]; found values up to {hi:g}")
 
 
 def load_csv(
@@ -215,7 +282,7 @@ def load_csv(
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: file not found")
-    with p.open(newline="") as f:
+    with p.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader)]
@@ -223,10 +290,12 @@ def load_csv(
             raise DataError(f"{p}: the file is empty") from None
         if label not in header:
             raise DataError(f"{p}: label column {label!r} not found; columns are {header}")
-        rows = []
+        rows: list[list[str]] = []
+        lines: list[int] = []
         for lineno, r in enumerate(reader, start=2):
             if not r:
                 continue
+            lines.append(lineno)
             if len(r) != len(header):
                 raise DataError(f"{p}:{lineno}: expected {len(header)} fields, got {len(r)}")
             rows.append([c.strip() for c in r])
@@ -261,6 +330,8 @@ def load_image_folder(
                 img = img / 255.0
             if img.ndim == 3 and img.shape[-1] == 4:
                 img = img[..., :3]
+            elif img.ndim == 3 and img.shape[-1] == 2:  # grey + alpha
+                img = img[..., 0]
             if grayscale and img.ndim == 3:
                 img = color.rgb2gray(img)
             elif not grayscale and img.ndim == 2:
@@ -277,11 +348,14 @@ def load_dataset(spec: str | Path, **kw: Any) -> Dataset:
     """A bundled dataset by name (``digits``, ``mnist5k``, ``adult``) or a user file/folder by path."""
     s = str(spec)
     if s in DATASETS:
+        if kw:
+            raise DataError(f"dataset {s!r} takes no options; got {sorted(kw)}")
         return DATASETS.get(s)()
     p = Path(s)
-    if p.suffix == ".npz":
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
         return load_npz(p, **kw)
-    if p.suffix == ".csv":
+    if suffix == ".csv":
         if "label" not in kw:
             raise DataError(f"{p}: a CSV dataset needs the name of its label column (label=...)")
         return load_csv(p, **kw)

@@ -130,24 +130,32 @@ def make_splits(
     from sklearn.model_selection import train_test_split
 
     fr = dict(DEFAULT_FRACTIONS if fractions is None else fractions)
-    unknown = set(fr) - set(SPLIT_NAMES)
-    if unknown or set(fr) != set(SPLIT_NAMES):
+    if set(fr) != set(SPLIT_NAMES):
         raise DataError(f"fractions must give exactly {list(SPLIT_NAMES)}, got {sorted(fr)}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in fr.values()):
+        raise DataError(f"fractions must be numbers, got {fr}")
+    if public_classes is not None and (
+        isinstance(public_classes, (str, bytes))
+        or not all(isinstance(c, (int, np.integer)) for c in public_classes)
+    ):
+        raise DataError(f"public_classes must be a list of class indices, got {public_classes!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer))):
+        raise DataError(f"limit must be a whole number, got {limit!r}")
     if any(v <= 0 for v in fr.values()) or sum(fr.values()) > 1 + 1e-9:
         raise DataError(f"fractions must be > 0 and sum to at most 1, got {fr}")
     idx = np.arange(dataset.y.shape[0])
     y = dataset.y
-    if limit is not None:
-        if limit < 4 * dataset.num_classes:
-            raise DataError(f"limit={limit} is too small for {dataset.num_classes} classes")
-        if limit < idx.size:
-            idx, _ = train_test_split(idx, train_size=limit, stratify=y, random_state=seed)
-            idx = np.sort(idx)
-    n = idx.size
-    counts = {k: round(v * n) for k, v in fr.items()}
-    rest = idx
     parts: dict[str, np.ndarray] = {}
     try:
+        if limit is not None:
+            if limit < 4 * dataset.num_classes:
+                raise DataError(f"limit={limit} is too small for {dataset.num_classes} classes")
+            if limit < idx.size:
+                idx, _ = train_test_split(idx, train_size=limit, stratify=y, random_state=seed)
+                idx = np.sort(idx)
+        n = idx.size
+        counts = {k: round(v * n) for k, v in fr.items()}
+        rest = idx
         for name in SPLIT_NAMES[:-1]:
             take, rest = train_test_split(rest, train_size=counts[name], stratify=y[rest], random_state=seed)
             parts[name] = np.sort(take)
@@ -156,7 +164,10 @@ def make_splits(
             rest, _ = train_test_split(rest, train_size=last, stratify=y[rest], random_state=seed)
         parts["evaluation"] = np.sort(rest)
     except ValueError as e:
-        raise DataError(f"{dataset.name}: cannot split {n} records into {counts}: {e}") from None
+        raise DataError(
+            f"{dataset.name}: cannot split {idx.size} records into stratified {list(SPLIT_NAMES)} parts "
+            f"(fractions {fr}): {e}; every class needs a few records in every split"
+        ) from None
 
     def mk(name: str) -> Split:
         ix = parts[name]

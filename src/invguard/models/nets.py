@@ -54,6 +54,11 @@ class SmallCNN(nn.Module):
         hidden: int = 64,
     ) -> None:
         super().__init__()
+        if len(input_shape) != 3:
+            raise ConfigError(
+                f"cnn needs images of shape (channels, height, width), got input_shape {tuple(input_shape)}; "
+                "use the mlp architecture for tabular data"
+            )
         c_in, h, w = input_shape
         c1, c2 = channels
         pool = 2 if min(h, w) >= 16 else 1
@@ -89,9 +94,14 @@ def build(spec: dict[str, Any]) -> nn.Module:
     for k, v in list(spec.items()):
         if isinstance(v, list):
             spec[k] = tuple(v)
+    if num_classes < 2 or not input_shape or any(int(d) < 1 for d in input_shape):
+        raise ConfigError(
+            f"model spec for {arch!r}: needs num_classes >= 2 and a valid input_shape, got "
+            f"{num_classes} and {input_shape}"
+        )
     try:
         module = factory(input_shape, num_classes, **spec)
-    except TypeError as e:
+    except (TypeError, ValueError, RuntimeError) as e:
         raise ConfigError(f"model spec for {arch!r}: {e}") from None
     module.invguard_spec = {  # type: ignore[assignment]
         "arch": arch,

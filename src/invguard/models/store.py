@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,24 @@ REFERENCES: dict[str, dict[str, Any]] = {
 def save(module: nn.Module, path: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
     """Write the module's spec and weights to ``path`` atomically (temp file, then rename)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save(
-        {"format": FORMAT, "spec": spec_of(module), "state_dict": module.state_dict(), "meta": meta or {}},
-        tmp,
-    )
-    os.replace(tmp, p)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder; give a file path for the model, e.g. {p / 'model.pt'}")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot write the model file ({e.strerror})") from None
+    meta = {"torch": str(torch.__version__), "torch_threads": torch.get_num_threads(), **(meta or {})}
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(
+                {"format": FORMAT, "spec": spec_of(module), "state_dict": module.state_dict(), "meta": meta},
+                f,
+            )
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return p
 
 
@@ -77,10 +89,12 @@ def reference(name: str, *, seed: int = 0, cache: bool = True, progress: Any = N
     """A named reference model trained (seeded) on the members split of its dataset.
 
     Returns ``(module, splits)``. Trained models are cached under ``$INVGUARD_CACHE``
-    (default ``.invguard/cache``) by a hash of their recipe, so a second call loads instantly.
+    (default ``.invguard/cache`` in the working folder) by a hash of the architecture, the training
+    hyper-parameters, the data split and the torch version, so a second call loads instantly and a
+    changed recipe never reloads stale weights.
     """
     from invguard import data
-    from invguard.models.train import fit
+    from invguard.models.train import RECIPES, fit
 
     if name not in REFERENCES:
         raise ConfigError(f"unknown reference model {name!r}; known: {sorted(REFERENCES)}")
@@ -89,7 +103,14 @@ def reference(name: str, *, seed: int = 0, cache: bool = True, progress: Any = N
     spec = {**ref["arch"], "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}
     key = hashlib.sha256(
         json.dumps(
-            {"spec": spec, "recipe": ref["recipe"], "seed": seed, "data": splits.provenance()}, sort_keys=True
+            {
+                "spec": spec,
+                "recipe": RECIPES[ref["recipe"]],
+                "seed": seed,
+                "data": splits.provenance(),
+                "torch": torch.__version__,
+            },
+            sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
     path = _cache_dir() / f"{name}-{key}.pt"

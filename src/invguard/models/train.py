@@ -55,7 +55,9 @@ def train(
 
     ``recipe`` picks defaults from :data:`RECIPES`; keyword overrides (``epochs``, ``lr``,
     ``weight_decay``, ``batch_size``) replace them. ``progress(epoch, epochs, loss)`` is called after
-    each epoch. Initialisation is *not* reseeded here: seed it before ``build`` (see ``fit``).
+    each epoch. Bit-for-bit reproducibility also needs the same torch thread count
+    (``torch.get_num_threads()``), which is recorded in a saved model's metadata.
+    Initialisation is *not* reseeded here: seed it before ``build`` (see ``fit``).
     """
     if recipe not in RECIPES:
         raise ConfigError(f"unknown training recipe {recipe!r}; expected one of {sorted(RECIPES)}")
@@ -63,9 +65,27 @@ def train(
     unknown = set(hp) - {"epochs", "lr", "weight_decay", "batch_size"}
     if unknown:
         raise ConfigError(f"unknown training parameters {sorted(unknown)}")
-    epochs, bs = int(hp["epochs"]), int(hp["batch_size"])
+    epochs, bs, lr = int(hp["epochs"]), int(hp["batch_size"]), float(hp["lr"])
     if len(y) == 0:
         raise ConfigError("cannot train on an empty training set")
+    if epochs < 1 or bs < 1 or not lr > 0 or float(hp["weight_decay"]) < 0:
+        raise ConfigError(
+            f"training needs epochs >= 1, batch_size >= 1, lr > 0 and weight_decay >= 0; got {hp}"
+        )
+    if len(X) != len(y):
+        raise ConfigError(f"training data has {len(X)} samples but {len(y)} labels")
+    with torch.no_grad():
+        try:
+            width = int(module(torch.as_tensor(X[:1], dtype=torch.float32)).shape[-1])
+        except RuntimeError as e:
+            raise ConfigError(
+                f"the model does not accept training samples of shape {tuple(X.shape[1:])}: {e}"
+            ) from None
+    if int(np.min(y)) < 0 or int(np.max(y)) >= width:
+        raise ConfigError(
+            f"labels must lie in [0, {width}) for a model with {width} outputs; got "
+            f"[{int(np.min(y))}, {int(np.max(y))}]"
+        )
     g = torch.Generator().manual_seed(seed)
     Xt = torch.as_tensor(X, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.long)
@@ -106,7 +126,8 @@ def fit(
     """Build ``spec`` with seeded initialisation and train it: the whole seeded recipe in one call."""
     from invguard.models.nets import build
 
-    torch.manual_seed(seed)
-    module = build(spec)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
+        torch.manual_seed(seed)
+        module = build(spec)
     report = train(module, X, y, recipe=recipe, seed=seed, progress=progress, **overrides)
     return module, report

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from invguard.core.access import Access
-from invguard.core.errors import ConfigError
+from invguard.core.errors import BudgetExhausted, ConfigError
 from invguard.core.registry import Registry
 from invguard.core.target import BaseTarget, FloatArray, Prediction, Target, softmax
 
@@ -146,16 +146,42 @@ class PolicyTarget(BaseTarget):
 
     @property
     def queries_used(self) -> int:
-        return self.inner.queries_used if self.budget is None else self._queries
+        return self.inner.queries_used if self._budget is None else self._queries
+
+    @property
+    def budget(self) -> int | None:
+        """This wrapper's own budget, else the wrapped target's."""
+        return self._budget if self._budget is not None else self.inner.budget
+
+    @property
+    def queries_left(self) -> int | None:
+        """The effective number of queries left: the lower of this wrapper's and the wrapped target's."""
+        own = None if self._budget is None else max(0, self._budget - self._queries)
+        inner = getattr(self.inner, "queries_left", None)
+        if inner is None and self.inner.budget is not None:
+            inner = max(0, self.inner.budget - self.inner.queries_used)
+        lefts = [v for v in (own, inner) if v is not None]
+        return min(lefts) if lefts else None
+
+    def policy_label(self) -> str:
+        """Every policy between the caller and the model, innermost first."""
+        inner = self.inner.policy_label() if isinstance(self.inner, PolicyTarget) else ""
+        return f"{inner}, {self.policy.label()}" if inner else self.policy.label()
 
     def describe(self) -> str:
-        return f"{self.access.name} ({self.policy.label()})"
+        return f"{self.access.name} ({self.policy_label()})"
 
     def predict(self, x: FloatArray) -> Prediction:
         batch = self._as_batch(x)
-        if self.budget is not None:
+        if self._budget is not None:
             self.charge(batch.shape[0])
-        return self.policy.apply(self.inner.predict(batch))
+        try:
+            pred = self.inner.predict(batch)
+        except BudgetExhausted:
+            if self._budget is not None:
+                self.refund(batch.shape[0])
+            raise
+        return self.policy.apply(pred)
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -217,7 +243,9 @@ def parse(spec: Any, where: str = "policy") -> OutputPolicy:
         if not tokens:
             raise ConfigError(f"{where}: empty output policy")
         for t in tokens:
-            name, _, val = t.partition("=")
+            name, eq, val = t.partition("=")
+            if eq and not val:
+                raise ConfigError(f"{where}: {name!r} needs a value after '=' (e.g. {name}=3)")
             steps.append(_build(name, _scalar(val) if val else True, where))
     elif isinstance(spec, Mapping):
         if not spec:

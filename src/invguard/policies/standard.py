@@ -13,6 +13,10 @@ from invguard.core.target import Prediction, softmax
 from invguard.policies.base import POLICIES, OutputPolicy, probabilities
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
 def _scored(pred: Prediction, scores: NDArray[np.float64]) -> Prediction:
     """A SCORES-level prediction with the model's own labels and the given scores."""
     return Prediction(labels=pred.labels, scores=scores, access=Access.SCORES)
@@ -107,7 +111,8 @@ class TopK(OutputPolicy):
 class Round(OutputPolicy):
     """Round each score to ``decimals`` decimal places (idempotent).
 
-    Rounded scores need not sum exactly to 1. Labels are the model's own, so the label is
+    Rounded scores need not sum exactly to 1; with ``decimals=0`` a row whose top score is below
+    0.5 rounds to all zeros (the label is still returned). Labels are the model's own, so the label is
     preserved even where rounding creates a tie.
     """
 
@@ -138,23 +143,23 @@ class Round(OutputPolicy):
 class Noise(OutputPolicy):
     """Add Gaussian or Laplace noise of scale ``scale`` to the scores, clip at 0 and renormalise.
 
-    Seeded: the same seed gives the same sequence of noise. The returned label stays the model's
-    own; the noised scores' argmax may differ from it (``preserves_argmax`` is False).
+    ``seed=None`` (the default) draws fresh OS entropy, as a deployment must: a known seed gives
+    an attacker the noise stream to subtract. Give a seed for reproducible audits. Independent
+    noise per answer averages out over repeated queries of the same input; budgets and the
+    guard's detection are the counter to that. The returned label stays the model's own; the
+    noised scores' argmax may differ from it (``preserves_argmax`` is False).
     """
 
     name = "noise"
     preserves_argmax = False
 
     def __init__(self, scale: float = 0.05, kind: str = "gaussian", seed: int | None = 0) -> None:
-        if (
-            not isinstance(scale, (int, float))
-            or isinstance(scale, bool)
-            or not np.isfinite(scale)
-            or scale < 0
-        ):
+        if not _is_number(scale) or not np.isfinite(scale) or scale < 0:
             raise ConfigError(f"noise: scale must be a finite number >= 0, got {scale!r}")
         if kind not in ("gaussian", "laplace"):
             raise ConfigError(f"noise: kind must be 'gaussian' or 'laplace', got {kind!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ConfigError(f"noise: seed must be a whole number or None, got {seed!r}")
         self.scale = float(scale)
         self.kind = kind
         self.seed = seed
@@ -187,7 +192,7 @@ class Temperature(OutputPolicy):
     name = "temperature"
 
     def __init__(self, t: float = 2.0) -> None:
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not np.isfinite(t) or t <= 0:
+        if not _is_number(t) or not np.isfinite(t) or t <= 0:
             raise ConfigError(f"temperature: t must be a finite number > 0, got {t!r}")
         self.t = float(t)
 
@@ -222,7 +227,7 @@ class ReverseSigmoid(OutputPolicy):
 
     def __init__(self, beta: float = 1.0, gamma: float = 0.1) -> None:
         for n, v in (("beta", beta), ("gamma", gamma)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v <= 0:
+            if not _is_number(v) or not np.isfinite(v) or v <= 0:
                 raise ConfigError(f"reverse_sigmoid: {n} must be a finite number > 0, got {v!r}")
         self.beta = float(beta)
         self.gamma = float(gamma)

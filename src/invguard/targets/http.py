@@ -46,6 +46,12 @@ def _dig(doc: Any, path: str) -> Any:
     return cur
 
 
+def _redact(url: str) -> str:
+    """The URL without any ``user:password@`` part, for messages and names."""
+    u = urllib3.util.parse_url(url)
+    return url if u.auth is None else u._replace(auth="***").url
+
+
 def _fill(template: Any, inputs: list[Any]) -> Any:
     if template == "$inputs":
         return inputs
@@ -107,6 +113,14 @@ class HttpTarget(BaseTarget):
             raise ConfigError(f"http target: url must start with http:// or https://, got {url!r}")
         if preset == "custom" and (request_template is None or response_field is None):
             raise ConfigError("http target: the custom preset needs request_template and response_field")
+        if preset == "custom" and "$inputs" not in json.dumps(request_template):
+            raise ConfigError(
+                'http target: request_template must contain the string "$inputs" where the batch goes'
+            )
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ConfigError(f"http target: timeout must be a number of seconds > 0, got {timeout!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigError(f"http target: retries must be a whole number >= 0, got {retries!r}")
         super().__init__(
             num_classes=num_classes,
             input_shape=input_shape,
@@ -119,6 +133,7 @@ class HttpTarget(BaseTarget):
                 raise ConfigError(f"http target: environment variable {api_key_env} (api_key_env) is not set")
             api_key = os.environ[api_key_env]
         self.url = url
+        self._public_url = _redact(url)
         self.preset = preset
         self.returns = returns
         self.input_name = input_name
@@ -147,7 +162,7 @@ class HttpTarget(BaseTarget):
         )
 
     def describe(self) -> str:
-        return f"{self.access.name} (HTTP {self.preset} at {self.url})"
+        return f"{self.access.name} (HTTP {self.preset} at {self._public_url})"
 
     def close(self) -> None:
         self._pool.clear()
@@ -200,9 +215,11 @@ class HttpTarget(BaseTarget):
         return _dig(doc, self.response_field)
 
     # ------------------------------------------------------------------ transport
-    def _post(self, body: dict[str, Any]) -> tuple[int, bytes]:
-        route = f"POST {self.url}"
+    def _post(self, body: dict[str, Any]) -> tuple[int, bytes, Any]:
+        route = f"POST {self._public_url}"
         try:
+            # redirect=False: an inference endpoint has no business redirecting, and following one
+            # would hand the API key header to another host
             resp = self._pool.request(
                 "POST",
                 self.url,
@@ -210,17 +227,26 @@ class HttpTarget(BaseTarget):
                 headers=self._headers,
                 retries=self._retry.new(),
                 preload_content=True,
+                redirect=False,
             )
         except urllib3.exceptions.MaxRetryError as e:
+            if isinstance(e.reason, urllib3.exceptions.ReadTimeoutError):
+                raise TargetError(f"{route}: no answer within the read timeout ({e.reason})") from None
             raise TargetError(f"{route}: cannot reach the endpoint after retries ({e.reason})") from None
+        except urllib3.exceptions.ReadTimeoutError as e:
+            raise TargetError(f"{route}: no answer within the read timeout ({e})") from None
         except urllib3.exceptions.HTTPError as e:
             raise TargetError(f"{route}: request failed: {e}") from None
-        return resp.status, resp.data
+        return resp.status, resp.data, resp.headers
 
     def _predict(self, x: np.ndarray) -> Prediction:
         preds: list[Prediction] = []
         for i in range(0, x.shape[0], self.batch_size):
-            preds.append(self._predict_chunk(x[i : i + self.batch_size]))
+            try:
+                preds.append(self._predict_chunk(x[i : i + self.batch_size]))
+            except TargetError:
+                self.refund(max(0, x.shape[0] - i - self.batch_size))  # chunks never sent are not spent
+                raise
         if len(preds) == 1:
             return preds[0]
         return Prediction(
@@ -231,12 +257,16 @@ class HttpTarget(BaseTarget):
         )
 
     def _predict_chunk(self, x: np.ndarray) -> Prediction:
-        status, data = self._post(self._body(x))
-        route = f"POST {self.url}"
+        status, data, headers = self._post(self._body(x))
+        route = f"POST {self._public_url}"
         preview = data[:_BODY_PREVIEW].decode("utf-8", "replace")
         where = f"{route} -> {status} (body: {preview!r})"
         if status == 429:
             raise TargetError(f"{where}: still rate-limited after retries")
+        if 300 <= status < 400:
+            raise TargetError(
+                f"{where}: the endpoint redirects (to {headers.get('Location', '?')}); give the final URL"
+            )
         if status >= 400:
             raise TargetError(f"{where}: the endpoint answered with an error status")
         try:

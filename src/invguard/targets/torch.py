@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from invguard.core.access import Access
-from invguard.core.errors import ConfigError
+from invguard.core.errors import ConfigError, TargetError
 from invguard.core.target import BaseTarget, Prediction
+from invguard.targets.callable import prediction_from_output
 
 
 class TorchTarget(BaseTarget):
@@ -34,9 +35,21 @@ class TorchTarget(BaseTarget):
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"{name}: expected a torch.nn.Module, got {type(module).__name__}")
         module.eval()
+        param = next(iter(module.parameters()), None)
+        self._dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         if num_classes is None:
-            with torch.no_grad():
-                num_classes = int(module(torch.zeros((1, *input_shape))).shape[-1])
+            try:
+                with torch.no_grad():
+                    out = module(torch.zeros((1, *input_shape), dtype=self._dtype))
+            except RuntimeError as e:
+                raise ConfigError(
+                    f"{name}: the module does not accept inputs of shape {tuple(input_shape)}: {e}"
+                ) from e
+            if out.ndim != 2:
+                raise ConfigError(
+                    f"{name}: the module must return logits of shape (n, classes), got {tuple(out.shape)}"
+                )
+            num_classes = int(out.shape[-1])
         super().__init__(
             num_classes=num_classes,
             input_shape=tuple(input_shape),
@@ -62,13 +75,21 @@ class TorchTarget(BaseTarget):
         """Differentiable logits for a batch (WHITEBOX only); counts ``len(x)`` queries."""
         module = self.module
         self.charge(int(x.shape[0]))
-        out: torch.Tensor = module(x)
+        out: torch.Tensor = module(x.to(self._dtype))
         return out
 
     def _predict(self, x: np.ndarray) -> Prediction:
         chunks: list[Any] = []
-        with torch.no_grad():
-            for i in range(0, x.shape[0], self.batch_size):
-                chunks.append(self._module(torch.from_numpy(x[i : i + self.batch_size])).double().numpy())
-        logits = np.concatenate(chunks, axis=0)
-        return Prediction.from_logits(logits, min(self.access, Access.LOGITS))
+        try:
+            with torch.no_grad():
+                for i in range(0, x.shape[0], self.batch_size):
+                    xb = torch.from_numpy(x[i : i + self.batch_size]).to(self._dtype)
+                    chunks.append(self._module(xb).detach().double().cpu().numpy())
+        except RuntimeError as e:
+            raise TargetError(f"{self.name}: the module failed on a batch of shape {x.shape}: {e}") from e
+        pred = prediction_from_output(
+            np.concatenate(chunks, axis=0), "logits", x.shape[0], self.num_classes, self.name
+        )
+        if self.access >= Access.LOGITS:
+            return pred
+        return Prediction.from_logits(pred.logits, self.access)  # type: ignore[arg-type]

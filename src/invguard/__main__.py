@@ -1,0 +1,5 @@
+"""``python -m invguard``: the same as the ``invguard`` command."""
+
+from invguard.cli import main
+
+main()

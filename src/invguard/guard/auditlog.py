@@ -1,0 +1,589 @@
+"""A tamper-evident, append-only JSONL audit log with group commit and signed Merkle checkpoints.
+
+Format (one JSON object per line, canonical JSON: ``json.dumps(sort_keys=True,
+separators=(",", ":"), ensure_ascii=False)``):
+
+- a **record** (``"kind": "record"``): ``seq`` (1, 2, ...), ``time``, ``client``, ``role``, ``route``,
+  ``status``, ``decision``, ``policy``, ``input_sha256``, ``labels``, ``entropy``, ``rows``,
+  optionally ``input``, ``prev`` (the previous record's hash, 64 zeros for the first) and
+  ``hash = SHA-256(bytes.fromhex(prev) || canonical(record without "hash"))``, written as the
+  canonical JSON of the record without ``hash`` with ``"hash"`` appended as its last member.
+  Deleting, inserting, reordering or modifying a record breaks the chain at the first record
+  affected.
+- a **checkpoint** (``"kind": "checkpoint"``) every ``checkpoint_every`` records: ``size`` (records
+  so far, across rotated files), ``last_hash``, ``root`` (the Merkle tree hash of all records so far
+  per RFC 6962 section 2.1: leaf hash ``SHA-256(0x00 || record line)``, interior node
+  ``SHA-256(0x01 || left || right)``, split at the largest power of two smaller than the size),
+  the signer's ``public_key`` and an Ed25519 signature ``sig`` (RFC 8032) over the canonical JSON of
+  the checkpoint without ``sig``. The latest checkpoint is also written atomically to
+  ``<log>.head``: keep a copy elsewhere (or pass it to ``invguard log verify --head``) and any
+  truncation of records it covers is detected.
+
+**Group commit**: requests hand their record to one writer task and wait; the writer takes every
+record pending, writes them, and calls ``fsync`` once for the batch, then wakes the waiters. A
+response is sent only after its record is on disk; an acknowledged request is always in the log.
+The write and the fsync run on the event loop's thread: a hop to a worker thread costs more (GIL
+hand-over) than the fsync itself, and the requests that arrive meanwhile form the next batch.
+
+**Rotation**: when the live file passes ``rotate_bytes`` it is renamed ``<log>.1``, ``<log>.2``, ...
+(oldest first) and a new live file is started; the chain (``prev``, ``seq``, the Merkle tree)
+continues across files. ``verify(<log>)`` checks the rotated files and the live file in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from invguard.core.errors import ConfigError
+
+GENESIS = "0" * 64
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def record_hash(prev: str, body: dict[str, Any]) -> str:
+    """``SHA-256(prev || canonical(body))`` where ``body`` is the record without its ``hash``."""
+    return hashlib.sha256(bytes.fromhex(prev) + canonical(body)).hexdigest()
+
+
+# ------------------------------------------------------------------------------------- RFC 6962 Merkle
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def merkle_root(leaves: list[bytes]) -> bytes:
+    """MTH(D[n]) exactly as RFC 6962 section 2.1 defines it (recursive; the reference for tests)."""
+    n = len(leaves)
+    if n == 0:
+        return hashlib.sha256(b"").digest()
+    if n == 1:
+        return leaf_hash(leaves[0])
+    k = 1 << ((n - 1).bit_length() - 1)  # largest power of two < n
+    return node_hash(merkle_root(leaves[:k]), merkle_root(leaves[k:]))
+
+
+class MerkleAccumulator:
+    """Incremental RFC 6962 tree hash: keeps one root per perfect subtree (O(log n) state).
+
+    A tree of size n splits into perfect subtrees of the sizes of n's binary digits, largest
+    first; the RFC's recursive split makes the root the right fold of those subtree roots.
+    """
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        h, height = leaf_hash(data), 0
+        while self._stack and self._stack[-1][0] == height:
+            _, left = self._stack.pop()
+            h, height = node_hash(left, h), height + 1
+        self._stack.append((height, h))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self._stack:
+            return hashlib.sha256(b"").digest()
+        r = self._stack[-1][1]
+        for _, h in reversed(self._stack[:-1]):
+            r = node_hash(h, r)
+        return r
+
+
+# ------------------------------------------------------------------------------------- keys
+
+
+def load_signing_key(path: str | Path, *, create: bool = True) -> Any:
+    """Load an Ed25519 private key (PKCS#8 PEM); create it (mode 0600, plus ``.pub``) if missing."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    p = Path(path)
+    if not p.exists():
+        if not create:
+            raise ConfigError(f"{p}: signing key not found")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        pub = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        p.with_name(p.name + ".pub").write_bytes(pub)
+        return key
+    try:
+        loaded: Any = serialization.load_pem_private_key(p.read_bytes(), password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{p}: not an unencrypted PEM private key ({e})") from None
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ConfigError(f"{p}: expected an Ed25519 private key, got {type(loaded).__name__}")
+    return loaded
+
+
+def public_hex(key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return str(
+        key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+    )
+
+
+def load_public_key_hex(path: str | Path) -> str:
+    """Raw public key (hex) from a PEM public key file or a PEM private key file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: public key file not found")
+    data = p.read_bytes()
+    try:
+        pub: Any = serialization.load_pem_public_key(data)
+    except ValueError:
+        try:
+            priv = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{p}: not a PEM Ed25519 key ({e})") from None
+        if not isinstance(priv, Ed25519PrivateKey):
+            raise ConfigError(f"{p}: not an Ed25519 key") from None
+        pub = priv.public_key()
+    if not isinstance(pub, Ed25519PublicKey):
+        raise ConfigError(f"{p}: expected an Ed25519 public key, got {type(pub).__name__}")
+    return str(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex())
+
+
+def _check_sig(cp: dict[str, Any]) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(cp["public_key"])))
+        body = {k: v for k, v in cp.items() if k != "sig"}
+        pub.verify(bytes.fromhex(str(cp["sig"])), canonical(body))
+        return True
+    except (InvalidSignature, ValueError, KeyError, TypeError):
+        return False
+
+
+# ------------------------------------------------------------------------------------- files
+
+
+def segments(path: str | Path) -> list[Path]:
+    """The files of a log, oldest first: rotated ``<log>.1``, ``<log>.2``, ... then ``<log>``."""
+    p = Path(path)
+    pat = re.compile(re.escape(p.name) + r"\.(\d+)$")
+    rotated = []
+    if p.parent.exists():
+        for q in p.parent.iterdir():
+            m = pat.match(q.name)
+            if m:
+                rotated.append((int(m.group(1)), q))
+    files = [q for _, q in sorted(rotated)]
+    if p.exists():
+        files.append(p)
+    return files
+
+
+def head_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(p.name + ".head")
+
+
+# ------------------------------------------------------------------------------------- verification
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify`` found. ``ok`` is False at the first bad record, which ``problem`` names."""
+
+    ok: bool = True
+    records: int = 0
+    checkpoints: int = 0
+    files: list[str] = field(default_factory=list)
+    problem: str = ""
+    bad_file: str | None = None
+    bad_line: int | None = None
+    bad_seq: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    last_hash: str = GENESIS
+    last_checkpoint_size: int = 0
+    torn_tail: tuple[Path, int] | None = None  # (file, byte offset of the incomplete last line)
+
+    def fail(self, file: Path, line: int, seq: int | None, msg: str) -> VerifyReport:
+        self.ok = False
+        self.bad_file, self.bad_line, self.bad_seq = str(file), line, seq
+        where = f"{file}:{line}" + (f" (record seq {seq})" if seq is not None else "")
+        self.problem = f"{where}: {msg}"
+        return self
+
+    def summary(self) -> str:
+        if not self.ok:
+            return f"FAILED after {self.records} good records: {self.problem}"
+        return (
+            f"OK: {self.records} records, {self.checkpoints} signed checkpoints verified "
+            f"across {len(self.files)} file(s)"
+        )
+
+
+def _scan(
+    path: str | Path,
+    *,
+    public_key: str | None = None,
+    head: dict[str, Any] | None = None,
+    on_record: Callable[[dict[str, Any], bytes], None] | None = None,
+    merkle: MerkleAccumulator | None = None,
+    head_file: Path | None = None,
+) -> VerifyReport:
+    rep = VerifyReport()
+    files = segments(path)
+    if not files:
+        return rep.fail(Path(path), 0, None, "log file not found")
+    rep.files = [str(f) for f in files]
+    acc = merkle if merkle is not None else MerkleAccumulator()
+    prev = GENESIS
+    head_root: str | None = None
+    head_size = int(head["size"]) if head is not None else -1
+    for fi, f in enumerate(files):
+        data = f.read_bytes()
+        offset = 0
+        lineno = 0
+        while offset < len(data):
+            nl = data.find(b"\n", offset)
+            lineno += 1
+            if nl < 0:
+                if fi == len(files) - 1:
+                    rep.torn_tail = (f, offset)
+                    rep.warnings.append(
+                        f"{f}:{lineno}: incomplete last line ignored (a write cut short by a crash; "
+                        "never acknowledged)"
+                    )
+                    break
+                return rep.fail(f, lineno, None, "incomplete line in a rotated file: the file was truncated")
+            raw = data[offset:nl]
+            offset = nl + 1
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                return rep.fail(f, lineno, None, "not valid JSON: the line was modified or corrupted")
+            if not isinstance(doc, dict):
+                return rep.fail(f, lineno, None, "not a JSON object: the line was modified")
+            kind = doc.get("kind")
+            if kind == "record":
+                seq = doc.get("seq")
+                body = {k: v for k, v in doc.items() if k != "hash"}
+                try:
+                    expect_hash = record_hash(str(doc.get("prev", "")), body)
+                except ValueError:
+                    return rep.fail(f, lineno, seq, "prev is not a hex hash: the record was modified")
+                if doc.get("hash") != expect_hash:
+                    return rep.fail(
+                        f, lineno, seq, "hash does not match the record's content: the record was modified"
+                    )
+                if doc.get("prev") != prev:
+                    return rep.fail(
+                        f,
+                        lineno,
+                        seq,
+                        f"chain broken: prev does not match the hash of the preceding record "
+                        f"(seq {rep.records}); "
+                        "a record was deleted, inserted or reordered here",
+                    )
+                if seq != rep.records + 1:
+                    return rep.fail(
+                        f, lineno, seq, f"expected seq {rep.records + 1}: records deleted or reordered"
+                    )
+                prev = str(doc["hash"])
+                acc.add(raw)
+                rep.records += 1
+                if on_record is not None:
+                    on_record(doc, raw)
+                if rep.records == head_size:
+                    head_root = acc.root().hex()
+            elif kind == "checkpoint":
+                if doc.get("size") != rep.records:
+                    return rep.fail(
+                        f,
+                        lineno,
+                        None,
+                        f"checkpoint says {doc.get('size')} records, the log has {rep.records} here",
+                    )
+                if doc.get("last_hash") != prev:
+                    return rep.fail(f, lineno, None, "checkpoint last_hash does not match the chain")
+                if doc.get("root") != acc.root().hex():
+                    return rep.fail(
+                        f, lineno, None, "checkpoint Merkle root does not match the records before it"
+                    )
+                if not _check_sig(doc):
+                    return rep.fail(f, lineno, None, "checkpoint signature is invalid")
+                if public_key is not None and doc.get("public_key") != public_key:
+                    return rep.fail(
+                        f, lineno, None, "checkpoint is signed by a different key than the pinned one"
+                    )
+                rep.checkpoints += 1
+                rep.last_checkpoint_size = rep.records
+            else:
+                return rep.fail(
+                    f, lineno, None, f"unknown line kind {kind!r}: the line was modified or inserted"
+                )
+    rep.last_hash = prev
+    if head is not None:
+        if not _check_sig(head):
+            return rep.fail(head_file or Path("head"), 1, None, "head checkpoint signature is invalid")
+        if public_key is not None and head.get("public_key") != public_key:
+            return rep.fail(head_file or Path("head"), 1, None, "head checkpoint signed by another key")
+        if rep.records < head_size:
+            return rep.fail(
+                files[-1],
+                0,
+                None,
+                f"log truncated: the signed head checkpoint covers {head_size} records, the log holds only "
+                f"{rep.records}",
+            )
+        if head_root != head.get("root"):
+            return rep.fail(
+                files[-1], 0, None, "the records do not match the Merkle root of the signed head checkpoint"
+            )
+    if public_key is None and rep.checkpoints:
+        rep.warnings.append(
+            "signatures were checked against the key named in the log; pin the expected key with --public-key"
+        )
+    return rep
+
+
+def read_head(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_bytes())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{p}: cannot read the head checkpoint ({e})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != "checkpoint":
+        raise ConfigError(f"{p}: not a checkpoint (expected a JSON object with kind 'checkpoint')")
+    return doc
+
+
+def verify(
+    path: str | Path,
+    *,
+    public_key: str | None = None,
+    head: str | Path | None = None,
+    use_default_head: bool = True,
+) -> VerifyReport:
+    """Check the chain and every checkpoint of a log (with its rotated files) and, if available,
+    the signed head checkpoint (``head``, or ``<log>.head`` next to it)."""
+    if not segments(path):
+        raise ConfigError(f"{path}: audit log not found")
+    hp: Path | None = None
+    if head is not None:
+        hp = Path(head)
+    elif use_default_head and head_path(path).exists():
+        hp = head_path(path)
+    head_doc = read_head(hp) if hp is not None else None
+    return _scan(path, public_key=public_key, head=head_doc, head_file=hp)
+
+
+# ------------------------------------------------------------------------------------- writer
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class AuditLogError(Exception):
+    """The audit log could not be written; the request must not be answered with a prediction."""
+
+
+class AuditLog:
+    """The guard's writer. ``await log.append(fields)`` returns once the record is fsynced."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        signing_key: Any,
+        checkpoint_every: int = 1000,
+        rotate_bytes: int | None = None,
+        fsync: bool = True,
+        on_written: Callable[[int], None] | None = None,
+        on_failed: Callable[[int], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.key = signing_key
+        self.public_key = public_hex(signing_key)
+        self.checkpoint_every = int(checkpoint_every)
+        self.rotate_bytes = rotate_bytes
+        self.do_fsync = fsync
+        self.on_written = on_written
+        self.on_failed = on_failed
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._file: Any = None
+        self.broken: str | None = None
+        self._recover()
+
+    # -- start-up: rebuild the chain state from the files on disk
+    def _recover(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._acc = MerkleAccumulator()
+        rep = _scan(self.path, merkle=self._acc) if segments(self.path) else VerifyReport()
+        if not rep.ok:
+            raise ConfigError(
+                f"audit log {self.path} does not verify ({rep.problem}); move it aside (keep it as evidence) "
+                "and start a new log"
+            )
+        if rep.torn_tail is not None:
+            f, off = rep.torn_tail
+            with open(f, "r+b") as fh:
+                fh.truncate(off)
+                fh.flush()
+                os.fsync(fh.fileno())
+        self.seq = rep.records
+        self.prev = rep.last_hash
+        self._since_checkpoint = rep.records - rep.last_checkpoint_size
+        self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the life of the log
+        self._size = self._file.tell()
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._writer())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            while self._pending:
+                await asyncio.sleep(0.001)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    async def append(self, fields: dict[str, Any]) -> int:
+        """Queue a record and wait until it is on disk; returns its ``seq``."""
+        if self.broken is not None:
+            if self.on_failed is not None:
+                self.on_failed(1)
+            raise AuditLogError(self.broken)
+        if self._wake is None:
+            raise AuditLogError("audit log writer is not running")
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((fields, fut))
+        self._wake.set()
+        return await fut
+
+    def _checkpoint(self) -> dict[str, Any]:
+        cp: dict[str, Any] = {
+            "kind": "checkpoint",
+            "size": self.seq,
+            "last_hash": self.prev,
+            "root": self._acc.root().hex(),
+            "time": _now(),
+            "public_key": self.public_key,
+        }
+        cp["sig"] = self.key.sign(canonical(cp)).hex()
+        return cp
+
+    def _encode(
+        self, batch: list[tuple[dict[str, Any], asyncio.Future[int]]]
+    ) -> tuple[bytes, list[int], Any]:
+        lines: list[bytes] = []
+        seqs: list[int] = []
+        head = None
+        for fields, _ in batch:
+            self.seq += 1
+            rec = {**fields, "kind": "record", "seq": self.seq, "time": _now(), "prev": self.prev}
+            body = canonical(rec)
+            digest = hashlib.sha256(bytes.fromhex(self.prev) + body).hexdigest()
+            # the line is the body with "hash" appended: one serialisation per record
+            line = body[:-1] + b',"hash":"' + digest.encode() + b'"}'
+            self.prev = digest
+            self._acc.add(line)
+            lines.append(line)
+            seqs.append(self.seq)
+            self._since_checkpoint += 1
+            if self._since_checkpoint >= self.checkpoint_every:
+                head = self._checkpoint()
+                lines.append(canonical(head))
+                self._since_checkpoint = 0
+        return b"\n".join(lines) + b"\n", seqs, head
+
+    def _write_sync(self, blob: bytes, head: Any) -> None:
+        self._file.write(blob)
+        self._file.flush()
+        if self.do_fsync:
+            os.fsync(self._file.fileno())
+        self._size += len(blob)
+        if head is not None:
+            hp = head_path(self.path)
+            tmp = hp.with_name(hp.name + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(canonical(head))
+                f.flush()
+                if self.do_fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, hp)
+        if self.rotate_bytes is not None and self._size >= self.rotate_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        n = len(segments(self.path))  # rotated files + the live one
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.{n}"))
+        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._size = 0
+        if self.do_fsync:
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    async def _writer(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                blob, seqs, head = self._encode(batch)
+                self._write_sync(blob, head)
+            except Exception as e:  # disk full, I/O error, unserialisable record
+                self.broken = f"audit log {self.path} could not be written ({type(e).__name__}: {e})"
+                if self.on_failed is not None:
+                    self.on_failed(len(batch))
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(AuditLogError(self.broken))
+                continue
+            if self.on_written is not None:
+                self.on_written(len(batch))
+            for (_, fut), seq in zip(batch, seqs, strict=True):
+                if not fut.done():
+                    fut.set_result(seq)

@@ -1,0 +1,205 @@
+"""The guard's configuration (``guard.yaml``), validated with pydantic.
+
+Every error names the field path and what would be right, e.g.
+``guard.yaml: roles.partner.rate.per_second: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from invguard.core.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UpstreamConfig(_Strict):
+    """A model server the guard forwards to (proxy mode)."""
+
+    url: str
+    preset: Literal["kserve-v2", "instances"] = "kserve-v2"
+    returns: Literal["labels", "scores", "logits"] = "logits"
+    input_name: str = "input"
+    output_name: str | None = None
+    pool_size: int = Field(default=64, ge=1, le=4096)
+    timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {v!r}")
+        return v
+
+
+class ModelConfig(_Strict):
+    """What the guard serves: an in-process model (torch or scikit-learn) or an upstream."""
+
+    name: str = Field(default="model", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    kind: Literal["torch", "sklearn", "proxy"] = "torch"
+    path: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    num_classes: int | None = Field(default=None, ge=2)
+    input_range: tuple[float, float] = (-1e6, 1e6)
+    max_batch: int = Field(default=64, ge=1, le=100_000)
+    upstream: UpstreamConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.kind == "proxy":
+            if self.upstream is None:
+                raise ValueError("kind 'proxy' needs an upstream: {url, preset, returns}")
+            if self.input_shape is None or self.num_classes is None:
+                raise ValueError("kind 'proxy' needs input_shape and num_classes")
+        elif self.path is None:
+            raise ValueError(f"kind {self.kind!r} needs a path (a model file or reference/<name>)")
+        lo, hi = self.input_range
+        if not lo < hi:
+            raise ValueError(f"input_range must be [low, high] with low < high, got {list(self.input_range)}")
+        return self
+
+
+class RateConfig(_Strict):
+    """GCRA: up to ``burst`` requests at once, refilled at ``per_second`` requests per second."""
+
+    burst: int = Field(default=20, ge=1)
+    per_second: float = Field(default=10.0, gt=0)
+
+
+class BudgetConfig(_Strict):
+    """Query budgets (rows answered) per client per UTC calendar day and ISO week; None = unlimited."""
+
+    day: int | None = Field(default=None, ge=0)
+    week: int | None = Field(default=None, ge=0)
+
+
+class RoleConfig(_Strict):
+    policy: Any = "label_only"
+    rate: RateConfig = Field(default_factory=RateConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+
+class KeyEntry(_Strict):
+    """An API key stored in the config file: only its SHA-256 hash (hex), never the key itself."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: str
+
+
+class AuthConfig(_Strict):
+    header: str = "X-API-Key"
+    keys: tuple[KeyEntry, ...] = ()
+    key_store: str | None = None  # SQLite file managed with `invguard keys`
+
+
+class RateLimitConfig(_Strict):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "invguard:rl"
+
+
+class AuditConfig(_Strict):
+    path: str = "audit/guard.jsonl"
+    store_inputs: bool = False
+    checkpoint_every: int = Field(default=1000, ge=1)
+    signing_key: str | None = None  # Ed25519 private key (PKCS#8 PEM); created if missing
+    rotate_bytes: int | None = Field(default=None, ge=4096)
+    fsync: bool = True
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_000_000, ge=64)
+
+
+class MetricsConfig(_Strict):
+    high_confidence_entropy: float = Field(default=0.1, ge=0)
+
+
+class GuardConfig(_Strict):
+    model: ModelConfig
+    roles: dict[str, RoleConfig] = Field(default_factory=lambda: {"default": RoleConfig()})
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    ratelimit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, v: Any) -> Any:
+        # `partner: "top_k=3 round=2"` is shorthand for `partner: {policy: "top_k=3 round=2"}`
+        if isinstance(v, dict):
+            return {k: (r if isinstance(r, dict) and "policy" in r else {"policy": r}) for k, r in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> GuardConfig:
+        if not self.roles:
+            raise ValueError("roles: define at least one role")
+        for k in self.auth.keys:
+            if k.role not in self.roles:
+                raise ValueError(
+                    f"auth.keys[{k.id}].role {k.role!r} is not one of the roles {sorted(self.roles)}"
+                )
+        return self
+
+    def resolve(self, base: Path) -> GuardConfig:
+        """Make relative file paths relative to the config file's directory."""
+
+        def rel(p: str | None) -> str | None:
+            if p is None or p.startswith("reference/") or Path(p).is_absolute():
+                return p
+            return os.path.normpath(base / p)
+
+        model = self.model.model_copy(update={"path": rel(self.model.path)})
+        auth = self.auth.model_copy(update={"key_store": rel(self.auth.key_store)})
+        audit = self.audit.model_copy(
+            update={"path": rel(self.audit.path), "signing_key": rel(self.audit.signing_key)}
+        )
+        return self.model_copy(update={"model": model, "auth": auth, "audit": audit})
+
+
+def _format(e: ValidationError, where: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def from_dict(doc: Any, where: str = "guard config", base: Path | None = None) -> GuardConfig:
+    """Validate a config mapping; relative paths are resolved against ``base`` if given."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(doc).__name__}")
+    try:
+        cfg = GuardConfig.model_validate(doc)
+    except ValidationError as e:
+        raise ConfigError(_format(e, where)) from None
+    # policies are checked here so that a bad spec fails at load, not at the first request
+    from invguard.policies import parse
+
+    for name, role in cfg.roles.items():
+        parse(role.policy, f"{where}: roles.{name}.policy")
+    return cfg.resolve(base) if base is not None else cfg
+
+
+def load(path: str | Path) -> GuardConfig:
+    """Read and validate ``guard.yaml``."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: guard config not found")
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    return from_dict(doc, str(p), base=p.parent)

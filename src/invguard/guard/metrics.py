@@ -1,0 +1,93 @@
+"""The guard's Prometheus metrics, on an injected ``CollectorRegistry`` (no global state).
+
+Labels are bounded: route templates, status codes, configured role names (or ``anonymous``),
+decisions and field names. Never a client id.
+
+Privacy SLIs:
+
+- **M2** ``invguard_guard_high_confidence_responses_total``: response rows whose returned scores
+  have entropy below the configured threshold (a confident answer is what inversion feeds on).
+- **M4** ``invguard_guard_sensitive_fields_total``: fields returned that expose more than a label
+  (``scores``, ``logits``), by route and role: the response-field audit.
+- **M6** ``invguard_guard_limit_violations_total``: requests refused by the rate limit or a budget.
+- **M7** ``invguard_guard_audit_records_written_total`` vs ``invguard_guard_requests_total`` and
+  ``invguard_guard_audit_write_failures_total``: log fidelity.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+ENTROPY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0)
+
+
+class GuardMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "invguard_guard_requests",
+            "Requests handled, by route template, HTTP status and role.",
+            ["route", "status", "role"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "invguard_guard_request_seconds",
+            "Time from request received to response ready (audit fsync included), by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.entropy = Histogram(
+            "invguard_guard_response_entropy_nats",
+            "Shannon entropy (nats) of each returned score vector, by role.",
+            ["role"],
+            buckets=ENTROPY_BUCKETS,
+            registry=registry,
+        )
+        self.high_confidence = Counter(
+            "invguard_guard_high_confidence_responses",
+            "M2: response rows whose returned scores have entropy below the configured threshold.",
+            ["role"],
+            registry=registry,
+        )
+        self.sensitive_fields = Counter(
+            "invguard_guard_sensitive_fields",
+            "M4: response fields exposing more than a label (scores, logits), by route and role.",
+            ["route", "role", "field"],
+            registry=registry,
+        )
+        self.violations = Counter(
+            "invguard_guard_limit_violations",
+            "M6: requests refused by the rate limit (rate_limited) or a query budget (budget_exhausted).",
+            ["role", "kind"],
+            registry=registry,
+        )
+        self.audit_written = Counter(
+            "invguard_guard_audit_records_written",
+            "M7: audit records fsynced to the log.",
+            registry=registry,
+        )
+        self.audit_failures = Counter(
+            "invguard_guard_audit_write_failures",
+            "M7: audit records that could not be written (their requests got no prediction).",
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "invguard_guard_upstream_errors",
+            "Upstream model server failures (unreachable, timeout, error status, malformed answer).",
+            ["kind"],
+            registry=registry,
+        )
+        self.limiter_errors = Counter(
+            "invguard_guard_limiter_errors",
+            "Requests refused (503) because the rate-limit backend could not be reached.",
+            registry=registry,
+        )
+        self.rows = Counter(
+            "invguard_guard_rows_served",
+            "Input rows answered with a prediction, by role.",
+            ["role"],
+            registry=registry,
+        )
+        self.ready = Gauge("invguard_guard_ready", "1 when the guard is ready to serve.", registry=registry)

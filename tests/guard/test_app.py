@@ -1,0 +1,495 @@
+"""The guard end to end on a real uvicorn server: roles and policies on every route, every error
+path (audited, never a score), limits, metrics, key revocation, proxy mode, failing closed."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from invguard.core.access import Access
+from invguard.core.errors import TargetError
+from invguard.guard.auth import KeyStore
+from invguard.targets import HttpTarget
+from tests.guard.bare import kserve_app
+from tests.guard.conftest import KEYS, base_config
+from tests.servers import serve
+
+
+def call(url, path, body=None, key=None, method="POST", headers=None):
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    h = dict(headers or {})
+    if key:
+        h["X-API-Key"] = key
+    req = urllib.request.Request(url + path, data=data, method=method, headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def records(guard):
+    return [json.loads(x) for x in guard.audit.path.read_text().splitlines() if '"kind":"record"' in x]
+
+
+def v2_body(x):
+    return {
+        "inputs": [
+            {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}
+        ]
+    }
+
+
+@pytest.fixture()
+def x(digits):
+    return digits.evaluation.X[:4].astype(np.float32)
+
+
+def test_each_role_gets_exactly_what_its_policy_allows_on_every_route(make_guard, torch_model, x):
+    url, _ = make_guard()
+    truth = torch_model.target.predict(x)
+    for route in ("v1", "v2"):
+        got = {}
+        for role, key in KEYS.items():
+            if route == "v1":
+                status, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, key)
+                doc = json.loads(raw)
+            else:
+                status, _, raw = call(url, "/v2/models/digits/infer", v2_body(x), key)
+                outs = {
+                    o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in json.loads(raw)["outputs"]
+                }
+                doc = {k: v.tolist() for k, v in outs.items()}
+            assert status == 200, raw
+            got[role] = doc
+            assert doc["labels"] == truth.labels.tolist()
+        assert set(got["default"]) <= {"labels", "policy", "access"}
+        assert "logits" not in got["partner"]
+        scores = np.asarray(got["partner"]["scores"])
+        assert ((scores > 0).sum(axis=1) <= 3).all()
+        assert np.allclose(scores, np.round(scores, 2))
+        np.testing.assert_allclose(got["internal"]["logits"], truth.logits, rtol=1e-6)
+        np.testing.assert_allclose(got["internal"]["scores"], truth.scores, rtol=1e-6)
+
+
+def test_http_target_speaks_to_the_guard(make_guard, x):
+    url, _ = make_guard()
+    t = HttpTarget(
+        f"{url}/v1/models/digits/predict",
+        preset="invguard",
+        returns="scores",
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        api_key=KEYS["partner"],
+    )
+    pred = t.predict(x)
+    assert pred.access == Access.SCORES and ((pred.scores > 0).sum(axis=1) <= 3).all()
+    # the partner role cannot be talked into logits
+    t_logits = HttpTarget(
+        f"{url}/v1/models/digits/predict",
+        preset="invguard",
+        returns="logits",
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        api_key=KEYS["partner"],
+    )
+    with pytest.raises(TargetError, match="missing or bad field 'logits'"):
+        t_logits.predict(x)
+    v2 = HttpTarget(
+        f"{url}/v2/models/digits/infer",
+        preset="kserve-v2",
+        returns="logits",
+        output_name="logits",
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        api_key=KEYS["internal"],
+    )
+    assert v2.predict(x).logits.shape == (4, 10)
+
+
+BAD = [
+    # (name, path, body, headers, status, code, message fragment)
+    (
+        "no key",
+        "/v1/models/digits/predict",
+        "ok",
+        {"X-API-Key": None},
+        401,
+        "unauthorized",
+        "missing API key",
+    ),
+    (
+        "bad key",
+        "/v1/models/digits/predict",
+        "ok",
+        {"X-API-Key": "nope"},
+        401,
+        "unauthorized",
+        "invalid or revoked",
+    ),
+    (
+        "bad json",
+        "/v1/models/digits/predict",
+        b'{"inputs": [',
+        {},
+        400,
+        "bad_json",
+        "request body is not valid JSON",
+    ),
+    (
+        "nested too deeply",
+        "/v1/models/digits/predict",
+        b'{"inputs": ' + b"[" * 9000 + b"]" * 9000 + b"}",
+        {},
+        400,
+        "bad_json",
+        "request body is nested too deeply",
+    ),
+    ("not an object", "/v1/models/digits/predict", [1, 2], {}, 400, "bad_input", "must be a JSON object"),
+    (
+        "extra field",
+        "/v1/models/digits/predict",
+        {"inputs": "x", "scores": True},
+        {},
+        400,
+        "bad_input",
+        "unknown field(s) ['scores']",
+    ),
+    ("missing inputs", "/v1/models/digits/predict", {}, {}, 400, "bad_input", 'missing field "inputs"'),
+    ("empty batch", "/v1/models/digits/predict", {"inputs": []}, {}, 400, "bad_input", "non-empty list"),
+    (
+        "wrong shape",
+        "/v1/models/digits/predict",
+        {"inputs": [[1, 2, 3]]},
+        {},
+        400,
+        "bad_shape",
+        "inputs: expected a batch of shape (n, 1, 8, 8), got (1, 3)",
+    ),
+    (
+        "ragged",
+        "/v1/models/digits/predict",
+        {"inputs": [[1, 2], [3]]},
+        {},
+        400,
+        "bad_shape",
+        "ragged or mixed",
+    ),
+    (
+        "strings",
+        "/v1/models/digits/predict",
+        {"inputs": [[["a"] * 8] * 8]},
+        {},
+        400,
+        "bad_input",
+        "every value must be a number",
+    ),
+    (
+        "booleans",
+        "/v1/models/digits/predict",
+        {"inputs": [[[[True] + [0] * 7] * 8]]},
+        {},
+        400,
+        "bad_input",
+        "found true/false/null",
+    ),
+    (
+        "null",
+        "/v1/models/digits/predict",
+        {"inputs": [[[[None] * 8] * 8]]},
+        {},
+        400,
+        "bad_input",
+        "every value must be a number",
+    ),
+    (
+        "nan",
+        "/v1/models/digits/predict",
+        b'{"inputs": [[[' + b",".join([b"[NaN,0,0,0,0,0,0,0]"] * 8) + b"]]]}",
+        {},
+        400,
+        "bad_value",
+        "finite numbers in [0, 1]",
+    ),
+    (
+        "out of range",
+        "/v1/models/digits/predict",
+        {"inputs": [[[[5.0] * 8] * 8]]},
+        {},
+        400,
+        "bad_value",
+        "finite numbers in [0, 1]",
+    ),
+    (
+        "batch too large",
+        "/v1/models/digits/predict",
+        {"inputs": [[[[0.0] * 8] * 8]] * 17},
+        {},
+        400,
+        "batch_too_large",
+        "17 samples exceed the limit of 16",
+    ),
+    (
+        "oversized",
+        "/v1/models/digits/predict",
+        b"[" * 30000,
+        {},
+        413,
+        "payload_too_large",
+        "exceeds the limit of 20000 bytes",
+    ),
+    (
+        "unknown model",
+        "/v1/models/faces/predict",
+        "ok",
+        {},
+        404,
+        "unknown_model",
+        "unknown model 'faces'; this guard serves 'digits'",
+    ),
+    ("unknown route", "/v1/admin", "ok", {}, 404, "not_found", "no route '/v1/admin'"),
+    (
+        "v2 dtype",
+        "/v2/models/digits/infer",
+        {"inputs": [{"name": "i", "shape": [1, 1, 8, 8], "datatype": "BYTES", "data": [0] * 64}]},
+        {},
+        400,
+        "bad_dtype",
+        "expected FP32 or FP64",
+    ),
+    (
+        "v2 count",
+        "/v2/models/digits/infer",
+        {"inputs": [{"name": "i", "shape": [2, 1, 8, 8], "datatype": "FP32", "data": [0] * 64}]},
+        {},
+        400,
+        "bad_shape",
+        "64 values do not fill shape [2, 1, 8, 8]",
+    ),
+    (
+        "v2 shape",
+        "/v2/models/digits/infer",
+        {"inputs": [{"name": "i", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]},
+        {},
+        400,
+        "bad_shape",
+        "expected [n, 1, 8, 8], got [1, 64]",
+    ),
+]
+
+
+def test_every_error_path_is_a_clear_4xx_without_scores_and_is_audited(make_guard, x):
+    url, guard = make_guard()
+    ok = {"inputs": x[:1].tolist()}
+    expected = []
+    for name, path, body, headers, status, code, fragment in BAD:
+        h = {"X-API-Key": KEYS["internal"], **headers}
+        h = {k: v for k, v in h.items() if v is not None}
+        got_status, _, raw = call(url, path, ok if body == "ok" else body, headers=h)
+        assert got_status == status, (name, raw)
+        doc = json.loads(raw)
+        assert set(doc) == {"code", "error"}, (name, doc)
+        assert doc["code"] == code and fragment in doc["error"], (name, doc)
+        assert b"scores" not in raw.replace(b"['scores']", b"") and b"logits" not in raw, name
+        expected.append((status, "unauthorized" if status == 401 else "rejected"))
+    # wrong method: 405, also audited
+    s, _, raw = call(url, "/v1/models/digits/predict", method="GET", headers={"X-API-Key": KEYS["internal"]})
+    assert s == 405 and json.loads(raw)["code"] == "method_not_allowed"
+    expected.append((405, "rejected"))
+    # Authorization: Bearer works like X-API-Key
+    s, _, raw = call(
+        url, "/v1/models/digits/predict", ok, headers={"Authorization": f"Bearer {KEYS['default']}"}
+    )
+    assert s == 200 and set(json.loads(raw)) == {"labels", "policy", "access"}
+    expected.append((200, "served"))
+    recs = records(guard)
+    assert [(r["status"], r["decision"]) for r in recs] == expected
+    assert [r["seq"] for r in recs] == list(range(1, len(expected) + 1))
+    assert all(r["entropy"] is None and r["labels"] is None for r in recs[:-1])
+    assert recs[0]["client"] is None and recs[2]["client"] == "internal-client"
+    assert recs[2]["input_sha256"] is not None and "input" not in recs[2]
+
+
+def test_rate_limit_and_budget_answer_429_with_ietf_headers(make_guard, tmp_path, x):
+    cfg = base_config(tmp_path)
+    cfg["roles"]["partner"] = {"policy": "top_k=3", "rate": {"burst": 2, "per_second": 0.01}}
+    cfg["roles"]["default"] = {
+        "policy": "label_only",
+        "rate": {"burst": 100, "per_second": 100},
+        "budget": {"day": 5},
+    }
+    url, guard = make_guard(cfg)
+    body = {"inputs": x[:2].tolist()}
+    got = [call(url, "/v1/models/digits/predict", body, KEYS["partner"]) for _ in range(3)]
+    assert [g[0] for g in got] == [200, 200, 429]
+    _, h, raw = got[2]
+    assert json.loads(raw) == {"code": "rate_limited", "error": "rate limit exceeded"}
+    assert int(h["retry-after"]) >= 99 and h["ratelimit-policy"] == '"burst";q=2;w=200'
+    assert h["ratelimit"].startswith('"burst";r=0;t=')
+    got = [call(url, "/v1/models/digits/predict", body, KEYS["default"]) for _ in range(3)]
+    assert [g[0] for g in got] == [200, 200, 429]
+    assert json.loads(got[2][2])["code"] == "budget_exhausted"
+    assert '"day";r=1;' in got[2][1]["ratelimit"]
+    # a budget-refused client can still ask for fewer rows
+    assert call(url, "/v1/models/digits/predict", {"inputs": x[:1].tolist()}, KEYS["default"])[0] == 200
+    decisions = [r["decision"] for r in records(guard)]
+    assert decisions == ["served", "served", "rate_limited", "served", "served", "budget_exhausted", "served"]
+    m = urllib.request.urlopen(url + "/metrics").read().decode()
+    assert 'invguard_guard_limit_violations_total{kind="rate_limited",role="partner"} 1.0' in m
+    assert 'invguard_guard_limit_violations_total{kind="budget_exhausted",role="default"} 1.0' in m
+
+
+def test_metrics_export_the_privacy_slis_without_client_ids(make_guard, x):
+    url, guard = make_guard()
+    for key in KEYS.values():
+        call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, key)
+    call(url, "/v2/models/digits/infer", v2_body(x), KEYS["partner"])
+    call(url, "/v1/models/digits/predict", b"{", KEYS["partner"])
+    call(url, "/v1/models/digits/predict", {"inputs": x.tolist()})
+    m = urllib.request.urlopen(url + "/metrics").read().decode()
+    line = lambda name: next(ln for ln in m.splitlines() if ln.startswith(name))  # noqa: E731
+    assert (
+        'invguard_guard_requests_total{role="partner",route="/v1/models/{name}/predict",status="200"} 1.0'
+        in m
+    )
+    assert (
+        'invguard_guard_requests_total{role="anonymous",route="/v1/models/{name}/predict",status="401"} 1.0'
+        in m
+    )
+    assert (
+        'invguard_guard_sensitive_fields_total{field="logits",role="internal",'
+        'route="/v1/models/{name}/predict"} 1.0' in m
+    )
+    assert (
+        'invguard_guard_sensitive_fields_total{field="scores",role="partner",'
+        'route="/v2/models/{name}/infer"} 1.0' in m
+    )
+    assert 'field="scores",role="default"' not in m
+    assert float(line('invguard_guard_response_entropy_nats_count{role="internal"}').split()[-1]) == 4
+    ent = np.asarray(records(guard)[0]["entropy"])
+    n_conf = int((ent < 0.1).sum())
+    if n_conf:
+        assert f'invguard_guard_high_confidence_responses_total{{role="internal"}} {float(n_conf)}' in m
+    assert line("invguard_guard_audit_records_written_total").split()[-1] == "6.0"
+    assert line("invguard_guard_audit_write_failures_total").split()[-1] == "0.0"
+    assert "client" not in m and "internal-client" not in m
+    assert urllib.request.urlopen(url + "/readyz").status == 200
+    spec = json.loads(urllib.request.urlopen(url + "/openapi.json").read())
+    assert set(spec["paths"]) >= {"/v1/models/{name}/predict", "/v2/models/{name}/infer"}
+
+
+def test_keys_from_the_sqlite_store_and_revocation_on_a_running_guard(make_guard, tmp_path, x):
+    store = KeyStore(tmp_path / "keys.db")
+    key, _ = store.add("partner", "acme")
+    cfg = base_config(tmp_path, auth={"key_store": str(store.path)})
+    url, _ = make_guard(cfg)
+    body = {"inputs": x[:1].tolist()}
+    s, _, raw = call(url, "/v1/models/digits/predict", body, key)
+    assert s == 200 and "scores" in json.loads(raw)
+    assert key.encode() not in store.path.read_bytes()
+    store.revoke("acme")
+    time.sleep(1.1)  # the guard re-reads the store at most once a second
+    s, _, raw = call(url, "/v1/models/digits/predict", body, key)
+    assert s == 401 and json.loads(raw)["error"] == "invalid or revoked API key"
+
+
+def test_proxy_mode_forwards_through_the_pool_and_never_leaks_upstream_errors(
+    make_guard, torch_model, tmp_path, x
+):
+    from invguard.guard import from_dict
+    from invguard.guard.upstream import build_model
+
+    with serve(kserve_app(torch_model.target)) as up:
+        cfg = base_config(tmp_path)
+        cfg["model"] = {
+            "name": "digits",
+            "kind": "proxy",
+            "input_shape": [1, 8, 8],
+            "num_classes": 10,
+            "input_range": [0, 1],
+            "upstream": {"url": f"{up}/v2/models/digits/infer", "preset": "kserve-v2", "returns": "logits"},
+        }
+        url, guard = make_guard(cfg, model=build_model(from_dict(cfg).model))
+        local = torch_model.target.predict(x)
+        for role, key in KEYS.items():
+            s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, key)
+            assert s == 200 and json.loads(raw)["labels"] == local.labels.tolist(), role
+        s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])
+        np.testing.assert_allclose(json.loads(raw)["logits"], local.logits, rtol=1e-5)
+    # the upstream is gone now
+    s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])
+    doc = json.loads(raw)
+    assert s == 502 and doc["code"] == "upstream_error" and set(doc) == {"code", "error"}
+    assert records(guard)[-1]["decision"] == "upstream_error"
+    m = urllib.request.urlopen(url + "/metrics").read().decode()
+    assert 'invguard_guard_upstream_errors_total{kind="unreachable"} 1.0' in m
+
+
+def test_no_prediction_without_an_audit_record(make_guard, x):
+    url, guard = make_guard()
+    assert call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])[0] == 200
+    guard.audit._file.close()  # the disk goes away
+    s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])
+    assert s == 503 and json.loads(raw)["code"] == "audit_unavailable" and b"logits" not in raw
+    s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])
+    assert s == 503
+    s, _, raw = call(url, "/readyz", method="GET")
+    assert s == 503 and "could not be written" in json.loads(raw)["problems"][0]
+    m = urllib.request.urlopen(url + "/metrics").read().decode()
+    assert "invguard_guard_audit_write_failures_total 2.0" in m
+    assert "invguard_guard_audit_records_written_total 1.0" in m
+
+
+def test_torch_model_file_from_config_and_raw_inputs_in_the_log(tmp_path, digits_mlp, x):
+    from invguard import models
+    from invguard.guard import from_dict
+    from invguard.guard.app import Guard
+
+    path = models.save(digits_mlp, tmp_path / "m.pt")
+    cfg = base_config(tmp_path, audit={"store_inputs": True})
+    cfg["model"] = {**cfg["model"], "path": str(path)}
+    guard = Guard(from_dict(cfg))  # loads the file itself
+    assert (guard.input_shape, guard.num_classes) == ((1, 8, 8), 10)
+    with serve(guard.app) as url:
+        body = json.dumps({"inputs": x[:2].tolist()}).encode()
+        s, _, raw = call(url, "/v1/models/digits/predict", body, KEYS["default"])
+    from invguard.targets.torch import TorchTarget
+
+    truth = TorchTarget(digits_mlp, input_shape=(1, 8, 8)).predict(x[:2]).labels.tolist()
+    assert s == 200 and json.loads(raw)["labels"] == truth
+    rec = records(guard)[-1]
+    assert (
+        rec["input"] == body.decode()
+        and rec["input_sha256"] == __import__("hashlib").sha256(body).hexdigest()
+    )
+
+
+def test_an_unreachable_redis_fails_closed(make_guard, tmp_path, x):
+    from tests.servers import free_port
+
+    cfg = base_config(
+        tmp_path, ratelimit={"backend": "redis", "redis_url": f"redis://127.0.0.1:{free_port()}/0"}
+    )
+    url, guard = make_guard(cfg)
+    s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])
+    doc = json.loads(raw)
+    assert s == 503 and doc["code"] == "limiter_unavailable" and set(doc) == {"code", "error"}
+    assert records(guard)[-1]["decision"] == "rejected"
+    s, _, raw = call(url, "/readyz", method="GET")
+    assert s == 503 and "rate-limit backend unreachable" in json.loads(raw)["problems"]
+
+
+def test_noise_is_never_replayable_through_the_guard(make_guard, tmp_path, x):
+    """A configured seed would give every guard start the same noise stream (subtractable)."""
+    body = {"inputs": x[:1].tolist()}
+    first = []
+    for i in range(2):  # two guard starts, the same first request
+        cfg = base_config(tmp_path / str(i))
+        cfg["roles"]["partner"] = {"policy": {"noise": {"scale": 0.05, "seed": 0}}}
+        url, _ = make_guard(cfg)
+        first.append(json.loads(call(url, "/v1/models/digits/predict", body, KEYS["partner"])[2])["scores"])
+    assert first[0] != first[1]

@@ -1,0 +1,94 @@
+"""GCRA rate limits and query budgets, in memory and in a real Redis, and their IETF headers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from invguard.guard.ratelimit import DAY, Limits, MemoryLimiter, RedisLimiter
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_gcra_admits_a_burst_then_the_sustained_rate():
+    clock = Clock(1_000_000.0)
+    lim = MemoryLimiter(clock)
+    limits = Limits(burst=3, per_second=2.0)
+    outs = [run(lim.acquire("c", limits, 1)) for _ in range(4)]
+    assert [o.outcome for o in outs] == ["served", "served", "served", "rate_limited"]
+    assert [o.burst_remaining for o in outs] == [2, 1, 0, 0]
+    assert outs[3].retry_after == pytest.approx(0.5)
+    clock.t += 0.49
+    assert run(lim.acquire("c", limits, 1)).outcome == "rate_limited"
+    clock.t += 0.02
+    assert run(lim.acquire("c", limits, 1)).outcome == "served"
+    # another client has its own cell
+    assert run(lim.acquire("other", limits, 1)).outcome == "served"
+    # sustained: one request every 0.5 s is always admitted
+    clock.t += 10
+    for _ in range(20):
+        clock.t += 0.5
+        assert run(lim.acquire("c", limits, 1)).allowed
+
+
+def test_budget_counts_rows_per_day_and_refusals_cost_nothing():
+    clock = Clock(DAY * 20_000 + 100.0)  # 100 s after a UTC midnight
+    lim = MemoryLimiter(clock)
+    limits = Limits(burst=100, per_second=100.0, day=10, week=15)
+    assert run(lim.acquire("c", limits, 6)).allowed
+    d = run(lim.acquire("c", limits, 5))
+    assert d.outcome == "budget_exhausted"
+    assert d.retry_after == pytest.approx(DAY - 100)
+    assert run(lim.acquire("c", limits, 4)).allowed  # the refused 5 rows were not charged
+    clock.t += DAY  # next day: the daily budget resets, the weekly one does not
+    d = run(lim.acquire("c", limits, 6))
+    assert d.outcome == "budget_exhausted" and d.week_used == 10
+    assert run(lim.acquire("c", limits, 5)).allowed
+
+
+def test_headers_follow_draft_ietf_httpapi_ratelimit_headers_10():
+    clock = Clock(DAY * 20_000 + 100.0)
+    lim = MemoryLimiter(clock)
+    limits = Limits(burst=4, per_second=2.0, day=100)
+    d = run(lim.acquire("c", limits, 3))
+    assert dict(d.headers(limits)) == {
+        "RateLimit-Policy": '"burst";q=4;w=2, "day";q=100;w=86400',
+        "RateLimit": f'"burst";r=3;t=1, "day";r=97;t={DAY - 100}',
+    }
+    for _ in range(3):
+        run(lim.acquire("c", limits, 1))
+    d = run(lim.acquire("c", limits, 1))
+    h = dict(d.headers(limits))
+    assert h["Retry-After"] == "1" and h["RateLimit"].startswith('"burst";r=0;t=2')
+
+
+def test_redis_limiter_is_atomic_under_concurrency(redis_url):
+    async def main():
+        lim = RedisLimiter(redis_url, prefix="test-atomic")
+        limits = Limits(burst=5, per_second=0.01, day=1000)
+        outs = await asyncio.gather(*(lim.acquire("c", limits, 2) for _ in range(30)))
+        budget = Limits(burst=100, per_second=100, day=7)
+        b = [await lim.acquire("b", budget, 3) for _ in range(4)]
+        ok = await lim.ping()
+        await lim.close()
+        return outs, b, ok
+
+    outs, b, ok = asyncio.run(main())
+    assert ok
+    assert sum(o.allowed for o in outs) == 5
+    assert {o.outcome for o in outs if not o.allowed} == {"rate_limited"}
+    assert max(o.day_used for o in outs) == 10
+    assert all(o.retry_after > 90 for o in outs if not o.allowed)  # T = 100 s
+    assert [x.outcome for x in b] == ["served", "served", "budget_exhausted", "budget_exhausted"]
+    assert b[2].day_used == 6 and 0 < b[2].retry_after <= DAY
