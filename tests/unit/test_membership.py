@@ -195,3 +195,47 @@ def test_roc_metrics_on_known_scores():
         mm.roc_curve(s, np.ones(6))
     rows = mm.risk_ranking(s, m, np.arange(10, 16), np.zeros(6), top=2)
     assert [r["index"] for r in rows] == [10, 11] and rows[0]["percentile"] == 1.0
+
+
+def test_lira_variants_reuse_the_cached_reference_models(lira_overfit, overfit_target, splits):
+    _, ctx = lira_overfit
+    kw = {"n_models": 8, "recipe": "overfit", "train": RECIPE, "n_boot": 100}
+    n = len(splits.members) + len(splits.nonmembers)
+    per_example = attacks.get("membership.lira")(variance="per_example", **kw).run(
+        overfit_target, splits, context=ctx
+    )
+    shifted = attacks.get("membership.lira")(augment="shift", **kw).run(overfit_target, splits, context=ctx)
+    rounded = attacks.get("membership.lira")(**kw).run(
+        policies.Round(2).wrap(overfit_target), splits, context=ctx
+    )
+    assert len(list((ctx.cache_dir / "references").glob("ref-*.pt"))) == 8  # nothing retrained
+    assert per_example.info["fixed_variance"] is False and shifted.queries_used == 5 * n
+    for r in (per_example, shifted, rounded):
+        assert np.isfinite(r.arrays["scores"]).all() and r.metric("auc").low > 0.5
+
+
+def test_threshold_decision_is_calibrated_on_population_data(overfit_target, splits):
+    r = attacks.get("membership.threshold")(statistic="loss", decision_fpr=0.1, n_boot=0).run(
+        overfit_target, splits
+    )
+    s, m = r.arrays["scores"], r.arrays["is_member"].astype(bool)
+    fpr = np.mean(s[~m] >= r.info["decision_threshold"])
+    assert 0.03 < fpr < 0.2, fpr  # held-out non-members see about the calibrated rate
+    assert r.queries_used == len(m) + len(splits.public)
+
+
+def test_reference_training_through_a_process_pool_matches_in_process(splits):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from invguard.attacks.membership.common import ReferenceJob, ReferenceSpec, train_reference
+
+    spec = ReferenceSpec(_spec(splits), "quick", {"epochs": 3})
+    X, y = splits.public.X, splits.public.y
+    jobs = [ReferenceJob(spec, s, X, y, np.arange(s, len(y), 2), X[:5, None]) for s in (0, 1)]
+    local = [train_reference(j) for j in jobs]
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        remote = RunContext(executor=pool).map(train_reference, jobs)
+    for a, b in zip(local, remote, strict=True):
+        assert a.shape == (5, 1, 10)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
