@@ -84,6 +84,25 @@ def advantage_metric(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, descr
     )
 
 
+def _gap_metric(member_diff: np.ndarray, nonmember_diff: np.ndarray, n_boot: int, seed: int) -> Metric:
+    """Advantage on members minus advantage on non-members (two independent samples)."""
+    diff = np.r_[member_diff, nonmember_diff]
+    group = np.r_[np.ones(member_diff.size, np.int64), np.zeros(nonmember_diff.size, np.int64)]
+
+    def stat(d: np.ndarray, g: np.ndarray) -> float:
+        return float(np.mean(d[g == 1]) - np.mean(d[g == 0]))
+
+    return bootstrap_metric(
+        stat,
+        diff,
+        group,
+        n_boot=n_boot,
+        seed=seed,
+        stratify=list(group),
+        description="advantage on members minus on non-members (> 0: specific to the training records)",
+    )
+
+
 @ATTACKS.register("attribute.map")
 @dataclass(frozen=True)
 class AttributeInference(Attack):
@@ -175,6 +194,7 @@ class AttributeInference(Attack):
             "advantage_over_imputation": advantage_metric(
                 c_map, c_imp, nb, sd, "accuracy minus the imputation baseline's, on members"
             ),
+            "member_gap": _gap_metric(c_map - c_base, n_map - n_base, nb, sd),
             "nonmember_advantage": advantage_metric(
                 n_map,
                 n_base,
@@ -194,20 +214,24 @@ class AttributeInference(Attack):
             f"attacker without the model: advantage {adv:.3f}. Control on non-members: advantage "
             f"{ctrl:.3f}; over imputation from public data: {imp:.3f} (95% bootstrap CIs)."
         )
+        gap = metrics["member_gap"]
         findings = []
         if adv.low is not None and adv.low > 0:
-            member_specific = imp.low is not None and imp.low > 0
-            findings.append(
-                Finding(
-                    f"The model reveals {col.name}",
-                    detail
-                    + (
-                        " The model adds information beyond what public data alone gives."
-                        if member_specific
-                        else " Most of it is what public data already predict (population-level inference)."
-                    ),
-                    "high" if member_specific else "medium",
+            about_members = gap.low is not None and gap.low > 0
+            beyond_public = imp.low is not None and imp.low > 0
+            if about_members:
+                why = (
+                    f" Members are exposed more than non-members (gap {gap:.3f}): the model memorised "
+                    "something about its training records."
                 )
+            else:
+                why = (
+                    f" Non-members are exposed as much (gap {gap:.3f}): the model reveals {col.name} through "
+                    "what it learnt about the population, not about its training records"
+                    + (", though more sharply than public data alone." if beyond_public else ".")
+                )
+            findings.append(
+                Finding(f"The model reveals {col.name}", detail + why, "high" if about_members else "medium")
             )
         else:
             findings.append(Finding(f"No {col.name} leak found", detail, "info"))
