@@ -170,7 +170,16 @@ def build_evaluator(
         module = models.load(path)
     else:
         X, y = _shift_augment(ev.X, ev.y, np.random.default_rng(seed))
-        module, _ = fit(spec, X.astype(np.float32), y, recipe="standard", seed=seed, epochs=epochs)
+        module, _ = fit(
+            spec,
+            X.astype(np.float32),
+            y,
+            recipe="standard",
+            seed=seed,
+            epochs=epochs,
+            batch_size=128,
+            lr=2e-3,
+        )
         if path is not None:
             models.save(module, path, meta={"role": "inversion evaluator", "key": key})
     acc = float(models.accuracy(module, splits.nonmembers.X, splits.nonmembers.y))

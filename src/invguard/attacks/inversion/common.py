@@ -18,7 +18,7 @@ import numpy as np
 
 from invguard.attacks.base import Attack, AttackOutput, RunContext
 from invguard.attacks.inversion.priors import LatentSpace, PCASpace, generator_for
-from invguard.attacks.inversion.search import Meter, SearchState
+from invguard.attacks.inversion.search import Meter, SearchState, budget_left
 from invguard.core.errors import ConfigError
 from invguard.core.result import Finding, Metric
 from invguard.core.target import Target
@@ -184,7 +184,7 @@ class InversionAttack(Attack):
 
         # baseline (b): public ranking through the target, before the attack so a budget covers it
         rank_n = min(len(splits.public), self.ranking_queries_per_class * len(classes))
-        left = None if target.budget is None else target.budget - target.queries_used
+        left = budget_left(target)
         ranking = None
         baseline_queries = 0
         if left is None or rank_n <= left:

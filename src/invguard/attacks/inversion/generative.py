@@ -109,15 +109,35 @@ class GenerativeInversion(_ZerothOrder):
                 "space": f"VAE latent ({latent.dim}) + pixel refinement",
                 "optimiser": "adam (gradients)",
             }
-        budget = self.queries_per_class * len(np.unique(classes))
-        latent_budget = int(budget * self.latent_fraction)
-        state = self._zeroth_order(latent, classes, meter, rng, latent_budget)
-        rest = budget - meter.spent
-        if rest > 0:
-            pca = pca_space(splits, components=self.components, weight=self.prior_weight)
-            start = SearchState(pca.encode(state.images), state.images, state.margin, state.confidence)
-            state = self._zeroth_order(pca, classes, meter, rng, rest, start=start)
+        # a generator trained on other classes cannot produce an unseen class: for classes absent from
+        # the public data the search defers to the public pixel prior with the whole budget
+        public = set(np.unique(splits.public.y).tolist())
+        seen = np.isin(classes, list(public))
+        pca = pca_space(splits, components=self.components, weight=self.prior_weight)
+        n = len(classes)
+        state = SearchState(np.zeros((n, 0)), np.zeros((n, *target.input_shape)), np.zeros(n), np.zeros(n))
+        for mask in (seen, ~seen):
+            if not mask.any():
+                continue
+            sub = classes[mask]
+            budget = self.queries_per_class * len(np.unique(sub))
+            before = meter.spent
+            start: SearchState | None = None
+            if mask is seen:
+                part = self._zeroth_order(latent, sub, meter, rng, int(budget * self.latent_fraction))
+                start = SearchState(pca.encode(part.images), part.images, part.margin, part.confidence)
+            rest = budget - (meter.spent - before)
+            if rest > 0 or start is None:
+                part = self._zeroth_order(pca, sub, meter, rng, max(rest, 0), start=start)
+            else:
+                part = start
+            state.images[mask], state.margin[mask], state.confidence[mask] = (
+                part.images,
+                part.margin,
+                part.confidence,
+            )
         return state, {
             "space": f"VAE latent ({latent.dim}) + public pixel prior ({self.components})",
             "optimiser": "NES, antithetic",
+            "deferred_to_pixel_prior": sorted({int(c) for c in classes[~seen]}),
         }

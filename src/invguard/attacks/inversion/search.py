@@ -29,6 +29,20 @@ class OutOfQueries(Exception):
     """Internal: the next batch would exceed the attack's allowance or the target's budget."""
 
 
+def budget_left(target: Target) -> int | None:
+    """Queries left before any budget along a chain of wrapped targets (policy wrappers, ...) runs out."""
+    lefts: list[int] = []
+    t: object = target
+    seen = 0
+    while t is not None and seen < 32:
+        budget = getattr(t, "budget", None)
+        if budget is not None:
+            lefts.append(int(budget) - int(getattr(t, "queries_used", 0)))
+        t = getattr(t, "inner", None)
+        seen += 1
+    return None if not lefts else max(0, min(lefts))
+
+
 class Meter:
     """Counts an attack's queries against its own allowance and the target's budget."""
 
@@ -41,8 +55,9 @@ class Meter:
         lefts = []
         if self.allowance is not None:
             lefts.append(self.allowance - self.spent)
-        if self.target.budget is not None:
-            lefts.append(self.target.budget - self.target.queries_used)
+        outer = budget_left(self.target)
+        if outer is not None:
+            lefts.append(outer)
         return None if not lefts else max(0, min(lefts))
 
     def can(self, n: int) -> bool:
@@ -168,6 +183,12 @@ def score_prior_pool(
 ) -> SearchState:
     """Query ``pool`` prior samples once; each trajectory starts from a distinct best sample of its class."""
     uniq = np.unique(classes)
+    left = meter.left()
+    pool = pool if left is None else min(pool, left)
+    if pool < 1:  # no query left: nothing reached
+        theta0 = space.sample(len(classes), rng)
+        n = len(classes)
+        return SearchState(theta0, space.decode(theta0), np.full(n, -np.inf), np.zeros(n))
     theta = space.sample(pool, rng)
     images = space.decode(theta)
     pred = meter.predict(images)
