@@ -41,7 +41,7 @@ def wb_shared(digits_mlp, digits, ctx):
 
 @pytest.fixture(scope="session")
 def wb_disjoint(digits_mlp, disjoint, ctx):
-    attack = ig.attacks.get("inversion.whitebox")(steps=120, **FAST)
+    attack = ig.attacks.get("inversion.whitebox")(steps=300, **FAST)
     return attack.run(whitebox(digits_mlp), disjoint, seed=0, context=ctx)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,8 @@ def latent_space(splits: Any, ctx: RunContext, *, latent_dim: int, epochs: int, 
     return LatentSpace(vae, weight=weight)
 
 
-def pca_space(splits: Any, *, components: int, weight: float) -> PCASpace:
-    return PCASpace(splits.public.X, components=components, weight=weight)
+def pca_space(splits: Any, *, components: int, weight: float, tv: float = 0.0) -> PCASpace:
+    return PCASpace(splits.public.X, components=components, weight=weight, tv=tv)
 
 
 @dataclass(frozen=True)
@@ -200,9 +201,11 @@ class InversionAttack(Attack):
                 f"public-ranking baseline skipped: it needs {rank_n} queries, the budget has {left} left"
             )
 
+        t0 = time.perf_counter()
         state, per_rec, spent, details = self.reconstruct(
             target, splits, np.random.default_rng(seeds[1]), ctx
         )
+        search_time = time.perf_counter() - t0
         converged = state.margin > 0
 
         _, _, spec = unwrap(target)
@@ -324,6 +327,7 @@ class InversionAttack(Attack):
             "classes": classes.tolist(),
             "queries_per_class": queries_attack / max(1, len(classes)),
             "attack_queries": queries_attack,
+            "search_time_s": search_time,
             "baseline_queries": baseline_queries,
             "evaluator": {
                 "arch": evaluator.arch,

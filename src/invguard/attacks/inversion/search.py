@@ -158,7 +158,7 @@ def gradient_search(
             opt.step()
             space.project(theta)
             value = float(loss.detach())
-            if value < best_loss - 1e-4 * max(1.0, abs(best_loss)):
+            if not np.isfinite(best_loss) or value < best_loss - 1e-4 * max(1.0, abs(best_loss)):
                 best_loss, since = value, 0
             else:
                 since += 1

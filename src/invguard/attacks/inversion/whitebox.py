@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from invguard.attacks.base import ATTACKS, RunContext
-from invguard.attacks.inversion.common import InversionAttack, _positive, _positive_int
-from invguard.attacks.inversion.priors import PixelSpace
+from invguard.attacks.inversion.common import InversionAttack, _positive, _positive_int, pca_space
+from invguard.attacks.inversion.priors import PixelSpace, Space
 from invguard.attacks.inversion.search import Meter, SearchState, gradient_search
 from invguard.core.access import Access
 from invguard.core.target import Target
@@ -34,11 +34,14 @@ class WhiteBoxInversion(InversionAttack):
 
     steps: int = 300
     lr: float = 0.05
-    tv: float = 0.3
-    l2: float = 0.05
+    tv: float = 0.01
+    l2: float = 0.001
     jitter: int = 1
     restarts: int = 2
     patience: int = 50
+    space: str = "pca"
+    components: int = 40
+    prior_weight: float = 0.5
 
     def _validate(self) -> list[str]:
         p: list[str] = []
@@ -49,6 +52,10 @@ class WhiteBoxInversion(InversionAttack):
         _positive_int(p, "jitter", self.jitter, 0)
         _positive_int(p, "restarts", self.restarts)
         _positive_int(p, "patience", self.patience)
+        if self.space not in ("pca", "pixel"):
+            p.append(f"space must be 'pca' or 'pixel', got {self.space!r}")
+        _positive_int(p, "components", self.components)
+        _positive(p, "prior_weight", self.prior_weight, zero=True)
         return p
 
     def _reconstruct(
@@ -60,7 +67,11 @@ class WhiteBoxInversion(InversionAttack):
         rng: np.random.Generator,
         ctx: RunContext,
     ) -> tuple[SearchState, dict[str, Any]]:
-        space = PixelSpace(tuple(target.input_shape), tv=self.tv, l2=self.l2)
+        space: Space
+        if self.space == "pca":
+            space = pca_space(splits, components=self.components, weight=self.prior_weight, tv=self.tv)
+        else:
+            space = PixelSpace(tuple(target.input_shape), tv=self.tv, l2=self.l2)
         theta0 = space.sample(len(classes) * self.restarts, rng)
         state = gradient_search(
             meter,
@@ -75,4 +86,4 @@ class WhiteBoxInversion(InversionAttack):
             restarts=self.restarts,
             patience=self.patience,
         )
-        return state, {"space": "pixel", "optimiser": "adam, capped logit margin"}
+        return state, {"space": self.space, "optimiser": "adam, capped logit margin"}
