@@ -276,3 +276,45 @@ def test_exposure_sweep_substitutes_the_strongest_allowed_attack(digits_mlp, dis
         assert 0.0 <= r["argmax_agreement"] <= 1.0
     assert by["top-3"]["argmax_agreement"] == 1.0  # top-k keeps the argmax
     assert by["label"]["queries_per_class"] <= 400
+
+
+# ------------------------------------------------------------------------------------------- HTTP
+
+
+def test_blackbox_through_a_policy_wrapped_http_target_within_budget(digits_mlp, disjoint, ctx):
+    """NES through a live endpoint (uvicorn on loopback), seen through top-3 + rounding, with a
+    budget: the server counts every row it answers, so no query is hidden from the budget."""
+    import torch
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from invguard.targets import HttpTarget
+    from tests.servers import serve
+
+    served = {"rows": 0}
+
+    async def predict(request: Request) -> JSONResponse:
+        x = np.asarray((await request.json())["instances"], dtype=np.float32)
+        served["rows"] += len(x)
+        with torch.no_grad():
+            p = torch.softmax(digits_mlp(torch.as_tensor(x)), dim=1).double().numpy()
+        return JSONResponse({"predictions": p.tolist()})
+
+    app = Starlette(routes=[Route("/v1/models/m:predict", predict, methods=["POST"])])
+    with serve(app) as url:
+        remote = HttpTarget(
+            f"{url}/v1/models/m:predict",
+            preset="instances",
+            input_shape=(1, 8, 8),
+            num_classes=10,
+            budget=2500,
+            batch_size=512,
+        )
+        exposed = (policies.TopK(3) | policies.Round(2)).wrap(remote)
+        attack = ig.attacks.get("inversion.blackbox")(role_swap="off", **SMALL_BB)
+        r = attack.run(exposed, disjoint, context=ctx)
+    assert remote.queries_used <= 2500 and served["rows"] == remote.queries_used
+    assert r.target == "SCORES (top_k=3, rounded to 2 decimals)"
+    assert r.metric("attack_accuracy").value > r.metric("baseline_prior_accuracy").value
