@@ -5,8 +5,9 @@ A small VAE trained on the *public* split only gives a latent space of plausible
 searches it for the target class, with gradients when the target is white-box and with NES
 (antithetic, far fewer queries than pixel space because the latent is small) when it only answers
 scores. A generator trained on other classes cannot produce an unseen class, so every
-reconstruction is then refined: in pixel space with total-variation priors (white-box) or in the
-public-statistics pixel prior (mean and principal components; black-box).
+reconstruction is then refined in the public-statistics pixel prior (mean and principal
+components): with gradients and a total-variation prior when white-box; with NES otherwise, where
+classes absent from the public data skip the latent stage altogether.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.inversion.blackbox import _ZerothOrder
 from invguard.attacks.inversion.common import _positive, _positive_int, latent_space, pca_space
-from invguard.attacks.inversion.priors import PixelSpace
 from invguard.attacks.inversion.search import Meter, SearchState, gradient_search
 from invguard.core.access import Access
 from invguard.core.target import Target
@@ -33,7 +33,7 @@ class GenerativeInversion(_ZerothOrder):
     ``latent_dim`` (0: 8 for small inputs, else 16) and ``generator_epochs`` shape the VAE;
     black-box: ``latent_fraction`` of ``queries_per_class`` goes to the latent search, the rest to
     refinement in the public pixel prior (``components``); white-box: ``steps`` gradient steps in
-    the latent space, then ``refine_steps`` in pixel space (``tv``, ``lr``).
+    the latent space, then ``refine_steps`` in the public pixel prior (``tv``, ``lr``).
     """
 
     name: ClassVar[str] = "inversion.generative"
@@ -46,7 +46,7 @@ class GenerativeInversion(_ZerothOrder):
     steps: int = 200
     refine_steps: int = 150
     lr: float = 0.05
-    tv: float = 0.3
+    tv: float = 0.01
     restarts: int = 2
 
     def _validate_more(self) -> list[str]:
@@ -93,20 +93,20 @@ class GenerativeInversion(_ZerothOrder):
                 restarts=self.restarts,
             )
             if self.refine_steps:
-                pixel = PixelSpace(tuple(target.input_shape), tv=self.tv, l2=0.0)
+                pca = pca_space(splits, components=self.components, weight=self.prior_weight, tv=self.tv)
                 state = gradient_search(
                     meter,
-                    pixel,
+                    pca,
                     classes,
-                    pixel.encode(state.images),
+                    pca.encode(state.images),
                     steps=self.refine_steps,
-                    lr=self.lr / 2,
+                    lr=self.lr,
                     cap=self.cap,
                     jitter=1,
                     rng=rng,
                 )
             return state, {
-                "space": f"VAE latent ({latent.dim}) + pixel refinement",
+                "space": f"VAE latent ({latent.dim}) + public pixel prior ({self.components})",
                 "optimiser": "adam (gradients)",
             }
         # a generator trained on other classes cannot produce an unseen class: for classes absent from
