@@ -262,10 +262,15 @@ def test_exposure_sweep_substitutes_the_strongest_allowed_attack(digits_mlp, dis
     }
     attack = ig.attacks.get("inversion.whitebox")(steps=60, **FAST)
     rows = exposure_sweep(
-        attack, whitebox(digits_mlp), disjoint, policies=["noise=0.1"], fallbacks=fallbacks, context=ctx
+        attack,
+        whitebox(digits_mlp),
+        disjoint,
+        policies=["noise=0.1", ("top-1", "top_k=1")],
+        fallbacks=fallbacks,
+        context=ctx,
     )
     by = {r["exposure"]: r for r in rows}
-    assert list(by) == ["whitebox", "logits", "scores", "top-3", "rounded-2", "label", "noise=0.1"]
+    assert list(by) == ["whitebox", "logits", "scores", "top-3", "rounded-2", "label", "noise=0.1", "top-1"]
     assert by["whitebox"]["attack"] == "inversion.whitebox" and by["whitebox"]["substituted_for"] is None
     assert by["top-3"]["attack"] == "inversion.generative"
     assert by["top-3"]["substituted_for"] == "inversion.whitebox"
@@ -275,6 +280,7 @@ def test_exposure_sweep_substitutes_the_strongest_allowed_attack(digits_mlp, dis
         assert 0.8 <= r["utility"] <= 1.0
         assert 0.0 <= r["argmax_agreement"] <= 1.0
     assert by["top-3"]["argmax_agreement"] == 1.0  # top-k keeps the argmax
+    assert by["top-1"]["attack"] == "inversion.label_only" and "label" in by["top-1"]["note"]
     assert by["label"]["queries_per_class"] <= 400
 
 

@@ -84,6 +84,19 @@ def substitute(
     return None
 
 
+def _effective_access(policy: Any, access: Access) -> tuple[Access, str | None]:
+    """Top-1 scores are a one-hot label: attack such an exposure as LABEL access."""
+    from invguard.policies.standard import TopK
+
+    if (
+        policy is not None
+        and access >= Access.SCORES
+        and any(isinstance(step, TopK) and step.k == 1 for step in policy.steps())
+    ):
+        return Access.LABEL, "top-1 scores carry only the label: attacked as label-only"
+    return access, None
+
+
 def _utility(raw: Target, exposed: Target, splits: Any) -> tuple[float, float]:
     X, y = splits.nonmembers.X, splits.nonmembers.y
     raw_labels = raw.predict(X).labels
@@ -130,6 +143,9 @@ def exposure_sweep(
         if access is None:
             rows.append({**row, "attack": None, "note": f"the target grants only {target.access.name}"})
             continue
+        access, note = _effective_access(policy, access)
+        if note:
+            row["note"] = note
         chosen = substitute(attack, access, fallbacks)
         if chosen is None:
             rows.append({**row, "attack": None, "note": "no inversion attack runs at this access"})
