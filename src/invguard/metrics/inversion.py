@@ -1,0 +1,526 @@
+"""How much a model-inversion attack reconstructed, measured the way the field does.
+
+- **Attack accuracy** (Zhang et al., "The Secret Revealer", CVPR 2020): an *independent evaluation
+  classifier* (a different architecture, trained on the evaluation split, never the target)
+  classifies each reconstruction; top-1 and top-5, with bootstrap 95% CIs. The target's own
+  confidence is reported but never the headline: fooling the target with noise is not leakage.
+- **KNN distance**: squared L2 distance, in the evaluator's feature space, from each reconstruction
+  to the nearest *private member* of its class; pixel SSIM/PSNR/MSE (Wang et al. 2004, scikit-image)
+  to the nearest private member in pixel space.
+- **Reconstructed-similarity rate** ("M1"): the fraction of reconstructions whose nearest-private
+  SSIM (images) or cosine similarity (vectors) exceeds a threshold.
+- **Baselines**: what an attacker knows with no model (public class means, or random public draws
+  for classes absent from the public data) and *public ranking* (query the target with public
+  records, keep the top-scored per class).
+- **Private-specificity**: are reconstructions closer to the model's training members than to
+  held-out non-members of the same class? Distance ratio and a one-sided permutation test
+  (Good, "Permutation Tests", 2000); the caller pairs it with a role-swap control.
+
+Pure numpy functions, except the evaluation classifier, which trains a small torch network (torch
+is imported only there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from invguard.core.errors import ConfigError
+from invguard.core.result import Metric
+from invguard.core.target import Target
+from invguard.metrics.stats import bootstrap_metric
+
+F64 = NDArray[np.float64]
+
+__all__ = [
+    "Evaluator",
+    "InversionScores",
+    "build_evaluator",
+    "evaluator_spec",
+    "knn_distances",
+    "lift_metric",
+    "nearest_pixel",
+    "prior_baseline",
+    "private_specificity",
+    "public_ranking_baseline",
+    "score_reconstructions",
+]
+
+
+# ------------------------------------------------------------------------------------- evaluator
+
+
+@dataclass
+class Evaluator:
+    """The independent evaluation classifier: a torch module trained on the evaluation split.
+
+    ``features`` are the activations feeding its last linear layer (its penultimate layer).
+    """
+
+    module: Any
+    spec: dict[str, Any]
+    holdout_accuracy: float
+    key: str
+
+    @property
+    def arch(self) -> str:
+        return str(self.spec.get("arch", "?"))
+
+    def _run(self, X: NDArray[Any], features: bool) -> F64:
+        import torch
+
+        out: list[F64] = []
+        self.module.eval()
+        body, head = _split_head(self.module)
+        with torch.no_grad():
+            for i in range(0, X.shape[0], 1024):
+                xb = torch.as_tensor(np.asarray(X[i : i + 1024], dtype=np.float32))
+                h = body(xb)
+                out.append((h if features else head(h)).double().numpy())
+        if not out:
+            return np.zeros((0, 0))
+        return np.concatenate(out, axis=0)
+
+    def logits(self, X: NDArray[Any]) -> F64:
+        return self._run(X, features=False)
+
+    def features(self, X: NDArray[Any]) -> F64:
+        return self._run(X, features=True)
+
+
+def _split_head(module: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """(everything before the last linear layer, the last linear layer) of an invguard reference net."""
+    import torch
+
+    if hasattr(module, "net"):  # MLP
+        layers = list(module.net)
+        return torch.nn.Sequential(*layers[:-1]), layers[-1]
+    if hasattr(module, "features") and hasattr(module, "head"):  # SmallCNN
+        head = list(module.head)
+        body = torch.nn.Sequential(module.features, *head[:-1])
+        return body, head[-1]
+    raise ConfigError("evaluation classifier: expected an invguard MLP or CNN module")
+
+
+def evaluator_spec(input_shape: Sequence[int], num_classes: int, target_arch: str | None) -> dict[str, Any]:
+    """An evaluator architecture that differs from the target's.
+
+    Images: a wider CNN (24/48 channels, 96 hidden units; the reference CNN has 16/32 and 64), or a
+    two-layer MLP when the target is itself a CNN. Vectors: a two-layer MLP (256, 128).
+    """
+    shape = [int(d) for d in input_shape]
+    base: dict[str, Any] = {"input_shape": shape, "num_classes": int(num_classes)}
+    if len(shape) == 3 and target_arch != "cnn":
+        return {"arch": "cnn", "channels": [24, 48], "hidden": 96, **base}
+    return {"arch": "mlp", "hidden": [256, 128], **base}
+
+
+def _shift_augment(X: NDArray[Any], y: NDArray[Any], rng: np.random.Generator) -> tuple[F64, NDArray[Any]]:
+    """Original images plus copies shifted by one pixel and lightly noised (a robust evaluator)."""
+    if X.ndim != 4:
+        return np.asarray(X, dtype=np.float64), y
+    outs = [X]
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        shifted = np.roll(X, (dy, dx), axis=(2, 3))
+        outs.append(np.clip(shifted + rng.normal(0, 0.05, X.shape), 0, 1))
+    return np.concatenate(outs).astype(np.float64), np.concatenate([y] * len(outs))
+
+
+def build_evaluator(
+    splits: Any,
+    *,
+    target_arch: str | None = None,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    epochs: int = 30,
+) -> Evaluator:
+    """Train (or load from ``cache_dir`` by content hash) the evaluation classifier.
+
+    Trained only on ``splits.evaluation`` (all classes, shift-augmented), so it never saw the
+    target's members, non-members or the attacker's public data. ``holdout_accuracy`` is its
+    accuracy on the non-members.
+    """
+    from invguard import models
+    from invguard.models.train import fit
+
+    spec = evaluator_spec(splits.input_shape, splits.num_classes, target_arch)
+    ev = splits.evaluation
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "spec": spec,
+                "seed": seed,
+                "epochs": epochs,
+                "aug": "shift1-noise0.05-v1",
+                "data": splits.dataset.fingerprint(),
+                "evaluation": ev.hash,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
+    path = None if cache_dir is None else Path(cache_dir) / f"inversion-evaluator-{key}.pt"
+    if path is not None and path.exists():
+        module = models.load(path)
+    else:
+        X, y = _shift_augment(ev.X, ev.y, np.random.default_rng(seed))
+        module, _ = fit(
+            spec,
+            X.astype(np.float32),
+            y,
+            recipe="standard",
+            seed=seed,
+            epochs=epochs,
+            batch_size=128,
+            lr=2e-3,
+        )
+        if path is not None:
+            models.save(module, path, meta={"role": "inversion evaluator", "key": key})
+    acc = float(models.accuracy(module, splits.nonmembers.X, splits.nonmembers.y))
+    return Evaluator(module=module, spec=spec, holdout_accuracy=acc, key=key)
+
+
+# ----------------------------------------------------------------------------------- distances
+
+
+def _sqdist(A: F64, B: F64) -> F64:
+    """Pairwise squared L2 distances between the rows of ``A`` and ``B``."""
+    a2 = np.sum(A * A, axis=1)[:, None]
+    b2 = np.sum(B * B, axis=1)[None, :]
+    d: F64 = np.maximum(a2 + b2 - 2.0 * A @ B.T, 0.0)
+    return d
+
+
+def knn_distances(rec_features: F64, classes: NDArray[Any], ref_features: F64, ref_y: NDArray[Any]) -> F64:
+    """Per reconstruction: min squared L2 distance to the reference rows of its own class (NaN if none)."""
+    out = np.full(rec_features.shape[0], np.nan)
+    for c in np.unique(classes):
+        ix = np.flatnonzero(classes == c)
+        ref = ref_features[ref_y == c]
+        if ref.shape[0]:
+            out[ix] = _sqdist(rec_features[ix], ref).min(axis=1)
+    return out
+
+
+def nearest_pixel(
+    recs: NDArray[Any], classes: NDArray[Any], private: NDArray[Any], private_y: NDArray[Any]
+) -> F64:
+    """Per reconstruction: the private member of its class nearest in pixel space (MSE)."""
+    flat = recs.reshape(recs.shape[0], -1).astype(np.float64)
+    pflat = private.reshape(private.shape[0], -1).astype(np.float64)
+    out = np.zeros_like(flat)
+    for c in np.unique(classes):
+        ix = np.flatnonzero(classes == c)
+        ref = pflat[private_y == c]
+        if ref.shape[0] == 0:
+            out[ix] = np.nan
+            continue
+        j = _sqdist(flat[ix], ref).argmin(axis=1)
+        out[ix] = ref[j]
+    res: F64 = out.reshape(recs.shape)
+    return res
+
+
+def _pixel_similarity(recs: F64, nearest: F64) -> tuple[F64, F64, F64, bool]:
+    """(SSIM or cosine, PSNR, MSE) per pair; the flag says whether SSIM (images) was used."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    n = recs.shape[0]
+    mse = np.mean((recs.reshape(n, -1) - nearest.reshape(n, -1)) ** 2, axis=1)
+    psnr = np.array(
+        [
+            peak_signal_noise_ratio(nearest[i], recs[i], data_range=1.0)  # type: ignore[no-untyped-call]
+            if mse[i] > 0
+            else np.inf
+            for i in range(n)
+        ],
+        dtype=np.float64,
+    )
+    is_image = recs.ndim == 4 and min(recs.shape[2:]) >= 7
+    if is_image:
+        sim = np.array(
+            [
+                structural_similarity(  # type: ignore[no-untyped-call]
+                    np.moveaxis(recs[i], 0, -1),
+                    np.moveaxis(nearest[i], 0, -1),
+                    data_range=1.0,
+                    channel_axis=-1,
+                    win_size=7,
+                )
+                for i in range(n)
+            ],
+            dtype=np.float64,
+        )
+    else:
+        a, b = recs.reshape(n, -1), nearest.reshape(n, -1)
+        denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        sim = np.sum(a * b, axis=1) / np.where(denom > 0, denom, 1.0)
+    return sim, psnr, mse, is_image
+
+
+# ------------------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class InversionScores:
+    """Everything measured about one set of reconstructions."""
+
+    metrics: dict[str, Metric]
+    per_class: list[dict[str, Any]]
+    nearest_private: F64
+    correct: NDArray[np.bool_]
+    knn: F64
+    features: F64
+
+
+def _mean_ci(values: F64, n_boot: int, seed: int, higher_is_worse: bool, description: str) -> Metric:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return Metric(float("nan"), None, None, higher_is_worse, description)
+    return bootstrap_metric(
+        np.mean, v, n_boot=n_boot, seed=seed, higher_is_worse=higher_is_worse, description=description
+    )
+
+
+def score_reconstructions(
+    recs: NDArray[Any],
+    classes: NDArray[Any],
+    splits: Any,
+    evaluator: Evaluator,
+    *,
+    converged: NDArray[Any] | None = None,
+    member_split: str = "members",
+    similarity_threshold: float = 0.5,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> InversionScores:
+    """Attack accuracy (top-1/top-5), KNN distance, SSIM/PSNR/MSE and similarity rate, with CIs.
+
+    A reconstruction that did not converge (the attack never reached its class on the target)
+    counts as a failure for attack accuracy, whatever the evaluator says of it.
+    """
+    recs = np.asarray(recs, dtype=np.float64)
+    classes = np.asarray(classes, dtype=np.int64)
+    n = recs.shape[0]
+    conv = np.ones(n, dtype=bool) if converged is None else np.asarray(converged).astype(bool)
+    members = splits.split(member_split)
+    logits = evaluator.logits(recs)
+    k = min(5, logits.shape[1])
+    top5 = np.argsort(-logits, axis=1)[:, :k]
+    correct = (logits.argmax(axis=1) == classes) & conv
+    correct5 = np.any(top5 == classes[:, None], axis=1) & conv
+    feats = evaluator.features(recs)
+    mem_feats = evaluator.features(members.X)
+    knn = knn_distances(feats, classes, mem_feats, members.y)
+    nearest = nearest_pixel(recs, classes, members.X, members.y)
+    ok = np.all(np.isfinite(nearest.reshape(n, -1)), axis=1)
+    sim = np.full(n, np.nan)
+    psnr = np.full(n, np.nan)
+    mse = np.full(n, np.nan)
+    is_image = recs.ndim == 4
+    if ok.any():
+        s, p, m, is_image = _pixel_similarity(recs[ok], nearest[ok])
+        sim[ok], psnr[ok], mse[ok] = s, p, m
+    finite_psnr = np.where(np.isfinite(psnr), psnr, 100.0)
+    similar = (sim > similarity_threshold) & ok
+    what = "SSIM" if is_image else "cosine similarity"
+    metrics = {
+        "attack_accuracy": bootstrap_metric(
+            np.mean,
+            correct.astype(float),
+            n_boot=n_boot,
+            seed=seed,
+            description="top-1 accuracy of the independent evaluation classifier on the reconstructions",
+        ),
+        "attack_accuracy_top5": bootstrap_metric(
+            np.mean,
+            correct5.astype(float),
+            n_boot=n_boot,
+            seed=seed,
+            description="top-5 accuracy of the independent evaluation classifier on the reconstructions",
+        ),
+        "knn_distance": _mean_ci(
+            knn,
+            n_boot,
+            seed,
+            False,
+            "mean squared L2 distance in the evaluator's feature space to the nearest private member of the "
+            "class (lower = closer)",
+        ),
+        "ssim": _mean_ci(sim, n_boot, seed, True, f"{what} to the nearest private member (pixel space)"),
+        "psnr": _mean_ci(
+            finite_psnr[ok] if ok.any() else np.array([np.nan]),
+            n_boot,
+            seed,
+            True,
+            "PSNR in dB to the nearest private member",
+        ),
+        "mse": _mean_ci(mse, n_boot, seed, False, "pixel MSE to the nearest private member"),
+        "similarity_rate": bootstrap_metric(
+            np.mean,
+            similar.astype(float),
+            n_boot=n_boot,
+            seed=seed,
+            description=f"M1: fraction of reconstructions whose nearest-private {what} exceeds "
+            f"{similarity_threshold:g}",
+        ),
+    }
+    rows: list[dict[str, Any]] = []
+    for c in np.unique(classes):
+        ix = classes == c
+        rows.append(
+            {
+                "class": int(c),
+                "reconstructions": int(ix.sum()),
+                "converged": int(conv[ix].sum()),
+                "attack_accuracy": float(correct[ix].mean()),
+                "attack_accuracy_top5": float(correct5[ix].mean()),
+                "knn_distance": float(np.nanmean(knn[ix])) if np.isfinite(knn[ix]).any() else float("nan"),
+                "ssim": float(np.nanmean(sim[ix])) if np.isfinite(sim[ix]).any() else float("nan"),
+                "psnr": float(np.mean(finite_psnr[ix])),
+                "mse": float(np.nanmean(mse[ix])) if np.isfinite(mse[ix]).any() else float("nan"),
+                "similarity_rate": float(similar[ix].mean()),
+            }
+        )
+    return InversionScores(metrics, rows, nearest, correct, knn, feats)
+
+
+# ------------------------------------------------------------------------------------- baselines
+
+
+def prior_baseline(splits: Any, classes: NDArray[Any], rng: np.random.Generator) -> F64:
+    """What an attacker knows with no model at all, one image per entry of ``classes``.
+
+    The public class mean where the public data holds the class, else a random public record
+    (the attacker has nothing better for a class it has never seen).
+    """
+    pub = splits.public
+    out = np.zeros((len(classes), *pub.X.shape[1:]))
+    for i, c in enumerate(np.asarray(classes)):
+        own = pub.X[pub.y == c]
+        out[i] = own.mean(axis=0) if own.shape[0] else pub.X[rng.integers(0, pub.X.shape[0])]
+    return out
+
+
+def public_ranking_baseline(
+    target: Target,
+    splits: Any,
+    classes: NDArray[Any],
+    *,
+    queries_per_class: int,
+    rng: np.random.Generator,
+) -> tuple[F64, int]:
+    """The model used, no optimisation: query the target with public records and, per class, keep
+    the top-scored ones (by label when the target gives labels only). Returns (images, queries).
+
+    ``queries_per_class`` x the number of distinct classes public records are drawn (fewer if the
+    public split is smaller).
+    """
+    pub = splits.public
+    wanted = np.asarray(classes)
+    distinct = np.unique(wanted)
+    m = min(pub.X.shape[0], max(1, queries_per_class * distinct.size))
+    pick = rng.choice(pub.X.shape[0], size=m, replace=False)
+    X = pub.X[pick]
+    pred = target.predict(X)
+    if pred.scores is not None or pred.logits is not None:
+        z = pred.logits if pred.logits is not None else np.log(np.clip(pred.scores, 1e-12, None))  # type: ignore[arg-type]
+        score = np.asarray(z, dtype=np.float64)
+    else:
+        score = np.eye(target.num_classes)[pred.labels] + rng.random((m, target.num_classes)) * 1e-3
+    out = np.zeros((len(wanted), *X.shape[1:]))
+    for c in distinct:
+        ix = np.flatnonzero(wanted == c)
+        order = np.argsort(-score[:, c], kind="stable")
+        for j, i in enumerate(ix):
+            out[i] = X[order[j % m]]
+    return out, m
+
+
+# ---------------------------------------------------------------------------- private-specificity
+
+
+def private_specificity(
+    rec_features: F64,
+    classes: NDArray[Any],
+    member_features: F64,
+    member_y: NDArray[Any],
+    nonmember_features: F64,
+    nonmember_y: NDArray[Any],
+    *,
+    permutations: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """(distance ratio, one-sided permutation p-value) of reconstructions to members vs non-members.
+
+    The ratio is mean nearest-member distance / mean nearest-non-member distance (feature space,
+    per class). Below 1: closer to the training members. The p-value permutes, within each class,
+    which pooled records are called members (same counts), and is the fraction of permutations
+    whose ratio is at most the observed one. A small p on one split alone is not evidence of a
+    leak: pair it with the role-swap control.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.asarray(classes)
+    blocks: list[tuple[F64, int]] = []
+    for c in np.unique(classes):
+        mem = member_features[member_y == c]
+        non = nonmember_features[nonmember_y == c]
+        if mem.shape[0] == 0 or non.shape[0] == 0:
+            continue
+        D = _sqdist(rec_features[classes == c], np.concatenate([mem, non]))
+        blocks.append((D, mem.shape[0]))
+    if not blocks:
+        return float("nan"), float("nan")
+
+    def ratio(assign: list[NDArray[np.intp]] | None) -> float:
+        dm, dn = [], []
+        for bi, (D, n_mem) in enumerate(blocks):
+            cols = np.arange(D.shape[1]) if assign is None else assign[bi]
+            dm.append(D[:, cols[:n_mem]].min(axis=1))
+            dn.append(D[:, cols[n_mem:]].min(axis=1))
+        num, den = float(np.mean(np.concatenate(dm))), float(np.mean(np.concatenate(dn)))
+        return num / den if den > 0 else float("inf")
+
+    observed = ratio(None)
+    count = 0
+    for _ in range(permutations):
+        perm = [rng.permutation(D.shape[1]) for D, _ in blocks]
+        if ratio(perm) <= observed:
+            count += 1
+    return observed, (1 + count) / (1 + permutations)
+
+
+def lift_metric(
+    attack_correct: NDArray[Any],
+    baseline_correct: NDArray[Any],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    name: str,
+) -> Metric:
+    """Attack accuracy minus a baseline's accuracy, with an independent two-sample bootstrap CI."""
+    a = np.asarray(attack_correct, dtype=np.float64)
+    b = np.asarray(baseline_correct, dtype=np.float64)
+    value = float(a.mean() - b.mean())
+    rng = np.random.default_rng(seed)
+    reps = np.array(
+        [
+            a[rng.integers(0, a.size, a.size)].mean() - b[rng.integers(0, b.size, b.size)].mean()
+            for _ in range(n_boot)
+        ]
+    )
+    low, high = np.quantile(reps, [0.025, 0.975])
+    return Metric(
+        value,
+        float(low),
+        float(high),
+        True,
+        f"attack accuracy minus the {name} baseline's (positive: the attack learned more than {name})",
+    )

@@ -1,0 +1,326 @@
+"""Model-inversion attacks, metrics and the exposure sweep on the tiny digits MLP."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import invguard as ig
+from invguard import policies
+from invguard.attacks import RunContext
+from invguard.core import AccessError, ConfigError
+
+FAST = {"permutations": 200, "bootstrap": 200}
+SMALL_BB = {"queries_per_class": 400, "population": 10, **FAST}
+SMALL_LABEL = {"queries_per_class": 400, **FAST}
+
+
+@pytest.fixture(scope="session")
+def ctx(tmp_path_factory):
+    return RunContext(cache_dir=tmp_path_factory.mktemp("inversion-cache"))
+
+
+@pytest.fixture(scope="session")
+def disjoint(digits):
+    return digits.with_public_classes([0, 1, 2, 3, 4])
+
+
+def whitebox(module, **kw):
+    from invguard.targets import TorchTarget
+
+    return TorchTarget(module, input_shape=(1, 8, 8), **kw)
+
+
+@pytest.fixture(scope="session")
+def wb_shared(digits_mlp, digits, ctx):
+    attack = ig.attacks.get("inversion.whitebox")(steps=120, role_swap="off", **FAST)
+    return attack.run(whitebox(digits_mlp), digits, seed=0, context=ctx)
+
+
+@pytest.fixture(scope="session")
+def wb_disjoint(digits_mlp, disjoint, ctx):
+    attack = ig.attacks.get("inversion.whitebox")(steps=300, **FAST)
+    return attack.run(whitebox(digits_mlp), disjoint, seed=0, context=ctx)
+
+
+# ------------------------------------------------------------------------------------- efficacy
+
+
+def test_whitebox_reaches_the_evaluation_classifier(wb_shared):
+    r = wb_shared
+    assert r.metric("attack_accuracy").value >= 0.8
+    assert r.metric("attack_accuracy").low is not None
+    assert r.info["setting"] == "shared-class"
+    assert r.info["evaluator"]["arch"] == "cnn"  # the target is an MLP: a different architecture
+    n = 10 * 5
+    assert r.arrays["reconstructions"].shape == (n, 1, 8, 8)
+    assert r.arrays["nearest_private"].shape == (n, 1, 8, 8)
+    assert r.arrays["reconstruction_classes"].tolist() == np.repeat(np.arange(10), 5).tolist()
+    assert set(np.unique(r.arrays["converged"])) <= {0, 1}
+    assert r.arrays["confidence"].shape == (n,)
+    for key in (
+        "attack_accuracy",
+        "attack_accuracy_top5",
+        "knn_distance",
+        "ssim",
+        "psnr",
+        "mse",
+        "similarity_rate",
+        "target_confidence",
+        "baseline_prior_accuracy",
+        "baseline_public_ranking_accuracy",
+        "lift_over_prior",
+        "lift_over_public_ranking",
+        "private_specificity_ratio",
+        "private_specificity_p",
+    ):
+        assert key in r.metrics, key
+    assert "role_swap_p" not in r.metrics  # switched off: never reported as if it ran
+    assert [row["class"] for row in r.tables["per_class"]] == list(range(10))
+    assert {row["method"] for row in r.tables["baselines"]} == {
+        "attack (inversion.whitebox)",
+        "no-model public prior",
+        "public ranking through the target",
+    }
+    # in the shared-class setting the public class means already classify: no lift is claimed
+    assert r.metric("baseline_prior_accuracy").value >= 0.9
+    assert r.findings[0].title != "Training-data leak found"
+    json.dumps(r.to_json())
+
+
+def test_disjoint_setting_lifts_over_both_baselines_with_role_swap(wb_disjoint):
+    r = wb_disjoint
+    assert r.info["setting"] == "disjoint-class"
+    assert r.info["classes"] == [5, 6, 7, 8, 9]
+    assert r.metric("attack_accuracy").value >= 0.8
+    assert r.metric("baseline_prior_accuracy").value <= 0.2
+    assert r.metric("lift_over_prior").low > 0.5
+    assert r.metric("lift_over_public_ranking").low > 0.5
+    assert "role_swap_p" in r.metrics and r.info["role_swap"] == "ran"
+    leak = r.metric("private_specificity_p").value < 0.05 and r.metric("role_swap_p").value < 0.05
+    assert (r.findings[0].title == "Training-data leak found") == leak
+    if not leak:
+        assert r.findings[0].title == "Class prototype reconstructed (no training-data leak shown)"
+
+
+def test_generative_blackbox_beats_the_prior_baseline(digits_mlp, disjoint, ctx):
+    target = policies.ScoresOnly().wrap(whitebox(digits_mlp))
+    attack = ig.attacks.get("inversion.generative")(role_swap="off", **{**SMALL_BB, "queries_per_class": 800})
+    r = attack.run(target, disjoint, seed=0, context=ctx)
+    assert r.access == "SCORES"
+    assert r.metric("attack_accuracy").value >= 0.6
+    assert r.metric("lift_over_prior").low > 0.3
+    assert r.info["queries_per_class"] <= 800
+
+
+def test_label_only_target_refuses_score_and_whitebox_attacks_but_not_label_only(digits_mlp, disjoint, ctx):
+    target = policies.LabelOnly().wrap(whitebox(digits_mlp))
+    for name, need in (
+        ("inversion.whitebox", "WHITEBOX"),
+        ("inversion.blackbox", "SCORES"),
+        ("inversion.generative", "SCORES"),
+    ):
+        with pytest.raises(
+            AccessError, match=rf"^{name} needs {need}; this target grants LABEL \(label only\)$"
+        ):
+            ig.attacks.get(name)().run(target, disjoint, context=ctx)
+        assert target.queries_used == 0
+    attack = ig.attacks.get("inversion.label_only")(role_swap="off", queries_per_class=2000, **FAST)
+    r = attack.run(target, disjoint, context=ctx)
+    assert r.queries_used > 0 and r.access == "LABEL"
+    prior = r.metric("baseline_prior_accuracy").value
+    assert r.metric("attack_accuracy").value >= max(0.4, 3 * prior)
+
+
+# ---------------------------------------------------------------------------------- budgets, seeds
+
+
+def test_budgets_are_never_exceeded(digits_mlp, digits, ctx):
+    # the target's budget is smaller than the attack would spend: it stops before the budget
+    raw = whitebox(digits_mlp, budget=900)
+    target = policies.ScoresOnly().wrap(raw)
+    r = ig.attacks.get("inversion.blackbox")(role_swap="off", **SMALL_BB).run(target, digits, context=ctx)
+    assert raw.queries_used <= 900 and r.queries_used <= 900
+    # a budget on the policy wrapper itself
+    wrapped = policies.PolicyTarget(whitebox(digits_mlp), policies.LabelOnly(), budget=700)
+    ig.attacks.get("inversion.label_only")(role_swap="off", **SMALL_LABEL).run(wrapped, digits, context=ctx)
+    assert wrapped.queries_used <= 700
+    # white-box gradient queries are budgeted too
+    wb = whitebox(digits_mlp, budget=2000)
+    ig.attacks.get("inversion.whitebox")(steps=500, role_swap="off", **FAST).run(wb, digits, context=ctx)
+    assert wb.queries_used <= 2000
+    # without a target budget the attack's own per-class cap holds (baseline queries aside)
+    free = policies.ScoresOnly().wrap(whitebox(digits_mlp))
+    r = ig.attacks.get("inversion.blackbox")(role_swap="off", **SMALL_BB).run(free, digits, context=ctx)
+    assert r.info["attack_queries"] <= 400 * 10
+    assert r.queries_used == r.info["attack_queries"] + r.info["baseline_queries"]
+
+
+def test_same_seed_same_result(digits_mlp, disjoint, ctx):
+    def run(seed):
+        target = policies.ScoresOnly().wrap(whitebox(digits_mlp))
+        attack = ig.attacks.get("inversion.blackbox")(role_swap="off", **SMALL_BB)
+        return attack.run(target, disjoint, seed=seed, context=ctx)
+
+    a, b, c = run(3), run(3), run(4)
+    assert np.array_equal(a.arrays["reconstructions"], b.arrays["reconstructions"])
+    assert a.metrics == b.metrics
+    assert not np.array_equal(a.arrays["reconstructions"], c.arrays["reconstructions"])
+
+
+def test_unreached_classes_are_marked_and_count_as_failures(digits_mlp, digits, ctx):
+    attack = ig.attacks.get("inversion.whitebox")(steps=1, restarts=1, role_swap="off", **FAST)
+    r = attack.run(whitebox(digits_mlp), digits, context=ctx)
+    conv = r.arrays["converged"]
+    assert conv.min() == 0  # one step from noise cannot reach every class
+    assert r.metric("attack_accuracy").value <= conv.mean()
+    unreached = [row["class"] for row in r.tables["per_class"] if row["converged"] == 0]
+    if unreached:
+        assert any(f.title == "Classes not reached" for f in r.findings)
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_parameters_are_validated_with_every_problem_at_once():
+    with pytest.raises(
+        ConfigError,
+        match=r"^inversion\.whitebox: reconstructions_per_class must be an integer >= 1, got 0; "
+        r"steps must be an integer >= 1, got 0$",
+    ):
+        ig.attacks.get("inversion.whitebox")(reconstructions_per_class=0, steps=0)
+    with pytest.raises(
+        ConfigError, match=r"^inversion\.label_only: space must be 'auto', 'latent' or 'pca', got 'x'$"
+    ):
+        ig.attacks.get("inversion.label_only")(space="x")
+    with pytest.raises(ConfigError, match=r"role_swap must be 'auto', 'on' or 'off', got 'maybe'"):
+        ig.attacks.get("inversion.blackbox")(role_swap="maybe")
+
+
+def test_data_must_be_splits_matching_the_target(digits_mlp, ctx):
+    with pytest.raises(
+        ConfigError,
+        match=r"^inversion\.whitebox: data must be the splits of a dataset "
+        r"\(invguard\.data\.load\(\.\.\.\)\), got ndarray$",
+    ):
+        ig.attacks.get("inversion.whitebox")().run(whitebox(digits_mlp), np.zeros((3, 1, 8, 8)))
+
+
+def test_role_swap_on_refuses_an_unknown_architecture(digits_mlp, digits, ctx):
+    from invguard.targets import CallableTarget
+
+    def fn(x):
+        import torch
+
+        with torch.no_grad():
+            return digits_mlp(torch.as_tensor(x)).numpy()
+
+    target = CallableTarget(fn, input_shape=(1, 8, 8), num_classes=10, outputs="logits")
+    attack = ig.attacks.get("inversion.blackbox")(role_swap="on", queries_per_class=50, **FAST)
+    with pytest.raises(ConfigError, match=r"role-swap control needs the target's architecture"):
+        attack.run(target, digits, context=ctx)
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+
+def test_private_specificity_detects_copies_and_not_fresh_draws():
+    from invguard.metrics.inversion import private_specificity
+
+    rng = np.random.default_rng(0)
+    mem, non = rng.normal(size=(40, 5)), rng.normal(size=(40, 5))
+    y = np.zeros(40, dtype=int)
+    copies = mem[:10] + 0.01 * rng.normal(size=(10, 5))
+    ratio, p = private_specificity(copies, np.zeros(10, dtype=int), mem, y, non, y, permutations=300)
+    assert ratio < 0.1 and p < 0.01
+    fresh = rng.normal(size=(10, 5))
+    ratio, p = private_specificity(fresh, np.zeros(10, dtype=int), mem, y, non, y, permutations=300)
+    assert p > 0.05
+
+
+def test_prior_baseline_uses_class_means_only_where_public_holds_the_class(digits, disjoint):
+    from invguard.metrics.inversion import prior_baseline
+
+    rng = np.random.default_rng(0)
+    shared = prior_baseline(digits, np.array([3]), rng)
+    assert np.allclose(shared[0], digits.public.of_class(3).mean(axis=0))
+    unseen = prior_baseline(disjoint, np.array([7]), rng)
+    assert any(np.array_equal(unseen[0], x) for x in disjoint.public.X)  # a random public record
+
+
+# ---------------------------------------------------------------------------------- exposure sweep
+
+
+def test_exposure_sweep_substitutes_the_strongest_allowed_attack(digits_mlp, disjoint, ctx):
+    from invguard.attacks.inversion.sweep import exposure_sweep
+
+    fallbacks = {
+        "inversion.generative": ig.attacks.get("inversion.generative")(**SMALL_BB),
+        "inversion.label_only": ig.attacks.get("inversion.label_only")(**SMALL_LABEL),
+    }
+    attack = ig.attacks.get("inversion.whitebox")(steps=60, **FAST)
+    rows = exposure_sweep(
+        attack,
+        whitebox(digits_mlp),
+        disjoint,
+        policies=["noise=0.1", ("top-1", "top_k=1")],
+        fallbacks=fallbacks,
+        context=ctx,
+    )
+    by = {r["exposure"]: r for r in rows}
+    assert list(by) == ["whitebox", "logits", "scores", "top-3", "rounded-2", "label", "noise=0.1", "top-1"]
+    assert by["whitebox"]["attack"] == "inversion.whitebox" and by["whitebox"]["substituted_for"] is None
+    assert by["top-3"]["attack"] == "inversion.generative"
+    assert by["top-3"]["substituted_for"] == "inversion.whitebox"
+    assert by["label"]["attack"] == "inversion.label_only" and by["label"]["access"] == "LABEL"
+    for r in rows:
+        assert 0.0 <= r["attack_accuracy"] <= 1.0 and r["knn_distance"] > 0
+        assert 0.8 <= r["utility"] <= 1.0
+        assert 0.0 <= r["argmax_agreement"] <= 1.0
+    assert by["top-3"]["argmax_agreement"] == 1.0  # top-k keeps the argmax
+    assert by["top-1"]["attack"] == "inversion.label_only" and "label" in by["top-1"]["note"]
+    assert by["label"]["queries_per_class"] <= 400
+
+
+# ------------------------------------------------------------------------------------------- HTTP
+
+
+def test_blackbox_through_a_policy_wrapped_http_target_within_budget(digits_mlp, disjoint, ctx):
+    """NES through a live endpoint (uvicorn on loopback), seen through top-3 + rounding, with a
+    budget: the server counts every row it answers, so no query is hidden from the budget."""
+    import torch
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from invguard.targets import HttpTarget
+    from tests.servers import serve
+
+    served = {"rows": 0}
+
+    async def predict(request: Request) -> JSONResponse:
+        x = np.asarray((await request.json())["instances"], dtype=np.float32)
+        served["rows"] += len(x)
+        with torch.no_grad():
+            p = torch.softmax(digits_mlp(torch.as_tensor(x)), dim=1).double().numpy()
+        return JSONResponse({"predictions": p.tolist()})
+
+    app = Starlette(routes=[Route("/v1/models/m:predict", predict, methods=["POST"])])
+    with serve(app) as url:
+        remote = HttpTarget(
+            f"{url}/v1/models/m:predict",
+            preset="instances",
+            input_shape=(1, 8, 8),
+            num_classes=10,
+            budget=2500,
+            batch_size=512,
+        )
+        exposed = (policies.TopK(3) | policies.Round(2)).wrap(remote)
+        attack = ig.attacks.get("inversion.blackbox")(role_swap="off", **SMALL_BB)
+        r = attack.run(exposed, disjoint, context=ctx)
+    assert remote.queries_used <= 2500 and served["rows"] == remote.queries_used
+    assert r.target == "SCORES (top_k=3, rounded to 2 decimals)"
+    assert r.metric("attack_accuracy").value > r.metric("baseline_prior_accuracy").value
