@@ -153,7 +153,9 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
                 {
                     "exposure": r["exposure"],
                     "access": r.get("access") or "—",
-                    "attack": r["attack"],
+                    "attack": r["attack"]
+                    if r.get("attack_used") in (None, r["attack"])
+                    else f"{r['attack_used']} (in place of {r['attack']})",
                     "status": r.get("status"),
                     "metric_name": main_metric or "—",
                     "metric": fmt_metric(r.get("metrics", {}).get(main_metric)) if main_metric else "—",

@@ -67,6 +67,7 @@ def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[s
                 "policy": pol,
                 "access": o.get("access"),
                 "attack": o["attack"],
+                "attack_used": o.get("attack_used") or o["attack"],
                 "status": o.get("status"),
                 "error": o.get("error"),
                 "metrics": metrics,
