@@ -15,13 +15,15 @@ from invguard.core.errors import TargetError
 from invguard.guard.auth import KeyStore
 from invguard.targets import HttpTarget
 from tests.guard.bare import kserve_app
-from tests.guard.conftest import KEYS, base_config
+from tests.guard.conftest import KEYS, audit_keys, base_config, input_hmac
 from tests.servers import serve
 
 
 def call(url, path, body=None, key=None, method="POST", headers=None):
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     h = dict(headers or {})
+    if data is not None:
+        h.setdefault("Content-Type", "application/json")
     if key:
         h["X-API-Key"] = key
     req = urllib.request.Request(url + path, data=data, method=method, headers=h)
@@ -311,7 +313,7 @@ def test_every_error_path_is_a_clear_4xx_without_scores_and_is_audited(make_guar
     assert [r["seq"] for r in recs] == list(range(1, len(expected) + 1))
     assert all(r["entropy"] is None and r["labels"] is None for r in recs[:-1])
     assert recs[0]["client"] is None and recs[2]["client"] == "internal-client"
-    assert recs[2]["input_sha256"] is not None and "input" not in recs[2]
+    assert recs[2]["input_hmac"] is not None and "input" not in recs[2]
 
 
 def test_rate_limit_and_budget_answer_429_with_ietf_headers(make_guard, tmp_path, x):
@@ -429,19 +431,40 @@ def test_proxy_mode_forwards_through_the_pool_and_never_leaks_upstream_errors(
     assert 'invguard_guard_upstream_errors_total{kind="unreachable"} 1.0' in m
 
 
-def test_no_prediction_without_an_audit_record(make_guard, x):
+def test_no_prediction_without_an_audit_record_and_recovery_once_the_disk_is_back(make_guard, x):
     url, guard = make_guard()
-    assert call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])[0] == 200
-    guard.audit._file.close()  # the disk goes away
-    s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])
-    assert s == 503 and json.loads(raw)["code"] == "audit_unavailable" and b"logits" not in raw
-    s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])
-    assert s == 503
+    body = {"inputs": x.tolist()}
+    assert call(url, "/v1/models/digits/predict", body, KEYS["internal"])[0] == 200
+    good_size = guard.audit.path.stat().st_size
+    real_write = guard.audit._write_sync
+    state = {"full": True}
+
+    def disk_full(blob, head):
+        if state["full"]:
+            guard.audit._file.write(blob[: len(blob) // 2])  # a partial write, then ENOSPC
+            guard.audit._file.flush()
+            raise OSError(28, "No space left on device")
+        real_write(blob, head)
+
+    guard.audit._write_sync = disk_full
+    for _ in range(2):
+        s, _, raw = call(url, "/v1/models/digits/predict", body, KEYS["internal"])
+        assert s == 503 and json.loads(raw)["code"] == "audit_unavailable" and b"logits" not in raw
+    assert guard.audit.path.stat().st_size == good_size  # the partial write was cut back
     s, _, raw = call(url, "/readyz", method="GET")
-    assert s == 503 and "could not be written" in json.loads(raw)["problems"][0]
+    assert s == 503 and "No space left on device" in json.loads(raw)["problems"][0]
     m = urllib.request.urlopen(url + "/metrics").read().decode()
     assert "invguard_guard_audit_write_failures_total 2.0" in m
     assert "invguard_guard_audit_records_written_total 1.0" in m
+    state["full"] = False  # space is freed: the guard recovers by itself (no restart)
+    s, _, raw = call(url, "/v1/models/digits/predict", body, KEYS["internal"])
+    assert s == 200 and "logits" in json.loads(raw)
+    assert call(url, "/readyz", method="GET")[0] == 200
+    assert [r["seq"] for r in records(guard)] == [1, 2]
+    from invguard.guard.auditlog import verify
+
+    rep = verify(guard.audit.path, public_key=audit_keys(guard.audit.path)[0], allow_missing_head=True)
+    assert rep.ok and rep.records == 2, rep.problem
 
 
 def test_torch_model_file_from_config_and_raw_inputs_in_the_log(tmp_path, digits_mlp, x):
@@ -462,10 +485,10 @@ def test_torch_model_file_from_config_and_raw_inputs_in_the_log(tmp_path, digits
     truth = TorchTarget(digits_mlp, input_shape=(1, 8, 8)).predict(x[:2]).labels.tolist()
     assert s == 200 and json.loads(raw)["labels"] == truth
     rec = records(guard)[-1]
-    assert (
-        rec["input"] == body.decode()
-        and rec["input_sha256"] == __import__("hashlib").sha256(body).hexdigest()
-    )
+    _, secret = audit_keys(guard.audit.path)
+    assert rec["input"] == body.decode() and rec["input_hmac"] == input_hmac(secret, body)
+    # a keyed HMAC (RFC 2104), not a plain hash anyone can recompute for a guessed input
+    assert rec["input_hmac"] != __import__("hashlib").sha256(body).hexdigest()
 
 
 def test_an_unreachable_redis_fails_closed(make_guard, tmp_path, x):

@@ -63,7 +63,7 @@ def test_headers_follow_draft_ietf_httpapi_ratelimit_headers_10():
     limits = Limits(burst=4, per_second=2.0, day=100)
     d = run(lim.acquire("c", limits, 3))
     assert dict(d.headers(limits)) == {
-        "RateLimit-Policy": '"burst";q=4;w=2, "day";q=100;w=86400',
+        "RateLimit-Policy": '"burst";q=4;w=2, "day";q=100;qu="rows";w=86400',
         "RateLimit": f'"burst";r=3;t=1, "day";r=97;t={DAY - 100}',
     }
     for _ in range(3):
