@@ -149,6 +149,15 @@ def test_keys_commands_and_serve_errors(tmp_path):
     assert "revoked" in runner.invoke(cli, ["keys", "list", "--store", str(store)]).stdout
     res = runner.invoke(cli, ["keys", "revoke", "nobody", "--store", str(store)])
     assert res.exit_code == 2 and "no key with id 'nobody'" in " ".join(res.output.split())
+    good = tmp_path / "good.yaml"
+    good.write_text("model: {kind: sklearn, path: m.pkl}\nroles: {partner: top_k=3, internal: logits}\n")
+    res = runner.invoke(cli, ["keys", "add", "--role", "admin", "--store", str(store), "--config", str(good)])
+    assert res.exit_code == 2
+    assert f"keys add: role 'admin' is not defined in {good}; its roles are ['internal', 'partner']" in (
+        " ".join(res.output.split())
+    )
+    res = runner.invoke(cli, ["keys", "add", "--role", "internal", "--store", str(store), "-c", str(good)])
+    assert res.exit_code == 0, res.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {kind: torch}\nroles: {partner: {policy: top_k=0}}\n")
     res = runner.invoke(cli, ["serve", str(bad)])
