@@ -717,3 +717,21 @@ def test_the_signing_key_is_kept_out_of_the_log_directory(make_guard, tmp_path):
         f"audit.signing_key {tmp_path / 'b' / 'k.pem'} is inside the audit log's directory: whoever can "
         "rewrite the log can also re-sign it; keep the key elsewhere"
     ]
+
+
+def test_metrics_can_require_a_key_of_a_metrics_role(make_guard, tmp_path):
+    url, _ = make_guard(base_config(tmp_path, metrics={"roles": ["internal"]}))
+    s, _, raw = call(url, "/metrics", method="GET")
+    assert s == 401 and json.loads(raw)["code"] == "unauthorized"
+    s, _, raw = call(url, "/metrics", method="GET", key=KEYS["partner"])
+    assert (
+        s == 403
+        and json.loads(raw)["error"] == "role 'partner' may not read /metrics (metrics.roles: ['internal'])"
+    )
+    s, _, raw = call(url, "/metrics", method="GET", key=KEYS["internal"])
+    assert s == 200 and b"invguard_guard_requests_total" in raw
+    from invguard.core.errors import ConfigError
+    from invguard.guard import from_dict
+
+    with pytest.raises(ConfigError, match=r"metrics.roles: 'ops' is not one of the roles"):
+        from_dict(base_config(tmp_path, metrics={"roles": ["ops"]}))

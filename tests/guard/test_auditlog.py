@@ -420,3 +420,34 @@ def test_checkpoints_on_a_timer_and_private_file_modes(tmp_path):
     for f in (log, head_path(log), tmp_path / "k.pem"):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     assert verify(log, public_key=public_hex(key)).ok
+
+
+def test_a_failed_head_write_after_the_records_are_on_disk_does_not_fail_them(tmp_path):
+    """The records are fsynced before the head: a head failure must not turn a logged "served"
+    into an error answer; the head is retried with the next batch."""
+    log = tmp_path / "a.jsonl"
+    key = load_signing_key(tmp_path / "k.pem")
+
+    async def main():
+        w = AuditLog(log, signing_key=key, checkpoint_every=2)
+        await w.start()
+        real = w._write_head
+        fails = {"n": 1}
+
+        def flaky(head):
+            if fails["n"]:
+                fails["n"] -= 1
+                raise OSError(28, "No space left on device")
+            real(head)
+
+        w._write_head = flaky
+        seqs = [await w.append({"i": i}) for i in range(2)]
+        assert w.degraded is not None and "head checkpoint or rotation failed" in w.degraded
+        assert w.broken is None and not head_path(log).exists()
+        seqs.append(await w.append({"i": 2}))
+        assert w.degraded is None and json.loads(head_path(log).read_text())["size"] == 3
+        await w.close()
+        return seqs
+
+    assert asyncio.run(main()) == [1, 2, 3]
+    assert verify(log, public_key=public_hex(key)).ok

@@ -800,6 +800,8 @@ class Guard:
 
     async def readyz(self, request: Request) -> Response:
         problems = []
+        if self.audit.degraded is not None:
+            log.warning(self.audit.degraded)
         if self.audit.broken is not None:
             problems.append(self.audit.broken)
         if not await self.model.ready():
@@ -811,6 +813,17 @@ class Guard:
         return _json({"status": "ready"})
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        roles = self.cfg.metrics.roles
+        if roles is not None:
+            problem = await self.auth.refresh()
+            if problem is not None:
+                return _json({"code": "auth_unavailable", "error": problem}, 503)
+            principal, reason = self.auth.authenticate(request.scope["headers"])
+            if principal is None:
+                return _json({"code": "unauthorized", "error": reason}, 401)
+            if principal.role not in roles:
+                msg = f"role {principal.role!r} may not read /metrics (metrics.roles: {sorted(roles)})"
+                return _json({"code": "forbidden", "error": msg}, 403)
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi_endpoint(self, request: Request) -> Response:

@@ -132,6 +132,8 @@ class ServerConfig(_Strict):
 
 class MetricsConfig(_Strict):
     high_confidence_entropy: float = Field(default=0.1, ge=0)
+    # roles whose keys may read /metrics; None = no key needed (bind the guard to a private network)
+    roles: tuple[str, ...] | None = None
 
 
 class GuardConfig(_Strict):
@@ -155,6 +157,9 @@ class GuardConfig(_Strict):
     def _check(self) -> GuardConfig:
         if not self.roles:
             raise ValueError("roles: define at least one role")
+        for r in self.metrics.roles or ():
+            if r not in self.roles:
+                raise ValueError(f"metrics.roles: {r!r} is not one of the roles {sorted(self.roles)}")
         for k in self.auth.keys:
             if k.role not in self.roles:
                 raise ValueError(
