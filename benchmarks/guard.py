@@ -185,7 +185,13 @@ def _guard_config(tmp: Path, name: str, model: dict, upstream_port: int | None =
             }
         },
         "auth": {"keys": [{"id": "bench", "sha256": hash_key(KEY), "role": "partner"}]},
-        "audit": {"path": str(tmp / f"{name}.jsonl"), "checkpoint_every": 1000, "fsync": True},
+        "audit": {
+            "path": str(tmp / f"{name}.jsonl"),
+            "checkpoint_every": 1000,
+            "fsync": True,
+            "signing_key": str(tmp / "keys" / f"{name}.pem"),
+            "hash_key": str(tmp / "keys" / f"{name}.hmac"),
+        },
     }
     p = tmp / f"{name}.yaml"
     p.write_text(yaml.safe_dump(cfg))
@@ -210,7 +216,7 @@ def main() -> None:
         return
 
     from invguard import data, models
-    from invguard.guard.auditlog import verify
+    from invguard.guard.auditlog import load_public_key_hex, verify
     from invguard.models.train import fit
 
     tmp = Path(tempfile.mkdtemp(prefix="invguard-bench-"))
@@ -279,7 +285,7 @@ def main() -> None:
     print(f"(b)-(a) p50 overhead at concurrency 1: {lb['p50_ms'] - la['p50_ms']:.2f} ms  (goal <= 1 ms)")
     print(f"(c) throughput: {c['rps']:.0f} req/s  (goal >= 3000)")
     for name in ("b", "c"):
-        rep = verify(tmp / f"{name}.jsonl")
+        rep = verify(tmp / f"{name}.jsonl", public_key=load_public_key_hex(tmp / "keys" / f"{name}.pem"))
         print(f"audit log ({name}): {rep.summary()}")
 
 

@@ -263,12 +263,23 @@ def keys_add(
     role: Annotated[str, typer.Option(help="The role the key grants (a role of guard.yaml).")],
     store: Annotated[Path, _STORE] = Path("keys.db"),
     key_id: Annotated[str | None, typer.Option("--id", help="A name for the key (default: random).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="guard.yaml: refuse roles it does not define.")
+    ] = None,
 ) -> None:
     """Create an API key; it is printed once and only its hash is stored."""
-    from invguard.core.errors import InvguardError
+    from invguard.core.errors import ConfigError, InvguardError
     from invguard.guard.auth import KeyStore
 
     try:
+        if config is not None:
+            from invguard.guard import load
+
+            roles = sorted(load(config).roles)
+            if role not in roles:
+                raise ConfigError(
+                    f"keys add: role {role!r} is not defined in {config}; its roles are {roles}"
+                )
         key, rec = KeyStore(store).add(role, key_id)
     except InvguardError as e:
         _fail(e)
@@ -312,14 +323,35 @@ def log_verify(
     head: Annotated[
         Path | None, typer.Option(help="A saved head checkpoint (default: FILE.head if present).")
     ] = None,
+    trust_embedded_key: Annotated[
+        bool,
+        typer.Option(
+            "--trust-embedded-key",
+            help="Check signatures against the key written in the log (a re-signed log passes).",
+        ),
+    ] = False,
+    allow_missing_head: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing-head", help="Accept a log without a head checkpoint (truncation goes unseen)."
+        ),
+    ] = False,
 ) -> None:
-    """Check the hash chain and the signed checkpoints; name the first bad record. Exit 1 if bad."""
+    """Check the hash chain and the signed checkpoints; name the first bad record. Exit 1 if bad.
+
+    Pin the guard's signing key with --public-key (required unless --trust-embedded-key)."""
     from invguard.core.errors import InvguardError
     from invguard.guard.auditlog import load_public_key_hex, verify
 
     try:
         pk = load_public_key_hex(public_key) if public_key is not None else None
-        rep = verify(file, public_key=pk, head=head)
+        rep = verify(
+            file,
+            public_key=pk,
+            head=head,
+            trust_embedded_key=trust_embedded_key,
+            allow_missing_head=allow_missing_head,
+        )
     except InvguardError as e:
         _fail(e)
         return

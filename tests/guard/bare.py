@@ -31,3 +31,13 @@ def kserve_app(target, name: str = "digits") -> Starlette:
         return Response(json.dumps(out), media_type="application/json")
 
     return Starlette(routes=[Route(f"/v2/models/{name}/infer", infer, methods=["POST"])])
+
+
+def failing_app(status: int = 500, doc: object = None, name: str = "digits") -> Starlette:
+    """An upstream that always answers ``status`` with ``doc`` (JSON)."""
+
+    async def infer(request: Request) -> Response:
+        await request.body()
+        return Response(json.dumps(doc if doc is not None else {"error": "boom"}), status_code=status)
+
+    return Starlette(routes=[Route(f"/v2/models/{name}/infer", infer, methods=["POST"])])

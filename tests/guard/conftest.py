@@ -48,6 +48,22 @@ def base_config(tmp: Path, **over) -> dict:
     return cfg
 
 
+def audit_keys(audit_path) -> tuple[str, bytes]:
+    """The guard's default signing key (public, hex) and HMAC secret for a log path."""
+    from invguard.guard.app import key_paths
+    from invguard.guard.auditlog import load_public_key_hex
+
+    kp, hp = key_paths(str(audit_path), None, None)
+    return load_public_key_hex(kp), bytes.fromhex(hp.read_text().strip())
+
+
+def input_hmac(secret: bytes, body: bytes) -> str:
+    import hashlib
+    import hmac
+
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
 @pytest.fixture(scope="session")
 def torch_model(digits_mlp):
     from invguard.guard.upstream import LocalModel

@@ -15,13 +15,15 @@ from invguard.core.errors import TargetError
 from invguard.guard.auth import KeyStore
 from invguard.targets import HttpTarget
 from tests.guard.bare import kserve_app
-from tests.guard.conftest import KEYS, base_config
+from tests.guard.conftest import KEYS, audit_keys, base_config, input_hmac
 from tests.servers import serve
 
 
 def call(url, path, body=None, key=None, method="POST", headers=None):
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     h = dict(headers or {})
+    if data is not None:
+        h.setdefault("Content-Type", "application/json")
     if key:
         h["X-API-Key"] = key
     req = urllib.request.Request(url + path, data=data, method=method, headers=h)
@@ -311,7 +313,7 @@ def test_every_error_path_is_a_clear_4xx_without_scores_and_is_audited(make_guar
     assert [r["seq"] for r in recs] == list(range(1, len(expected) + 1))
     assert all(r["entropy"] is None and r["labels"] is None for r in recs[:-1])
     assert recs[0]["client"] is None and recs[2]["client"] == "internal-client"
-    assert recs[2]["input_sha256"] is not None and "input" not in recs[2]
+    assert recs[2]["input_hmac"] is not None and "input" not in recs[2]
 
 
 def test_rate_limit_and_budget_answer_429_with_ietf_headers(make_guard, tmp_path, x):
@@ -429,19 +431,40 @@ def test_proxy_mode_forwards_through_the_pool_and_never_leaks_upstream_errors(
     assert 'invguard_guard_upstream_errors_total{kind="unreachable"} 1.0' in m
 
 
-def test_no_prediction_without_an_audit_record(make_guard, x):
+def test_no_prediction_without_an_audit_record_and_recovery_once_the_disk_is_back(make_guard, x):
     url, guard = make_guard()
-    assert call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])[0] == 200
-    guard.audit._file.close()  # the disk goes away
-    s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])
-    assert s == 503 and json.loads(raw)["code"] == "audit_unavailable" and b"logits" not in raw
-    s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["internal"])
-    assert s == 503
+    body = {"inputs": x.tolist()}
+    assert call(url, "/v1/models/digits/predict", body, KEYS["internal"])[0] == 200
+    good_size = guard.audit.path.stat().st_size
+    real_write = guard.audit._write_sync
+    state = {"full": True}
+
+    def disk_full(blob, head):
+        if state["full"]:
+            guard.audit._file.write(blob[: len(blob) // 2])  # a partial write, then ENOSPC
+            guard.audit._file.flush()
+            raise OSError(28, "No space left on device")
+        real_write(blob, head)
+
+    guard.audit._write_sync = disk_full
+    for _ in range(2):
+        s, _, raw = call(url, "/v1/models/digits/predict", body, KEYS["internal"])
+        assert s == 503 and json.loads(raw)["code"] == "audit_unavailable" and b"logits" not in raw
+    assert guard.audit.path.stat().st_size == good_size  # the partial write was cut back
     s, _, raw = call(url, "/readyz", method="GET")
-    assert s == 503 and "could not be written" in json.loads(raw)["problems"][0]
+    assert s == 503 and "No space left on device" in json.loads(raw)["problems"][0]
     m = urllib.request.urlopen(url + "/metrics").read().decode()
     assert "invguard_guard_audit_write_failures_total 2.0" in m
     assert "invguard_guard_audit_records_written_total 1.0" in m
+    state["full"] = False  # space is freed: the guard recovers by itself (no restart)
+    s, _, raw = call(url, "/v1/models/digits/predict", body, KEYS["internal"])
+    assert s == 200 and "logits" in json.loads(raw)
+    assert call(url, "/readyz", method="GET")[0] == 200
+    assert [r["seq"] for r in records(guard)] == [1, 2]
+    from invguard.guard.auditlog import verify
+
+    rep = verify(guard.audit.path, public_key=audit_keys(guard.audit.path)[0], allow_missing_head=True)
+    assert rep.ok and rep.records == 2, rep.problem
 
 
 def test_torch_model_file_from_config_and_raw_inputs_in_the_log(tmp_path, digits_mlp, x):
@@ -462,10 +485,10 @@ def test_torch_model_file_from_config_and_raw_inputs_in_the_log(tmp_path, digits
     truth = TorchTarget(digits_mlp, input_shape=(1, 8, 8)).predict(x[:2]).labels.tolist()
     assert s == 200 and json.loads(raw)["labels"] == truth
     rec = records(guard)[-1]
-    assert (
-        rec["input"] == body.decode()
-        and rec["input_sha256"] == __import__("hashlib").sha256(body).hexdigest()
-    )
+    _, secret = audit_keys(guard.audit.path)
+    assert rec["input"] == body.decode() and rec["input_hmac"] == input_hmac(secret, body)
+    # a keyed HMAC (RFC 2104), not a plain hash anyone can recompute for a guessed input
+    assert rec["input_hmac"] != __import__("hashlib").sha256(body).hexdigest()
 
 
 def test_an_unreachable_redis_fails_closed(make_guard, tmp_path, x):
@@ -493,3 +516,222 @@ def test_noise_is_never_replayable_through_the_guard(make_guard, tmp_path, x):
         url, _ = make_guard(cfg)
         first.append(json.loads(call(url, "/v1/models/digits/predict", body, KEYS["partner"])[2])["scores"])
     assert first[0] != first[1]
+
+
+def _metric(url, prefix):
+    m = urllib.request.urlopen(url + "/metrics").read().decode()
+    return [ln for ln in m.splitlines() if ln.startswith(prefix)]
+
+
+def test_a_revoked_key_is_refused_even_when_a_reload_fails_once(make_guard, tmp_path, x):
+    import sqlite3
+
+    store = KeyStore(tmp_path / "keys.db")
+    key, _ = store.add("partner", "acme")
+    url, guard = make_guard(base_config(tmp_path, auth={"key_store": str(store.path)}))
+    body = {"inputs": x[:1].tolist()}
+    assert call(url, "/v1/models/digits/predict", body, key)[0] == 200
+    real_list = guard.auth.store.list
+    fails = {"n": 1}
+
+    def flaky():
+        if fails["n"]:
+            fails["n"] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return real_list()
+
+    guard.auth.store.list = flaky
+    store.revoke("acme")
+    time.sleep(1.1)
+    s, _, raw = call(url, "/v1/models/digits/predict", body, key)
+    assert s == 503  # fail closed, never the stale (revoked) key
+    assert json.loads(raw) == {
+        "code": "auth_unavailable",
+        "error": "the key store cannot be read (OperationalError); try later",
+    }
+    assert records(guard)[-1]["status"] == 503
+    time.sleep(1.1)  # the failed read did not mark the change as seen: it is read again
+    s, _, raw = call(url, "/v1/models/digits/predict", body, key)
+    assert s == 401 and json.loads(raw)["error"] == "invalid or revoked API key"
+
+
+def test_upstream_failures_never_reveal_the_upstream_url_and_are_always_audited(make_guard, tmp_path, x):
+    from invguard.guard import from_dict
+    from invguard.guard.upstream import build_model
+    from tests.guard.bare import failing_app
+
+    for app, output_name, kind in (
+        (failing_app(500), None, "status"),
+        (failing_app(200, {"outputs": [1]}), "logits", "malformed"),  # was an AttributeError -> 500
+    ):
+        with serve(app) as up:
+            cfg = base_config(tmp_path / kind)
+            upstream = {"url": up.replace("http://", "http://svc:s3cr3t@") + "/v2/models/digits/infer"}
+            if output_name:
+                upstream["output_name"] = output_name
+            cfg["model"] = {
+                "name": "digits",
+                "kind": "proxy",
+                "input_shape": [1, 8, 8],
+                "num_classes": 10,
+                "input_range": [0, 1],
+                "upstream": upstream,
+            }
+            url, guard = make_guard(cfg, model=build_model(from_dict(cfg).model))
+            s, _, raw = call(url, "/v1/models/digits/predict", {"inputs": x.tolist()}, KEYS["default"])
+            assert s == 502, raw
+            assert json.loads(raw) == {"code": "upstream_error", "error": "upstream model server error"}
+            rec = records(guard)[-1]
+            assert rec["decision"] == "upstream_error" and rec["status"] == 502
+            assert "s3cr3t" not in guard.audit.path.read_text() and "***@127.0.0.1" in rec["error"]
+            assert _metric(url, f'invguard_guard_upstream_errors_total{{kind="{kind}"}}') != []
+
+
+def test_model_errors_deep_nesting_and_internal_errors_are_audited_and_metered(make_guard, tmp_path, x):
+    class Broken:
+        input_shape, num_classes = (1, 8, 8), 10
+
+        async def predict(self, batch):
+            raise TargetError("model gave outputs of the wrong shape for a batch of 1")
+
+        async def start(self):
+            return None
+
+        async def close(self):
+            return None
+
+        async def ready(self):
+            return True
+
+    cfg = base_config(tmp_path)
+    cfg["roles"]["default"]["budget"] = {"day": 3}
+    url, guard = make_guard(cfg, model=Broken())
+    body = {"inputs": x[:2].tolist()}
+    for _ in range(3):  # the failed rows are refunded: the budget of 3 rows never runs out
+        s, _, raw = call(url, "/v1/models/digits/predict", body, KEYS["default"])
+        assert s == 502 and json.loads(raw) == {"code": "upstream_error", "error": "model error"}
+    assert records(guard)[-1]["error"].startswith("TargetError: model gave outputs of the wrong shape")
+    # data nested ~950 deep (RecursionError before the limiter): a 400, audited
+    deep = b'{"inputs":[{"name":"x","shape":[1,1,8,8],"datatype":"FP32","data":' + b"[" * 950
+    deep += b"1" + b"]" * 950 + b"}]}"
+    s, _, raw = call(url, "/v2/models/digits/infer", deep, KEYS["default"])
+    assert s == 400 and json.loads(raw) == {
+        "code": "bad_input",
+        "error": "inputs[0].data: must be a flat list of numbers",
+    }
+    # any other failure: a 500 with a record and metrics
+    guard._parse_v1 = lambda b: (_ for _ in ()).throw(RuntimeError("bug"))
+    s, _, raw = call(url, "/v1/models/digits/predict", body, KEYS["default"])
+    assert s == 500 and json.loads(raw) == {"code": "internal_error", "error": "internal error"}
+    recs = records(guard)
+    assert [(r["status"], r["decision"]) for r in recs[-2:]] == [(400, "rejected"), (500, "error")]
+    assert _metric(
+        url, 'invguard_guard_requests_total{role="default",route="/v1/models/{name}/predict",status="500"}'
+    )
+
+
+def test_requests_without_a_key_are_limited_per_address_and_never_stored(make_guard, tmp_path, x):
+    cfg = base_config(
+        tmp_path, audit={"store_inputs": True}, server={"anonymous_rate": {"burst": 5, "per_second": 0.01}}
+    )
+    url, guard = make_guard(cfg)
+    body = {"inputs": x[:1].tolist()}
+    got = [call(url, "/v1/models/digits/predict", body, "wrong-key")[0] for _ in range(8)]
+    got.append(call(url, "/nowhere", body, method="POST")[0])
+    got.append(call(url, "/v1/models/digits/predict/", body, KEYS["default"])[0])
+    assert got == [401] * 5 + [429] * 5
+    s, h, raw = call(url, "/v1/models/digits/predict", body, "wrong-key")
+    assert s == 429 and h["retry-after"] == "1"
+    assert json.loads(raw) == {
+        "code": "rate_limited",
+        "error": "too many requests without a valid API key from this address",
+    }
+    # a valid key is not affected
+    assert call(url, "/v1/models/digits/predict", body, KEYS["default"])[0] == 200
+    recs = records(guard)
+    assert [r["status"] for r in recs] == [401] * 5 + [429, 200]  # refusals recorded once a second
+    assert all("input" not in r for r in recs[:-1]) and "input" in recs[-1]
+    assert _metric(url, 'invguard_guard_limit_violations_total{kind="rate_limited",role="anonymous"} 6.0')
+
+
+def test_trailing_slash_is_a_404_and_content_type_encoding_are_checked(make_guard, x):
+    url, guard = make_guard()
+    body = {"inputs": x[:1].tolist()}
+    s, h, raw = call(url, "/v1/models/digits/predict/", body, KEYS["default"])
+    assert s == 404 and "location" not in {k.lower() for k in h}
+    assert json.loads(raw)["code"] == "not_found"
+    assert records(guard)[-1]["status"] == 404
+    s, _, raw = call(
+        url, "/v1/models/digits/predict", body, KEYS["default"], headers={"Content-Type": "text/plain"}
+    )
+    assert s == 415 and json.loads(raw) == {
+        "code": "unsupported_media_type",
+        "error": "Content-Type 'text/plain' is not supported; send application/json",
+    }
+    s, _, raw = call(
+        url, "/v1/models/digits/predict", body, KEYS["default"], headers={"Content-Encoding": "gzip"}
+    )
+    assert s == 415 and json.loads(raw)["error"] == (
+        "Content-Encoding 'gzip' is not supported; send the JSON body unencoded"
+    )
+    h = {"Content-Type": "application/json; charset=utf-8"}
+    assert call(url, "/v1/models/digits/predict", body, KEYS["default"], headers=h)[0] == 200
+    assert [r["status"] for r in records(guard)] == [404, 415, 415, 200]
+
+
+def test_conflicting_keys_and_a_batch_larger_than_the_whole_budget(make_guard, tmp_path, x):
+    cfg = base_config(tmp_path, auth={"header": "X-Model-Key"})
+    cfg["roles"]["default"]["budget"] = {"day": 3}
+    url, _ = make_guard(cfg)
+    body = {"inputs": x[:1].tolist()}
+    h = {"X-Model-Key": KEYS["default"], "Authorization": f"Bearer {KEYS['internal']}"}
+    s, _, raw = call(url, "/v1/models/digits/predict", body, headers=h)
+    assert s == 401 and json.loads(raw)["error"] == (
+        "conflicting API keys: the X-Model-Key and Authorization: Bearer values differ; send one key"
+    )
+    s, _, raw = call(
+        url, "/v1/models/digits/predict", {"inputs": x[:4].tolist()}, headers={"X-Model-Key": KEYS["default"]}
+    )
+    assert s == 400 and json.loads(raw) == {
+        "code": "batch_exceeds_budget",
+        "error": "a batch of 4 rows exceeds the whole day budget of 3 rows: it can never be served; "
+        "send smaller batches",
+    }
+    s, h, _ = call(url, "/v1/models/digits/predict", body, headers={"X-Model-Key": KEYS["default"]})
+    assert s == 200 and '"day";q=3;qu="rows";w=86400' in h["ratelimit-policy"]
+    spec = json.loads(urllib.request.urlopen(url + "/openapi.json").read())
+    assert spec["components"]["securitySchemes"]["apiKey"]["name"] == "X-Model-Key"
+
+
+def test_the_signing_key_is_kept_out_of_the_log_directory(make_guard, tmp_path):
+    from invguard.guard import from_dict
+    from invguard.guard.app import Guard
+
+    _, guard = make_guard()
+    key_dir = tmp_path.with_name(tmp_path.name + "-keys")
+    assert (key_dir / "audit.jsonl.ed25519.pem").exists() and guard.warnings == []
+    assert not list(tmp_path.glob("*.pem"))
+    cfg = base_config(tmp_path / "b", audit={"signing_key": str(tmp_path / "b" / "k.pem")})
+    warned = Guard(from_dict(cfg), model=guard.model).warnings
+    assert warned == [
+        f"audit.signing_key {tmp_path / 'b' / 'k.pem'} is inside the audit log's directory: whoever can "
+        "rewrite the log can also re-sign it; keep the key elsewhere"
+    ]
+
+
+def test_metrics_can_require_a_key_of_a_metrics_role(make_guard, tmp_path):
+    url, _ = make_guard(base_config(tmp_path, metrics={"roles": ["internal"]}))
+    s, _, raw = call(url, "/metrics", method="GET")
+    assert s == 401 and json.loads(raw)["code"] == "unauthorized"
+    s, _, raw = call(url, "/metrics", method="GET", key=KEYS["partner"])
+    assert (
+        s == 403
+        and json.loads(raw)["error"] == "role 'partner' may not read /metrics (metrics.roles: ['internal'])"
+    )
+    s, _, raw = call(url, "/metrics", method="GET", key=KEYS["internal"])
+    assert s == 200 and b"invguard_guard_requests_total" in raw
+    from invguard.core.errors import ConfigError
+    from invguard.guard import from_dict
+
+    with pytest.raises(ConfigError, match=r"metrics.roles: 'ops' is not one of the roles"):
+        from_dict(base_config(tmp_path, metrics={"roles": ["ops"]}))

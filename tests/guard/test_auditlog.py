@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import stat
 
 import pytest
 from typer.testing import CliRunner
@@ -75,12 +77,12 @@ def test_group_commit_batches_concurrent_records_and_log_verifies(tmp_path):
     assert len(batches) < 50  # concurrent requests share an fsync
     rep = verify(log, public_key=public_hex(key))
     assert rep.ok, rep.problem
-    assert (rep.records, rep.checkpoints) == (50, 12)
+    assert (rep.records, rep.checkpoints) == (50, 13)  # every 4 records, and one at close
     assert rep.warnings == []
     lines = log.read_text().splitlines()
     first = json.loads(lines[0])
     assert first["prev"] == "0" * 64 and first["seq"] == 1
-    assert json.loads(head_path(log).read_text())["size"] == 48
+    assert json.loads(head_path(log).read_text())["size"] == 50
 
 
 @pytest.fixture()
@@ -99,47 +101,47 @@ def _put(log, lines):
 
 
 def test_modified_byte_is_named(good_log):
-    log, _ = good_log
+    log, key = good_log
     lines = _lines(log)
     # lines: records 1-4, checkpoint, records 5-8, checkpoint, ...: line 6 holds record seq 5
     assert b'"client":"c4"' in lines[5]
     lines[5] = lines[5].replace(b'"client":"c4"', b'"client":"c9"')
     _put(log, lines)
-    rep = verify(log)
+    rep = verify(log, public_key=public_hex(key))
     assert not rep.ok
     assert rep.bad_seq == 5 and rep.bad_line == 6
     assert "hash does not match the record's content: the record was modified" in rep.problem
 
 
 def test_deleted_line_is_detected(good_log):
-    log, _ = good_log
+    log, key = good_log
     lines = _lines(log)
     del lines[2]  # record seq 3
     _put(log, lines)
-    rep = verify(log)
+    rep = verify(log, public_key=public_hex(key))
     assert not rep.ok and rep.bad_seq == 4 and rep.bad_line == 3
     assert rep.records == 2
     assert "chain broken" in rep.problem
 
 
 def test_swapped_lines_are_detected(good_log):
-    log, _ = good_log
+    log, key = good_log
     lines = _lines(log)
     lines[1], lines[2] = lines[2], lines[1]
     _put(log, lines)
-    rep = verify(log)
+    rep = verify(log, public_key=public_hex(key))
     assert not rep.ok and rep.bad_line == 2 and rep.bad_seq == 3
     assert "deleted, inserted or reordered" in rep.problem
 
 
 def test_inserted_record_is_detected(good_log):
-    log, _ = good_log
+    log, key = good_log
     lines = _lines(log)
     forged = json.loads(lines[1])
     forged["client"] = "mallory"
     lines.insert(2, json.dumps(forged, sort_keys=True, separators=(",", ":")).encode())
     _put(log, lines)
-    rep = verify(log)
+    rep = verify(log, public_key=public_hex(key))
     assert not rep.ok and rep.bad_line == 3
     assert "modified" in rep.problem
 
@@ -154,12 +156,12 @@ def test_truncation_after_a_checkpoint_is_detected_by_the_signed_head(good_log):
     assert "log truncated: the signed head checkpoint covers 12 records, the log holds only 8" in rep.problem
     # truncation in the middle of a line (not at a line end) is caught the same way
     log.write_bytes(b"\n".join(lines[:-1])[:-40])  # record 12 cut in the middle
-    rep = verify(log)
+    rep = verify(log, public_key=public_hex(key))
     assert not rep.ok and "log truncated" in rep.problem
 
 
 def test_forged_checkpoint_and_wrong_key_are_detected(good_log, tmp_path):
-    log, _ = good_log
+    log, key = good_log
     other = public_hex(load_signing_key(tmp_path / "other.pem"))
     rep = verify(log, public_key=other)
     assert not rep.ok and "different key than the pinned one" in rep.problem
@@ -169,7 +171,7 @@ def test_forged_checkpoint_and_wrong_key_are_detected(good_log, tmp_path):
     cp["root"] = "00" * 32
     lines[4] = json.dumps(cp, sort_keys=True, separators=(",", ":")).encode()
     _put(log, lines)
-    rep = verify(log)
+    rep = verify(log, public_key=public_hex(key))
     assert not rep.ok and rep.bad_line == 5 and "Merkle root does not match" in rep.problem
 
 
@@ -181,9 +183,9 @@ def test_rotation_keeps_the_chain_across_files(tmp_path):
     rep = verify(log, public_key=public_hex(key))
     assert rep.ok, rep.problem
     assert rep.records == 60 and len(rep.files) == len(files)
-    files[1].unlink()  # a whole rotated file goes missing
-    rep = verify(log)
-    assert not rep.ok and "chain broken" in rep.problem
+    files[1].unlink()  # a whole rotated file in the middle goes missing
+    rep = verify(log, public_key=public_hex(key))
+    assert not rep.ok and f"{files[2]}:1: checkpoint says" in rep.problem
 
 
 def test_restart_continues_the_chain_and_drops_a_torn_tail(tmp_path):
@@ -191,7 +193,7 @@ def test_restart_continues_the_chain_and_drops_a_torn_tail(tmp_path):
     _, _, key = write_log(log, 5, every=3)
     with open(log, "ab") as f:
         f.write(b'{"kind":"record","seq":6,"cli')  # a write cut by a crash, never acknowledged
-    rep = verify(log)
+    rep = verify(log, public_key=public_hex(key))
     assert rep.ok and rep.records == 5
     assert "incomplete last line ignored" in rep.warnings[0]
     seqs, _, _ = write_log(log, 4, every=3, key=key)
@@ -219,8 +221,233 @@ def test_log_verify_cli(good_log, tmp_path):
     lines = _lines(log)
     lines[6], lines[7] = lines[7], lines[6]
     _put(log, lines)
-    res = runner.invoke(cli, ["log", "verify", str(log)])
+    res = runner.invoke(cli, ["log", "verify", str(log), "--public-key", str(pub)])
     assert res.exit_code == 1
     assert "a.jsonl:7 (record seq 7): chain broken" in " ".join(res.output.split())
     res = runner.invoke(cli, ["log", "verify", str(tmp_path / "missing.jsonl")])
     assert res.exit_code == 2 and "audit log not found" in " ".join(res.output.split())
+
+
+def _flat(res):
+    return " ".join(res.output.split())
+
+
+def test_archiving_a_rotated_file_mid_run_loses_no_record(tmp_path):
+    """logrotate-style: <log>.1 is moved away while the guard runs; the next rotation must not
+    overwrite anything, verify and a restart start from the signed opening checkpoints."""
+    log = tmp_path / "r.jsonl"
+    key = load_signing_key(tmp_path / "keys" / "k.pem")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+
+    async def run(first, n):
+        w = AuditLog(log, signing_key=key, checkpoint_every=5, rotate_bytes=4096)
+        await w.start()
+        for i in range(first, first + n):
+            await w.append({"i": i, "pad": "x" * 200})
+            if i == 29:
+                os.rename(f"{log}.1", archive / "r.jsonl.1")
+        await w.close()
+
+    asyncio.run(run(0, 60))
+    on_disk = [*segments(log), archive / "r.jsonl.1"]
+    seqs = sorted(
+        json.loads(line)["seq"] for f in on_disk for line in f.read_text().splitlines() if '"record"' in line
+    )
+    assert seqs == list(range(1, 61))  # every acknowledged record is still somewhere
+    pub = public_hex(key)
+    rep = verify(log, public_key=pub)
+    assert rep.ok, rep.problem
+    assert rep.records == 60 and rep.start_size > 0
+    assert "earlier records whose files are not here (archived?)" in rep.warnings[0]
+    asyncio.run(run(60, 3))  # a restart reads only the live file, from its opening checkpoint
+    assert verify(log, public_key=pub).records == 63
+    # the archived file, put back, verifies with the rest from the genesis
+    os.rename(archive / "r.jsonl.1", f"{log}.1")
+    rep = verify(log, public_key=pub)
+    assert rep.ok and rep.records == 63 and rep.start_size == 0, rep.problem
+    # a forged opening checkpoint (another key) is refused
+    other = load_signing_key(tmp_path / "keys" / "other.pem")
+    assert not verify(log, public_key=public_hex(other)).ok
+
+
+def test_a_rotation_never_overwrites_an_existing_file(tmp_path):
+    log = tmp_path / "r.jsonl"
+    key = load_signing_key(tmp_path / "k.pem")
+
+    async def main():
+        w = await _append(log, key, 20, rotate=4096)
+        first = (tmp_path / "r.jsonl.1").read_bytes()
+        (tmp_path / "r.jsonl.2.gz").write_bytes(b"an operator's archive")
+        w._next_index = 1  # a stale counter: the link refuses to overwrite .1 and moves on
+        for i in range(20):
+            await w.append({"i": i, "pad": "x" * 200})
+        await w.close()
+        return first
+
+    first = asyncio.run(main())
+    assert (tmp_path / "r.jsonl.1").read_bytes() == first
+    assert (tmp_path / "r.jsonl.2.gz").read_bytes() == b"an operator's archive"
+    rep = verify(log, public_key=public_hex(key))
+    assert rep.ok and rep.records == 40, rep.problem
+    # a restart numbers the next file after the highest existing one (compressed ones included)
+    w = AuditLog(log, signing_key=key)
+    assert w._next_index == max(int(f.name.split(".")[2]) for f in tmp_path.glob("r.jsonl.*[0-9]*")) + 1
+    asyncio.run(w.close())
+
+
+async def _append(log, key, n, **kw):
+    w = AuditLog(
+        log, signing_key=key, checkpoint_every=kw.pop("every", 5), rotate_bytes=kw.pop("rotate", None), **kw
+    )
+    await w.start()
+    for i in range(n):
+        await w.append({"i": i, "pad": "x" * 200})
+    return w
+
+
+def test_verify_compares_the_raw_bytes_of_every_line(good_log):
+    log, key = good_log
+    pub = public_hex(key)
+    lines = _lines(log)
+    # a duplicate key before the real one: json.loads keeps the last, the bytes differ
+    lines[-2] = lines[-2].replace(b'{"client"', b'{"decision":"rate_limited","client"', 1)
+    _put(log, lines)
+    rep = verify(log, public_key=pub)
+    assert not rep.ok and rep.bad_seq == 12
+    assert rep.problem.endswith(
+        "the line is not the canonical serialisation of its content (duplicate keys, extra whitespace "
+        "or reordered members): the record was modified"
+    )
+    lines = _lines(log)
+    lines[-2] = lines[-2].replace(b'{"decision":"rate_limited","client"', b'{ "client"', 1)
+    _put(log, lines)
+    assert "not the canonical serialisation" in verify(log, public_key=pub).problem
+    lines = _lines(log)
+    lines[-2] = lines[-2].replace(b'{ "client"', b'{"client"', 1)
+    lines[4] = lines[4].replace(b'{"frontier"', b'{ "frontier"', 1)  # a checkpoint with whitespace
+    _put(log, lines)
+    rep = verify(log, public_key=pub)
+    assert not rep.ok and rep.bad_line == 5
+    assert "the checkpoint is not in canonical form" in rep.problem
+
+
+def test_a_record_missing_only_its_final_newline_is_kept(tmp_path):
+    log = tmp_path / "a.jsonl"
+    _, _, key = write_log(log, 6, every=4, concurrent=False)
+    pub = public_hex(key)
+    head_path(log).unlink()
+    lines = _lines(log)
+    assert b'"kind":"checkpoint"' in lines[-1]
+    _put(log, lines[:-1])  # drop the close checkpoint: record 6 is the last line
+    log.write_bytes(log.read_bytes()[:-1])  # ... and its newline
+    rep = verify(log, public_key=pub, allow_missing_head=True)
+    assert rep.ok and rep.records == 6 and rep.torn_tail is None
+    assert "the last line lacks its final newline (the record is complete and counted" in rep.warnings[0]
+    seqs, _, _ = write_log(log, 2, every=4, key=key, concurrent=False)  # a restart keeps record 6
+    assert seqs == [7, 8]
+    rep = verify(log, public_key=pub)
+    assert rep.ok and rep.records == 8 and rep.warnings == []
+
+
+def test_a_missing_head_fails_verify_unless_allowed(good_log, tmp_path):
+    log, _ = good_log
+    pub = tmp_path / "k.pem.pub"
+    runner = CliRunner()
+    lines = _lines(log)
+    _put(log, lines[:7])  # truncated after the second record past a checkpoint, and the head deleted
+    head_path(log).unlink()
+    res = runner.invoke(cli, ["log", "verify", str(log), "--public-key", str(pub)])
+    assert res.exit_code == 1
+    assert (
+        f"{head_path(log)}:0: head checkpoint {head_path(log)} not found: without it a truncated log "
+        "cannot be detected; pass --head with a saved copy, or --allow-missing-head to accept this"
+    ) in _flat(res)
+    res = runner.invoke(cli, ["log", "verify", str(log), "--public-key", str(pub), "--allow-missing-head"])
+    assert res.exit_code == 0 and "OK: 6 records" in res.output
+
+
+def test_verify_needs_a_pinned_key_and_a_re_signed_log_fails_against_it(good_log, tmp_path):
+    log, _ = good_log
+    pub = tmp_path / "k.pem.pub"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["log", "verify", str(log)])
+    assert res.exit_code == 2
+    assert (
+        "no public key pinned: the checkpoints would be checked against the key written in the log, which "
+        "a forger replaces; pass --public-key <the guard's signing key .pub>, or --trust-embedded-key"
+    ) in _flat(res)
+    # a forger rewrites record 2 and re-signs the whole log (and its head) with their own key
+    forger = load_signing_key(tmp_path / "forger.pem")
+    lines = _lines(log)
+    forged = tmp_path / "f.jsonl"
+    records = [json.loads(x) for x in lines if b'"kind":"record"' in x]
+    records[1]["decision"] = "rate_limited"
+
+    async def rewrite():
+        w = AuditLog(forged, signing_key=forger, checkpoint_every=4)
+        await w.start()
+        for r in records:
+            await w.append({k: v for k, v in r.items() if k not in ("kind", "seq", "time", "prev", "hash")})
+        await w.close()
+
+    asyncio.run(rewrite())
+    res = runner.invoke(cli, ["log", "verify", str(forged), "--trust-embedded-key"])
+    assert res.exit_code == 0 and "a re-signed log passes this check" in _flat(res)
+    res = runner.invoke(cli, ["log", "verify", str(forged), "--public-key", str(pub)])
+    assert res.exit_code == 1 and "checkpoint is signed by a different key than the pinned one" in _flat(res)
+
+
+def test_checkpoints_on_a_timer_and_private_file_modes(tmp_path):
+    log = tmp_path / "a.jsonl"
+    key = load_signing_key(tmp_path / "k.pem")
+
+    async def main():
+        w = await _append(log, key, 2, every=1000, checkpoint_seconds=0.05)
+        assert not head_path(log).exists()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if head_path(log).exists():
+                break
+        size = json.loads(head_path(log).read_text())["size"]
+        w._file.close()  # no close checkpoint: the timer alone wrote the head
+        w._file = None
+        w._timer.cancel()
+        w._task.cancel()
+        return size
+
+    assert asyncio.run(main()) == 2
+    for f in (log, head_path(log), tmp_path / "k.pem"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert verify(log, public_key=public_hex(key)).ok
+
+
+def test_a_failed_head_write_after_the_records_are_on_disk_does_not_fail_them(tmp_path):
+    """The records are fsynced before the head: a head failure must not turn a logged "served"
+    into an error answer; the head is retried with the next batch."""
+    log = tmp_path / "a.jsonl"
+    key = load_signing_key(tmp_path / "k.pem")
+
+    async def main():
+        w = AuditLog(log, signing_key=key, checkpoint_every=2)
+        await w.start()
+        real = w._write_head
+        fails = {"n": 1}
+
+        def flaky(head):
+            if fails["n"]:
+                fails["n"] -= 1
+                raise OSError(28, "No space left on device")
+            real(head)
+
+        w._write_head = flaky
+        seqs = [await w.append({"i": i}) for i in range(2)]
+        assert w.degraded is not None and "head checkpoint or rotation failed" in w.degraded
+        assert w.broken is None and not head_path(log).exists()
+        seqs.append(await w.append({"i": 2}))
+        assert w.degraded is None and json.loads(head_path(log).read_text())["size"] == 3
+        await w.close()
+        return seqs
+
+    assert asyncio.run(main()) == [1, 2, 3]
+    assert verify(log, public_key=public_hex(key)).ok

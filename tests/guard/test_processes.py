@@ -3,7 +3,6 @@ and the key/log commands (which must not import torch)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -20,6 +19,8 @@ from invguard.guard.auditlog import verify
 from tests.guard.conftest import (
     KEYS,
     ROOT,
+    audit_keys,
+    input_hmac,
     spawn_guard,
     start_guard_process,
     stop_process,
@@ -34,7 +35,7 @@ def post(port, body: bytes, key: str):
         f"http://127.0.0.1:{port}/v1/models/digits/predict",
         data=body,
         method="POST",
-        headers={"X-API-Key": key},
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -78,7 +79,7 @@ def test_two_guard_processes_share_limits_through_redis(tmp_path, sklearn_model_
     # each replica wrote its own log, and each verifies; both served a share of the shared quota
     for i, n in enumerate((11, 10)):
         log = tmp_path / f"g{i}" / "audit.jsonl"
-        rep = verify(log)
+        rep = verify(log, public_key=audit_keys(log)[0])
         assert rep.ok, rep.problem
         assert rep.records == n
         served = [json.loads(x)["role"] for x in log.read_text().splitlines() if '"decision":"served"' in x]
@@ -89,7 +90,7 @@ def test_sigkill_under_load_loses_no_acknowledged_request(tmp_path, sklearn_mode
     cfg = write_sklearn_config(tmp_path, sklearn_model_file, audit={"checkpoint_every": 25})
     port = free_port()
     proc = start_guard_process(cfg, port)
-    acked: list[str] = []
+    acked: list[bytes] = []
     lock = threading.Lock()
     enough = threading.Event()
 
@@ -103,7 +104,7 @@ def test_sigkill_under_load_loses_no_acknowledged_request(tmp_path, sklearn_mode
                 return  # the guard is dead
             if status == 200:
                 with lock:
-                    acked.append(hashlib.sha256(body).hexdigest())
+                    acked.append(body)
                     if len(acked) >= 150:
                         enough.set()
 
@@ -119,14 +120,16 @@ def test_sigkill_under_load_loses_no_acknowledged_request(tmp_path, sklearn_mode
             proc.kill()
     for t in threads:
         t.join(timeout=15)
-    rep = verify(tmp_path / "audit.jsonl")
+    pub, secret = audit_keys(tmp_path / "audit.jsonl")
+    rep = verify(tmp_path / "audit.jsonl", public_key=pub)
     assert rep.ok, rep.problem
+    acked_macs = {input_hmac(secret, b) for b in acked}
     logged = {
-        json.loads(line)["input_sha256"]
+        json.loads(line)["input_hmac"]
         for line in (tmp_path / "audit.jsonl").read_text().splitlines()
         if line.endswith("}") and '"decision":"served"' in line
     }
-    missing = set(acked) - logged
+    missing = acked_macs - logged
     assert not missing, f"{len(missing)} acknowledged requests are not in the log"
     assert rep.records >= len(acked) >= 150
 
@@ -146,6 +149,15 @@ def test_keys_commands_and_serve_errors(tmp_path):
     assert "revoked" in runner.invoke(cli, ["keys", "list", "--store", str(store)]).stdout
     res = runner.invoke(cli, ["keys", "revoke", "nobody", "--store", str(store)])
     assert res.exit_code == 2 and "no key with id 'nobody'" in " ".join(res.output.split())
+    good = tmp_path / "good.yaml"
+    good.write_text("model: {kind: sklearn, path: m.pkl}\nroles: {partner: top_k=3, internal: logits}\n")
+    res = runner.invoke(cli, ["keys", "add", "--role", "admin", "--store", str(store), "--config", str(good)])
+    assert res.exit_code == 2
+    assert f"keys add: role 'admin' is not defined in {good}; its roles are ['internal', 'partner']" in (
+        " ".join(res.output.split())
+    )
+    res = runner.invoke(cli, ["keys", "add", "--role", "internal", "--store", str(store), "-c", str(good)])
+    assert res.exit_code == 0, res.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {kind: torch}\nroles: {partner: {policy: top_k=0}}\n")
     res = runner.invoke(cli, ["serve", str(bad)])

@@ -63,7 +63,7 @@ def test_headers_follow_draft_ietf_httpapi_ratelimit_headers_10():
     limits = Limits(burst=4, per_second=2.0, day=100)
     d = run(lim.acquire("c", limits, 3))
     assert dict(d.headers(limits)) == {
-        "RateLimit-Policy": '"burst";q=4;w=2, "day";q=100;w=86400',
+        "RateLimit-Policy": '"burst";q=4;w=2, "day";q=100;qu="rows";w=86400',
         "RateLimit": f'"burst";r=3;t=1, "day";r=97;t={DAY - 100}',
     }
     for _ in range(3):
@@ -92,3 +92,31 @@ def test_redis_limiter_is_atomic_under_concurrency(redis_url):
     assert all(o.retry_after > 90 for o in outs if not o.allowed)  # T = 100 s
     assert [x.outcome for x in b] == ["served", "served", "budget_exhausted", "budget_exhausted"]
     assert b[2].day_used == 6 and 0 < b[2].retry_after <= DAY
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_refunded_rows_can_be_spent_again_and_a_batch_larger_than_the_budget_never_fits(backend, request):
+    from invguard.guard.ratelimit import never_fits
+
+    async def main():
+        lim = (
+            MemoryLimiter()
+            if backend == "memory"
+            else RedisLimiter(request.getfixturevalue("redis_url"), prefix="test-refund")
+        )
+        limits = Limits(burst=100, per_second=100, day=5, week=50)
+        first = await lim.acquire("c", limits, 4)
+        await lim.refund("c", limits, 4)  # the model failed: the rows are given back
+        again = await lim.acquire("c", limits, 5)
+        over = await lim.acquire("c", limits, 1)
+        await lim.close()
+        return first, again, over
+
+    first, again, over = run(main())
+    assert first.allowed and again.allowed and again.day_used == 5 and again.week_used == 5
+    assert over.outcome == "budget_exhausted"
+    assert never_fits(Limits(burst=1, per_second=1, day=5, week=3), 4) == (
+        "a batch of 4 rows exceeds the whole week budget of 3 rows: it can never be served; "
+        "send smaller batches"
+    )
+    assert never_fits(Limits(burst=1, per_second=1, day=5), 5) is None

@@ -159,8 +159,14 @@ ADULT_COLUMNS = (
 @DATASETS.register("adult")
 def adult() -> Dataset:
     """UCI Adult (32,561 records, income > 50K) shipped in the mglearn wheel (data extra)."""
-    mglearn = _need("mglearn", "UCI Adult")
-    path = Path(mglearn.__file__).parent / "data" / "adult.data"
+    import importlib.util
+
+    # locate the file without importing mglearn: its import creates a ./cache folder in the working directory
+    spec = importlib.util.find_spec("mglearn")
+    if spec is None or not spec.submodule_search_locations:
+        _need("mglearn", "UCI Adult")  # raises the error that names the data extra
+        raise DataError("UCI Adult: the mglearn package cannot be located")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "adult.data"
     if not path.exists():
         raise DataError(f"UCI Adult: {path} is missing from the installed mglearn package")
     with path.open(newline="") as f:

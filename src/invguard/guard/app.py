@@ -4,20 +4,31 @@ Every prediction request goes through the same steps, in this order: read the bo
 ``server.max_body_bytes``), authenticate the API key, check the model name and the inputs, take a
 rate-limit cell and charge the query budget (atomically), predict, apply the role's output policy,
 write the audit record (fsynced, group commit) and only then answer. Every outcome, including
-401 / 404 / 405 / 400 / 413 / 429 / 502 / 503, writes an audit record; no error body ever carries
-scores or logits, and a success carries only what the role's policy allows.
+401 / 404 / 405 / 400 / 413 / 415 / 429 / 500 / 502 / 503, writes an audit record; no error body ever
+carries scores or logits (nor upstream details), and a success carries only what the role's policy
+allows.
+
+Requests without a valid key (and requests to unknown routes or with the wrong method) are limited
+per peer address (``server.anonymous_rate``, GCRA); their bodies are never stored in the log, and
+their refusals are recorded at most once a second per address (the record counts the refusals it
+stands for in ``suppressed``), so nobody without a key can fill the audit disk.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
+import logging
 import math
+import os
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,15 +40,25 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from invguard.core.access import Access
+from invguard.core.errors import ConfigError
 from invguard.core.target import Prediction
 from invguard.guard import openapi
 from invguard.guard.auditlog import AuditLog, AuditLogError, load_signing_key
 from invguard.guard.auth import Authenticator, KeyRecord, KeyStore
 from invguard.guard.config import GuardConfig
 from invguard.guard.metrics import GuardMetrics
-from invguard.guard.ratelimit import BUDGET_EXHAUSTED, Limits, MemoryLimiter, RedisLimiter
+from invguard.guard.ratelimit import (
+    BUDGET_EXHAUSTED,
+    Limits,
+    MemoryLimiter,
+    RedisLimiter,
+    gcra_step,
+    never_fits,
+)
 from invguard.guard.upstream import UpstreamError, build_model
 from invguard.policies import Chain, Noise, OutputPolicy, parse
+
+log = logging.getLogger("invguard.guard")
 
 V1 = "/v1/models/{name}/predict"
 V2 = "/v2/models/{name}/infer"
@@ -76,9 +97,43 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 
 
 def _has_bool(x: Any) -> bool:
-    if isinstance(x, list):
-        return any(_has_bool(v) for v in x)
-    return isinstance(x, bool) or x is None
+    """True if a nested list holds true/false/null (iterative: no recursion limit to hit)."""
+    stack = [x]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, bool) or v is None:
+            return True
+    return False
+
+
+_INTERNAL = {"code": "internal_error", "error": "internal error"}
+_ANON_TABLE_MAX = 100_000
+
+
+def _secret(path: Path) -> bytes:
+    """The HMAC secret of ``input_hmac`` (32 random bytes, hex, mode 0600), created if missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        raise ConfigError(f"audit.hash_key: {path} does not hold a hex secret") from None
+
+
+def key_paths(audit_path: str, signing_key: str | None, hash_key: str | None) -> tuple[Path, Path]:
+    """The signing key and the HMAC secret: by default in ``<log dir>-keys/``, beside (never inside)
+    the log directory, so that whoever can rewrite the log does not also find the key signing it."""
+    p = Path(audit_path)
+    keys = p.parent.with_name(p.parent.name + "-keys")
+    return (
+        Path(signing_key) if signing_key else keys / (p.name + ".ed25519.pem"),
+        Path(hash_key) if hash_key else keys / (p.name + ".hmac-key"),
+    )
 
 
 class Guard:
@@ -124,11 +179,25 @@ class Guard:
             self.limiter = RedisLimiter(cfg.ratelimit.redis_url, cfg.ratelimit.prefix)
         else:
             self.limiter = MemoryLimiter()
-        key_path = cfg.audit.signing_key or (cfg.audit.path + ".ed25519.pem")
+        key_path, hkey_path = key_paths(cfg.audit.path, cfg.audit.signing_key, cfg.audit.hash_key)
+        self.warnings: list[str] = []
+        log_dir = Path(cfg.audit.path).resolve().parent
+        for what, kp in (("audit.signing_key", key_path), ("audit.hash_key", hkey_path)):
+            if kp.resolve().parent == log_dir:
+                msg = (
+                    f"{what} {kp} is inside the audit log's directory: whoever can rewrite the log can "
+                    "also re-sign it; keep the key elsewhere"
+                )
+                self.warnings.append(msg)
+                log.warning(msg)
+        if key_path.parent.name.endswith("-keys"):
+            key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._hkey = _secret(hkey_path)
         self.audit = AuditLog(
             cfg.audit.path,
             signing_key=load_signing_key(key_path),
             checkpoint_every=cfg.audit.checkpoint_every,
+            checkpoint_seconds=cfg.audit.checkpoint_seconds,
             rotate_bytes=cfg.audit.rotate_bytes,
             fsync=cfg.audit.fsync,
             on_written=lambda n: self.metrics.audit_written.inc(n),
@@ -142,7 +211,12 @@ class Guard:
             num_classes=self.num_classes,
             max_batch=self.max_batch,
             input_range=(self.lo, self.hi),
+            key_header=cfg.auth.header,
         )
+        ar = cfg.server.anonymous_rate
+        self._anon_limits = Limits(ar.burst, ar.per_second)
+        self._anon: dict[str, dict[str, Any]] = {}
+        self._anon_logged: dict[str, list[float]] = {}  # address -> [last recorded refusal, suppressed]
         self._openapi_body = json.dumps(self.openapi).encode()
         self._m_requests: dict[tuple[str, int, str], Any] = {}
         self._m_latency: dict[str, Any] = {}
@@ -158,6 +232,7 @@ class Guard:
             exception_handlers={HTTPException: self.http_error, Exception: self.internal_error},
             lifespan=self.lifespan,
         )
+        self.starlette.router.redirect_slashes = False  # a 307 to a Host-derived URL, unaudited
         self.app = self
 
     # ------------------------------------------------------------------ lifecycle
@@ -204,11 +279,14 @@ class Guard:
         doc: dict[str, Any],
         record: dict[str, Any],
         headers: list[tuple[str, str]] | None = None,
+        *,
+        audit: bool = True,
     ) -> tuple[int, bytes, list[tuple[str, str]]]:
         record["status"] = status
         record["route"] = route
         try:
-            await self.audit.append(record)
+            if audit:
+                await self.audit.append(record)
         except AuditLogError:
             status, doc = (
                 503,
@@ -229,19 +307,59 @@ class Guard:
         return status, body, headers or []
 
     def _record(self, body: bytes | None) -> dict[str, Any]:
-        rec: dict[str, Any] = {
+        """A record's common fields; ``input_hmac`` is HMAC-SHA256 (RFC 2104) of the body under the
+        guard's secret (a plain hash of a small input space could be brute-forced). The raw input
+        is added (``store_inputs``) only once the client is authenticated."""
+        return {
             "client": None,
             "role": None,
             "decision": "rejected",
             "policy": None,
-            "input_sha256": None if body is None else hashlib.sha256(body).hexdigest(),
+            "input_hmac": None if body is None else hmac.new(self._hkey, body, hashlib.sha256).hexdigest(),
             "rows": 0,
             "labels": None,
             "entropy": None,
         }
-        if self.store_inputs and body is not None:
-            rec["input"] = body.decode("utf-8", "replace")
-        return rec
+
+    def _anonymous_gate(self, peer: str, rec: dict[str, Any]) -> tuple[bool, bool]:
+        """Charge a request without a valid key to its peer address: ``(allowed, audit_it)``.
+        A refusal is recorded at most once a second per address; the others are counted in the
+        next record's ``suppressed``."""
+        now = time.time()
+        if len(self._anon) > _ANON_TABLE_MAX:
+            self._anon.clear()
+            self._anon_logged.clear()
+        d = gcra_step(self._anon.setdefault(peer, {}), now, self._anon_limits, 0)
+        if d.allowed:
+            return True, True
+        self.metrics.violations.labels("anonymous", "rate_limited").inc()
+        st = self._anon_logged.setdefault(peer, [0.0, 0.0])
+        if now - st[0] < 1.0:
+            st[1] += 1
+            return False, False
+        rec["suppressed"] = int(st[1])
+        st[0], st[1] = now, 0.0
+        return False, True
+
+    async def _anonymous(
+        self,
+        route: str,
+        t0: float,
+        peer: str,
+        status: int,
+        doc: dict[str, Any],
+        rec: dict[str, Any],
+        headers: list[tuple[str, str]] | None = None,
+    ) -> tuple[int, bytes, list[tuple[str, str]]]:
+        allowed, audit_it = self._anonymous_gate(peer, rec)
+        if not allowed:
+            rec["decision"] = "rate_limited"
+            doc = {
+                "code": "rate_limited",
+                "error": "too many requests without a valid API key from this address",
+            }
+            status, headers = 429, [("Retry-After", "1")]
+        return await self._finish(route, t0, status, doc, rec, headers, audit=audit_it)
 
     def _check_batch(self, arr: np.ndarray, where: str) -> np.ndarray:
         if arr.dtype.kind not in "iuf":
@@ -379,22 +497,74 @@ class Guard:
         stream: AsyncIterator[bytes],
         name: str | None,
         route: str,
+        peer: str = "",
     ) -> tuple[int, bytes, list[tuple[str, str]]]:
         t0 = time.perf_counter()
+        rec = self._record(None)
+        charged: list[Any] = []  # (client, limits, rows) once the budget was charged
         try:
-            cl = next((v.decode("latin-1") for k, v in headers if k.lower() == b"content-length"), None)
+            return await self._pipeline(headers, stream, name, route, peer, t0, rec, charged)
+        except Exception:  # the last resort: audited and metered, never a traceback or model outputs
+            log.exception("internal error on %s", route)
+            if charged:
+                with contextlib.suppress(Exception):
+                    await self.limiter.refund(*charged)
+            rec.update(decision="error", labels=None, entropy=None)
+            return await self._finish(route, t0, 500, dict(_INTERNAL), rec)
+
+    def _content_problem(self, ctype: str | None, cenc: str | None) -> BadInput | None:
+        if cenc is not None and cenc.strip().lower() not in ("", "identity"):
+            return BadInput(
+                415,
+                "unsupported_media_type",
+                f"Content-Encoding {cenc.strip()!r} is not supported; send the JSON body unencoded",
+            )
+        if ctype is not None:
+            mt = ctype.split(";", 1)[0].strip().lower()
+            if mt != "application/json" and not (mt.startswith("application/") and mt.endswith("+json")):
+                return BadInput(
+                    415,
+                    "unsupported_media_type",
+                    f"Content-Type {mt!r} is not supported; send application/json",
+                )
+        return None
+
+    async def _pipeline(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        stream: AsyncIterator[bytes],
+        name: str | None,
+        route: str,
+        peer: str,
+        t0: float,
+        rec: dict[str, Any],
+        charged: list[Any],
+    ) -> tuple[int, bytes, list[tuple[str, str]]]:
+        cl = ctype = cenc = None
+        for k, v in headers:
+            lk = k.lower()
+            if lk == b"content-length":
+                cl = v.decode("latin-1")
+            elif lk == b"content-type":
+                ctype = v.decode("latin-1")
+            elif lk == b"content-encoding":
+                cenc = v.decode("latin-1")
+        try:
             body = await self._read_stream(cl, stream)
         except BadInput as e:
-            return await self._finish(
-                route, t0, e.status, {"code": e.code, "error": str(e)}, self._record(None)
-            )
-        rec = self._record(body)
+            return await self._anonymous(route, t0, peer, e.status, {"code": e.code, "error": str(e)}, rec)
+        rec["input_hmac"] = hmac.new(self._hkey, body, hashlib.sha256).hexdigest()
+        problem = await self.auth.refresh()
+        if problem is not None:  # the key store changed and cannot be read: fail closed
+            rec["decision"] = "rejected"
+            return await self._finish(route, t0, 503, {"code": "auth_unavailable", "error": problem}, rec)
         principal, reason = self.auth.authenticate(headers)
         if principal is None:
             rec["decision"] = "unauthorized"
-            return await self._finish(
+            return await self._anonymous(
                 route,
                 t0,
+                peer,
                 401,
                 {"code": "unauthorized", "error": reason},
                 rec,
@@ -402,6 +572,8 @@ class Guard:
             )
         role = self.roles[principal.role]
         rec["client"], rec["role"], rec["policy"] = principal.client_id, role.name, role.policy_label
+        if self.store_inputs:
+            rec["input"] = body.decode("utf-8", "replace")
         x: np.ndarray | None = None
         rid: str | None = None
         err: BadInput | None = None
@@ -410,10 +582,17 @@ class Guard:
                 raise BadInput(
                     404, "unknown_model", f"unknown model {name!r}; this guard serves {self.model_name!r}"
                 )
+            bad = self._content_problem(ctype, cenc) if (ctype is not None or cenc is not None) else None
+            if bad is not None:
+                raise bad
             if route == V1:
                 x = self._parse_v1(body)
             else:
                 x, rid = self._parse_v2(body)
+            too_big = never_fits(role.limits, int(x.shape[0]))
+            if too_big is not None:
+                x = None
+                raise BadInput(400, "batch_exceeds_budget", too_big)
         except BadInput as e:
             err = e
         rows = 0 if x is None else int(x.shape[0])
@@ -441,13 +620,20 @@ class Guard:
             return await self._finish(
                 route, t0, err.status, {"code": err.code, "error": str(err)}, rec, rl_headers
             )
+        if rows:
+            charged.extend((principal.client_id, role.limits, rows))
         try:
             pred = await self.model.predict(x)
-        except UpstreamError as e:
-            self.metrics.upstream_errors.labels(e.kind).inc()
-            rec["decision"] = "upstream_error"
+        except Exception as e:  # any failure of the model or the upstream: 502, details only in the log
+            kind = e.kind if isinstance(e, UpstreamError) else "model_error"
+            self.metrics.upstream_errors.labels(kind).inc()
+            detail = f"{type(e).__name__}: {e}"[:500]
+            log.warning("model error on %s: %s", route, detail)
+            await self._refund(charged)
+            rec["decision"], rec["error"] = "upstream_error", detail
+            msg = "upstream model server error" if isinstance(e, UpstreamError) else "model error"
             return await self._finish(
-                route, t0, 502, {"code": "upstream_error", "error": str(e)}, rec, rl_headers
+                route, t0, 502, {"code": "upstream_error", "error": msg}, rec, rl_headers
             )
         out = role.policy.apply(pred)
         cap = min(out.access, role.policy.cap)
@@ -456,6 +642,7 @@ class Guard:
         if (scores is not None and not np.all(np.isfinite(scores))) or (
             logits is not None and not np.all(np.isfinite(logits))
         ):
+            await self._refund(charged)
             rec["decision"] = "rejected"
             return await self._finish(
                 route,
@@ -515,15 +702,32 @@ class Guard:
                 doc["id"] = rid
         return await self._finish(route, t0, 200, doc, rec, rl_headers)
 
+    async def _refund(self, charged: list[Any]) -> None:
+        """Give the rows back (the model did not answer): a failed request must not spend budget."""
+        if charged:
+            try:
+                await self.limiter.refund(*charged)
+            except Exception:  # the limiter is down: the rows stay charged (fail closed)
+                self.metrics.limiter_errors.inc()
+            charged.clear()
+
     async def predict_v1(self, request: Request) -> Response:
         t = await self._guarded(
-            request.scope["headers"], request.stream(), request.path_params.get("name"), V1
+            request.scope["headers"],
+            request.stream(),
+            request.path_params.get("name"),
+            V1,
+            _peer(request.scope),
         )
         return _response(t)
 
     async def infer_v2(self, request: Request) -> Response:
         t = await self._guarded(
-            request.scope["headers"], request.stream(), request.path_params.get("name"), V2
+            request.scope["headers"],
+            request.stream(),
+            request.path_params.get("name"),
+            V2,
+            _peer(request.scope),
         )
         return _response(t)
 
@@ -537,9 +741,9 @@ class Guard:
                 name = m.group(1) if m.group(1) is not None else m.group(2)
                 try:
                     status, body, headers = await self._guarded(
-                        scope["headers"], _stream(receive), name, route
+                        scope["headers"], _stream(receive), name, route, _peer(scope)
                     )
-                except Exception:  # the last resort: never a traceback, never model outputs
+                except Exception:  # _guarded audits its own failures; this is if the audit itself raised
                     status, body, headers = 500, b'{"code":"internal_error","error":"internal error"}', []
                 raw = [
                     (b"content-type", b"application/json"),
@@ -564,7 +768,7 @@ class Guard:
             body: bytes | None = await self._read_body(request)
         except BadInput:
             body = None
-        rec = self._record(body)
+        rec = self._record(body)  # no key was checked: the body is never stored
         route = (
             "unmatched"
             if status == 404
@@ -573,20 +777,31 @@ class Guard:
             else _template(request.url.path)
         )
         return _response(
-            await self._finish(
-                route, t0, status if 400 <= status < 500 else 400, {"code": code, "error": msg}, rec
+            await self._anonymous(
+                route,
+                t0,
+                _peer(request.scope),
+                status if 400 <= status < 500 else 400,
+                {"code": code, "error": msg},
+                rec,
             )
         )
 
     async def internal_error(self, request: Request, exc: Exception) -> Response:
-        # the last resort: never a traceback, never model outputs
-        return _json({"code": "internal_error", "error": "internal error"}, 500)
+        # the last resort: never a traceback, never model outputs; still audited and metered
+        log.error("internal error on %s: %s", request.url.path, type(exc).__name__)
+        rec = self._record(None)
+        rec["decision"] = "error"
+        t = await self._finish(_template(request.url.path), time.perf_counter(), 500, dict(_INTERNAL), rec)
+        return _response(t)
 
     async def healthz(self, request: Request) -> Response:
         return _json({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
         problems = []
+        if self.audit.degraded is not None:
+            log.warning(self.audit.degraded)
         if self.audit.broken is not None:
             problems.append(self.audit.broken)
         if not await self.model.ready():
@@ -598,6 +813,17 @@ class Guard:
         return _json({"status": "ready"})
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        roles = self.cfg.metrics.roles
+        if roles is not None:
+            problem = await self.auth.refresh()
+            if problem is not None:
+                return _json({"code": "auth_unavailable", "error": problem}, 503)
+            principal, reason = self.auth.authenticate(request.scope["headers"])
+            if principal is None:
+                return _json({"code": "unauthorized", "error": reason}, 401)
+            if principal.role not in roles:
+                msg = f"role {principal.role!r} may not read /metrics (metrics.roles: {sorted(roles)})"
+                return _json({"code": "forbidden", "error": msg}, 403)
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi_endpoint(self, request: Request) -> Response:
@@ -624,6 +850,11 @@ async def _stream(receive: Any) -> AsyncIterator[bytes]:
             yield body
         if not msg.get("more_body", False):
             return
+
+
+def _peer(scope: Any) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 def _response(t: tuple[int, bytes, list[tuple[str, str]]]) -> Response:

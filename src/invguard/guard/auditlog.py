@@ -4,7 +4,7 @@ Format (one JSON object per line, canonical JSON: ``json.dumps(sort_keys=True,
 separators=(",", ":"), ensure_ascii=False)``):
 
 - a **record** (``"kind": "record"``): ``seq`` (1, 2, ...), ``time``, ``client``, ``role``, ``route``,
-  ``status``, ``decision``, ``policy``, ``input_sha256``, ``labels``, ``entropy``, ``rows``,
+  ``status``, ``decision``, ``policy``, ``input_hmac``, ``labels``, ``entropy``, ``rows``,
   optionally ``input``, ``prev`` (the previous record's hash, 64 zeros for the first) and
   ``hash = SHA-256(bytes.fromhex(prev) || canonical(record without "hash"))``, written as the
   canonical JSON of the record without ``hash`` with ``"hash"`` appended as its last member.
@@ -25,9 +25,22 @@ response is sent only after its record is on disk; an acknowledged request is al
 The write and the fsync run on the event loop's thread: a hop to a worker thread costs more (GIL
 hand-over) than the fsync itself, and the requests that arrive meanwhile form the next batch.
 
-**Rotation**: when the live file passes ``rotate_bytes`` it is renamed ``<log>.1``, ``<log>.2``, ...
-(oldest first) and a new live file is started; the chain (``prev``, ``seq``, the Merkle tree)
-continues across files. ``verify(<log>)`` checks the rotated files and the live file in order.
+**Rotation**: when the live file passes ``rotate_bytes`` it is hard-linked to ``<log>.N`` (N = the
+highest existing number + 1; a link never overwrites, so a file moved away or compressed by an
+operator is never clobbered) and unlinked, and a new live file is started with an **opening
+checkpoint**: a signed checkpoint that also carries ``frontier``, the roots of the perfect subtrees
+of the Merkle tree so far. The chain (``prev``, ``seq``, the Merkle tree) continues across files,
+and a file's opening checkpoint lets recovery (the live file only) and ``verify`` (the files still
+present, e.g. after older ones were archived) start from a signed state instead of the whole
+history. Checkpoints are also written every ``checkpoint_seconds`` when records are pending and on
+a clean shutdown, so the tail not covered by the signed head stays short.
+
+Every line must be exactly the canonical serialisation of its content (byte for byte): duplicate
+keys, added whitespace or reordered members are tampering. A complete last record that only lacks
+its final newline is kept (recovery adds the newline); only an unparseable fragment is a torn write.
+
+Files are created with mode 0600 and the directory is fsynced when a file is created or renamed.
+With ``fsync: false`` none of this is durable: an acknowledged record can be lost in a crash.
 """
 
 from __future__ import annotations
@@ -100,6 +113,30 @@ class MerkleAccumulator:
             h, height = node_hash(left, h), height + 1
         self._stack.append((height, h))
         self.size += 1
+
+    def frontier(self) -> list[list[Any]]:
+        return [[h, r.hex()] for h, r in self._stack]
+
+    @classmethod
+    def from_frontier(cls, frontier: Any, size: int) -> MerkleAccumulator:
+        """Rebuild the state from a checkpoint's ``frontier`` (raises ValueError if malformed)."""
+        acc = cls()
+        if not isinstance(frontier, list):
+            raise ValueError("frontier is not a list")
+        for item in frontier:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)):
+                raise ValueError("frontier entries must be [height, hash]")
+            acc._stack.append((int(item[0]), bytes.fromhex(str(item[1]))))
+        if sum(1 << h for h, _ in acc._stack) != size:
+            raise ValueError("frontier does not describe a tree of the checkpoint's size")
+        acc.size = size
+        return acc
+
+    def copy(self) -> MerkleAccumulator:
+        acc = MerkleAccumulator()
+        acc._stack = list(self._stack)
+        acc.size = self.size
+        return acc
 
     def root(self) -> bytes:
         if not self._stack:
@@ -232,6 +269,8 @@ class VerifyReport:
     last_hash: str = GENESIS
     last_checkpoint_size: int = 0
     torn_tail: tuple[Path, int] | None = None  # (file, byte offset of the incomplete last line)
+    missing_newline: Path | None = None  # a complete last record without its final newline
+    start_size: int = 0  # records before the first file present (covered by its opening checkpoint)
 
     def fail(self, file: Path, line: int, seq: int | None, msg: str) -> VerifyReport:
         self.ok = False
@@ -249,6 +288,16 @@ class VerifyReport:
         )
 
 
+_MISSING_HEAD = (
+    "head checkpoint {hp} not found: without it a truncated log cannot be detected; "
+    "pass --head with a saved copy, or --allow-missing-head to accept this"
+)
+
+
+def _expected_record_line(doc: dict[str, Any], body: dict[str, Any]) -> bytes:
+    return canonical(body)[:-1] + b',"hash":"' + str(doc.get("hash")).encode() + b'"}'
+
+
 def _scan(
     path: str | Path,
     *,
@@ -257,9 +306,12 @@ def _scan(
     on_record: Callable[[dict[str, Any], bytes], None] | None = None,
     merkle: MerkleAccumulator | None = None,
     head_file: Path | None = None,
+    files: list[Path] | None = None,
 ) -> VerifyReport:
+    """Check ``files`` (default: every segment of the log) in order. The first file may begin with
+    an opening checkpoint of size > 0 (older files archived): its signed state is adopted."""
     rep = VerifyReport()
-    files = segments(path)
+    files = segments(path) if files is None else files
     if not files:
         return rep.fail(Path(path), 0, None, "log file not found")
     rep.files = [str(f) for f in files]
@@ -274,21 +326,33 @@ def _scan(
         while offset < len(data):
             nl = data.find(b"\n", offset)
             lineno += 1
+            last_no_nl = False
             if nl < 0:
-                if fi == len(files) - 1:
+                if fi != len(files) - 1:
+                    return rep.fail(
+                        f, lineno, None, "incomplete line in a rotated file: the file was truncated"
+                    )
+                try:
+                    tail_doc = json.loads(data[offset:])
+                except ValueError:
+                    tail_doc = None
+                if not isinstance(tail_doc, dict):
                     rep.torn_tail = (f, offset)
                     rep.warnings.append(
                         f"{f}:{lineno}: incomplete last line ignored (a write cut short by a crash; "
                         "never acknowledged)"
                     )
                     break
-                return rep.fail(f, lineno, None, "incomplete line in a rotated file: the file was truncated")
+                last_no_nl = True  # a complete line without its newline: it is checked like any other
+                nl = len(data)
             raw = data[offset:nl]
             offset = nl + 1
             try:
                 doc = json.loads(raw)
             except ValueError:
                 return rep.fail(f, lineno, None, "not valid JSON: the line was modified or corrupted")
+            except RecursionError:
+                return rep.fail(f, lineno, None, "nested too deeply: the line was modified")
             if not isinstance(doc, dict):
                 return rep.fail(f, lineno, None, "not a JSON object: the line was modified")
             kind = doc.get("kind")
@@ -297,11 +361,20 @@ def _scan(
                 body = {k: v for k, v in doc.items() if k != "hash"}
                 try:
                     expect_hash = record_hash(str(doc.get("prev", "")), body)
+                    expect_line = _expected_record_line(doc, body)
                 except ValueError:
                     return rep.fail(f, lineno, seq, "prev is not a hex hash: the record was modified")
                 if doc.get("hash") != expect_hash:
                     return rep.fail(
                         f, lineno, seq, "hash does not match the record's content: the record was modified"
+                    )
+                if raw != expect_line:
+                    return rep.fail(
+                        f,
+                        lineno,
+                        seq,
+                        "the line is not the canonical serialisation of its content (duplicate keys, "
+                        "extra whitespace or reordered members): the record was modified",
                     )
                 if doc.get("prev") != prev:
                     return rep.fail(
@@ -324,12 +397,49 @@ def _scan(
                 if rep.records == head_size:
                     head_root = acc.root().hex()
             elif kind == "checkpoint":
-                if doc.get("size") != rep.records:
+                try:
+                    canonical_ok = raw == canonical(doc)
+                except ValueError:
+                    canonical_ok = False
+                if not canonical_ok:
                     return rep.fail(
                         f,
                         lineno,
                         None,
-                        f"checkpoint says {doc.get('size')} records, the log has {rep.records} here",
+                        "the checkpoint is not in canonical form (duplicate keys, extra whitespace or "
+                        "reordered members): the line was modified",
+                    )
+                size = doc.get("size")
+                if fi == 0 and lineno == 1 and rep.records == 0 and isinstance(size, int) and size > 0:
+                    if not _check_sig(doc):
+                        return rep.fail(f, lineno, None, "checkpoint signature is invalid")
+                    if public_key is not None and doc.get("public_key") != public_key:
+                        return rep.fail(
+                            f, lineno, None, "checkpoint is signed by a different key than the pinned one"
+                        )
+                    # an opening checkpoint: the files before this one were archived; start from it
+                    try:
+                        acc = MerkleAccumulator.from_frontier(doc.get("frontier"), size)
+                    except ValueError as e:
+                        return rep.fail(f, lineno, None, f"opening checkpoint is malformed ({e})")
+                    if merkle is not None:
+                        merkle._stack, merkle.size = acc._stack, acc.size
+                        acc = merkle
+                    rep.records = rep.start_size = size
+                    prev = str(doc.get("last_hash"))
+                    if rep.records == head_size:
+                        head_root = acc.root().hex()
+                    if f != Path(path) or len(files) > 1:
+                        rep.warnings.append(
+                            f"{f} starts at a signed checkpoint covering {size} earlier records whose "
+                            "files are not here (archived?); they were not checked"
+                        )
+                if size != rep.records:
+                    return rep.fail(
+                        f,
+                        lineno,
+                        None,
+                        f"checkpoint says {size} records, the log has {rep.records} here",
                     )
                 if doc.get("last_hash") != prev:
                     return rep.fail(f, lineno, None, "checkpoint last_hash does not match the chain")
@@ -337,6 +447,8 @@ def _scan(
                     return rep.fail(
                         f, lineno, None, "checkpoint Merkle root does not match the records before it"
                     )
+                if "frontier" in doc and doc["frontier"] != acc.frontier():
+                    return rep.fail(f, lineno, None, "checkpoint frontier does not match the records")
                 if not _check_sig(doc):
                     return rep.fail(f, lineno, None, "checkpoint signature is invalid")
                 if public_key is not None and doc.get("public_key") != public_key:
@@ -348,6 +460,12 @@ def _scan(
             else:
                 return rep.fail(
                     f, lineno, None, f"unknown line kind {kind!r}: the line was modified or inserted"
+                )
+            if last_no_nl:
+                rep.missing_newline = f
+                rep.warnings.append(
+                    f"{f}:{lineno}: the last line lacks its final newline (the record is complete and "
+                    "counted; a restart of the guard adds the newline)"
                 )
     rep.last_hash = prev
     if head is not None:
@@ -363,14 +481,12 @@ def _scan(
                 f"log truncated: the signed head checkpoint covers {head_size} records, the log holds only "
                 f"{rep.records}",
             )
+        if head_size < rep.start_size:
+            return rep.fail(files[0], 1, None, "the head checkpoint is older than the first file present")
         if head_root != head.get("root"):
             return rep.fail(
                 files[-1], 0, None, "the records do not match the Merkle root of the signed head checkpoint"
             )
-    if public_key is None and rep.checkpoints:
-        rep.warnings.append(
-            "signatures were checked against the key named in the log; pin the expected key with --public-key"
-        )
     return rep
 
 
@@ -391,18 +507,39 @@ def verify(
     public_key: str | None = None,
     head: str | Path | None = None,
     use_default_head: bool = True,
+    trust_embedded_key: bool = False,
+    allow_missing_head: bool = False,
 ) -> VerifyReport:
-    """Check the chain and every checkpoint of a log (with its rotated files) and, if available,
-    the signed head checkpoint (``head``, or ``<log>.head`` next to it)."""
+    """Check the chain and every checkpoint of a log (with its rotated files) and the signed head
+    checkpoint (``head``, or ``<log>.head`` next to it).
+
+    Signatures prove nothing against the key written in the log itself (a forger re-signs with
+    their own key), so a pinned ``public_key`` is required unless ``trust_embedded_key`` is set.
+    A missing head is a failure unless ``allow_missing_head`` (it is what detects truncation).
+    """
     if not segments(path):
         raise ConfigError(f"{path}: audit log not found")
+    if public_key is None and not trust_embedded_key:
+        raise ConfigError(
+            f"{path}: no public key pinned: the checkpoints would be checked against the key written in "
+            "the log, which a forger replaces; pass --public-key <the guard's signing key .pub>, or "
+            "--trust-embedded-key to accept that"
+        )
     hp: Path | None = None
     if head is not None:
         hp = Path(head)
     elif use_default_head and head_path(path).exists():
         hp = head_path(path)
     head_doc = read_head(hp) if hp is not None else None
-    return _scan(path, public_key=public_key, head=head_doc, head_file=hp)
+    rep = _scan(path, public_key=public_key, head=head_doc, head_file=hp)
+    if rep.ok and head_doc is None and not allow_missing_head:
+        return rep.fail(head_path(path), 0, None, _MISSING_HEAD.format(hp=head_path(path)))
+    if rep.ok and public_key is None and rep.checkpoints:
+        rep.warnings.append(
+            "signatures were checked against the key named in the log (--trust-embedded-key): a re-signed "
+            "log passes this check; pin the expected key with --public-key"
+        )
+    return rep
 
 
 # ------------------------------------------------------------------------------------- writer
@@ -412,12 +549,30 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def _fsync_dir(d: Path) -> None:
+    dfd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _open_append(p: Path) -> Any:
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "ab")
+
+
 class AuditLogError(Exception):
     """The audit log could not be written; the request must not be answered with a prediction."""
 
 
 class AuditLog:
-    """The guard's writer. ``await log.append(fields)`` returns once the record is fsynced."""
+    """The guard's writer. ``await log.append(fields)`` returns once the record is fsynced.
+
+    A failed write (disk full, I/O error) is undone (the file is truncated back to the last good
+    offset, the chain state restored) and its requests fail; the next batch tries again, so the
+    log recovers by itself once space is freed.
+    """
 
     def __init__(
         self,
@@ -425,6 +580,7 @@ class AuditLog:
         *,
         signing_key: Any,
         checkpoint_every: int = 1000,
+        checkpoint_seconds: float | None = None,
         rotate_bytes: int | None = None,
         fsync: bool = True,
         on_written: Callable[[int], None] | None = None,
@@ -434,6 +590,7 @@ class AuditLog:
         self.key = signing_key
         self.public_key = public_hex(signing_key)
         self.checkpoint_every = int(checkpoint_every)
+        self.checkpoint_seconds = checkpoint_seconds
         self.rotate_bytes = rotate_bytes
         self.do_fsync = fsync
         self.on_written = on_written
@@ -441,15 +598,33 @@ class AuditLog:
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._timer: Any = None
+        self._cp_due = False
         self._file: Any = None
         self.broken: str | None = None
+        self.degraded: str | None = None  # a checkpoint/rotation failed after the records were written
         self._recover()
 
-    # -- start-up: rebuild the chain state from the files on disk
+    # -- start-up: rebuild the chain state from the live file (it opens with a signed checkpoint)
     def _recover(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        files = segments(self.path)
+        rotated = [f for f in files if f != self.path]
+        if self.path.exists() and rotated and os.path.samefile(self.path, rotated[-1]):
+            self.path.unlink()  # a crash between the link and the unlink of a rotation
+            files = rotated
+        self._next_index = self._max_index() + 1
+        start = 0
+        for i in range(len(files) - 1, -1, -1):
+            if self._opens_with_checkpoint(files[i]):
+                start = i
+                break
         self._acc = MerkleAccumulator()
-        rep = _scan(self.path, merkle=self._acc) if segments(self.path) else VerifyReport()
+        rep = (
+            _scan(self.path, merkle=self._acc, files=files[start:], public_key=self.public_key)
+            if files
+            else VerifyReport()
+        )
         if not rep.ok:
             raise ConfigError(
                 f"audit log {self.path} does not verify ({rep.problem}); move it aside (keep it as evidence) "
@@ -461,17 +636,57 @@ class AuditLog:
                 fh.truncate(off)
                 fh.flush()
                 os.fsync(fh.fileno())
+        if rep.missing_newline is not None:
+            with open(rep.missing_newline, "ab") as fh:
+                fh.write(b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
         self.seq = rep.records
         self.prev = rep.last_hash
         self._since_checkpoint = rep.records - rep.last_checkpoint_size
-        self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the life of the log
+        created = not self.path.exists()
+        self._file = _open_append(self.path)
         self._size = self._file.tell()
+        if created:
+            if self.do_fsync:
+                _fsync_dir(self.path.parent)
+            if self.seq > 0:  # the live file was rotated away before a crash
+                self._write_opening()
+
+    def _max_index(self) -> int:
+        pat = re.compile(re.escape(self.path.name) + r"\.(\d+)(?:\..*)?$")
+        best = 0
+        for q in self.path.parent.iterdir():
+            m = pat.match(q.name)
+            if m:
+                best = max(best, int(m.group(1)))
+        return best
+
+    @staticmethod
+    def _opens_with_checkpoint(f: Path) -> bool:
+        with open(f, "rb") as fh:
+            first = fh.readline(65536)
+        return first.startswith(b'{"frontier":') and b'"kind":"checkpoint"' in first
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._writer())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._writer())
+        if self.checkpoint_seconds:
+            self._timer = loop.call_later(self.checkpoint_seconds, self._tick)
+
+    def _tick(self) -> None:
+        if self._since_checkpoint > 0:
+            self._cp_due = True
+            if self._wake is not None:
+                self._wake.set()
+        if self.checkpoint_seconds:
+            self._timer = asyncio.get_running_loop().call_later(self.checkpoint_seconds, self._tick)
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             while self._pending:
                 await asyncio.sleep(0.001)
@@ -480,15 +695,16 @@ class AuditLog:
                 await self._task
             self._task = None
         if self._file is not None:
+            if self._since_checkpoint > 0 and self.broken is None:
+                with contextlib.suppress(Exception):  # best effort: a clean shutdown seals the tail
+                    head = self._checkpoint()
+                    self._write_sync(canonical(head) + b"\n", head)
+                    self._since_checkpoint = 0
             self._file.close()
             self._file = None
 
     async def append(self, fields: dict[str, Any]) -> int:
         """Queue a record and wait until it is on disk; returns its ``seq``."""
-        if self.broken is not None:
-            if self.on_failed is not None:
-                self.on_failed(1)
-            raise AuditLogError(self.broken)
         if self._wake is None:
             raise AuditLogError("audit log writer is not running")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -502,6 +718,7 @@ class AuditLog:
             "size": self.seq,
             "last_hash": self.prev,
             "root": self._acc.root().hex(),
+            "frontier": self._acc.frontier(),
             "time": _now(),
             "public_key": self.public_key,
         }
@@ -530,38 +747,88 @@ class AuditLog:
                 head = self._checkpoint()
                 lines.append(canonical(head))
                 self._since_checkpoint = 0
+        if self._cp_due and self._since_checkpoint > 0:
+            head = self._checkpoint()
+            lines.append(canonical(head))
+            self._since_checkpoint = 0
+        self._cp_due = False
         return b"\n".join(lines) + b"\n", seqs, head
 
     def _write_sync(self, blob: bytes, head: Any) -> None:
+        """Write and fsync the records; then (best effort, never failing the batch) the head and
+        a rotation: the records are on disk and will be acknowledged whatever happens after."""
         self._file.write(blob)
         self._file.flush()
         if self.do_fsync:
             os.fsync(self._file.fileno())
         self._size += len(blob)
-        if head is not None:
-            hp = head_path(self.path)
-            tmp = hp.with_name(hp.name + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(canonical(head))
-                f.flush()
-                if self.do_fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, hp)
-        if self.rotate_bytes is not None and self._size >= self.rotate_bytes:
-            self._rotate()
+        try:
+            if head is not None:
+                self._write_head(head)
+            if self.rotate_bytes is not None and self._size >= self.rotate_bytes:
+                self._rotate()
+            self.degraded = None
+        except OSError as e:
+            self.degraded = f"audit log {self.path}: head checkpoint or rotation failed ({e}); will retry"
+            if head is not None:
+                self._cp_due = True
+
+    def _write_head(self, head: dict[str, Any]) -> None:
+        hp = head_path(self.path)
+        tmp = hp.with_name(hp.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(canonical(head))
+            f.flush()
+            if self.do_fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, hp)
+        if self.do_fsync:
+            _fsync_dir(self.path.parent)
 
     def _rotate(self) -> None:
+        self._file.flush()
+        while True:
+            target = self.path.with_name(f"{self.path.name}.{self._next_index}")
+            self._next_index += 1
+            try:
+                os.link(self.path, target)  # never overwrites an existing file
+                break
+            except FileExistsError:
+                continue
         self._file.close()
-        n = len(segments(self.path))  # rotated files + the live one
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.{n}"))
-        self._file = open(self.path, "ab")  # noqa: SIM115
+        os.unlink(self.path)
+        self._file = _open_append(self.path)
         self._size = 0
         if self.do_fsync:
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _fsync_dir(self.path.parent)
+        self._write_opening()
+
+    def _write_opening(self) -> None:
+        head = self._checkpoint()
+        blob = canonical(head) + b"\n"
+        self._file.write(blob)
+        self._file.flush()
+        if self.do_fsync:
+            os.fsync(self._file.fileno())
+        self._size += len(blob)
+        self._since_checkpoint = 0
+        self._write_head(head)
+
+    def _undo(self, offset: int, state: tuple[int, str, MerkleAccumulator, int]) -> None:
+        """Put the file and the chain back to the last good state after a failed write."""
+        self.seq, self.prev, self._acc, self._since_checkpoint = state
+        with contextlib.suppress(Exception):
+            self._file.close()
+        try:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(offset)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._file = _open_append(self.path)
+            self._size = offset
+        except OSError:
+            self._file = None
 
     async def _writer(self) -> None:
         assert self._wake is not None
@@ -569,18 +836,27 @@ class AuditLog:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, []
-            if not batch:
+            if not batch and not self._cp_due:
                 continue
+            state = (self.seq, self.prev, self._acc.copy(), self._since_checkpoint)
+            offset = self._size
             try:
+                if self._file is None:
+                    self._file = _open_append(self.path)
+                    self._size = offset = self._file.tell()
                 blob, seqs, head = self._encode(batch)
                 self._write_sync(blob, head)
             except Exception as e:  # disk full, I/O error, unserialisable record
                 self.broken = f"audit log {self.path} could not be written ({type(e).__name__}: {e})"
-                if self.on_failed is not None:
+                self._undo(offset, state)
+                if self.on_failed is not None and batch:
                     self.on_failed(len(batch))
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(AuditLogError(self.broken))
+                continue
+            self.broken = None
+            if not batch:
                 continue
             if self.on_written is not None:
                 self.on_written(len(batch))

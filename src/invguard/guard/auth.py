@@ -6,11 +6,15 @@ compared with :func:`hmac.compare_digest`, so neither the comparison nor the loo
 secret in a way an attacker can exploit (the index is the SHA-256 of the key, not the key).
 
 The guard re-reads the SQLite store when its modification time changes (checked at most once per
-second), so ``invguard keys revoke`` takes effect on a running guard without a restart.
+second), so ``invguard keys revoke`` takes effect on a running guard without a restart. The read
+runs in a worker thread (never blocking the event loop); the modification time is marked seen only
+after a successful read, and while a changed store cannot be read the guard refuses keys from it
+(503, fail closed) rather than keep serving a key that may have been revoked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -61,7 +65,7 @@ class KeyStore:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path)
+        con = sqlite3.connect(self.path, timeout=2.0)
         con.execute(
             "CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, "
             "role TEXT NOT NULL, created TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)"
@@ -116,6 +120,7 @@ class Authenticator:
         header: str = "X-API-Key",
         store: KeyStore | None = None,
     ) -> None:
+        self.header_name = header
         self.header = header.lower().encode("latin-1")
         self.roles = frozenset(roles)
         self._static = [e for e in entries if not e.revoked]
@@ -123,49 +128,86 @@ class Authenticator:
         self._index: dict[str, KeyRecord] = {}
         self._mtime: float | None = None
         self._checked = 0.0
-        self._rebuild()
+        self.failure: str | None = None  # the store changed but could not be read: fail closed
+        self._reloading: asyncio.Future[None] | None = None
+        self._rebuild(self._read_store())
 
-    def _rebuild(self) -> None:
-        records = list(self._static)
-        if self.store is not None:
-            self._mtime = os.path.getmtime(self.store.path) if self.store.path.exists() else None
-            records += [r for r in self.store.list() if not r.revoked]
-        self._index = {r.sha256: r for r in records}
+    def _mtime_now(self) -> float | None:
+        assert self.store is not None
+        try:
+            return os.path.getmtime(self.store.path)
+        except OSError:
+            return None
 
-    def _maybe_reload(self) -> None:
+    def _read_store(self) -> tuple[float | None, list[KeyRecord]]:
+        """Read the store; the mtime is taken before the read, so a change during it is seen next time."""
         if self.store is None:
-            return
+            return None, []
+        mtime = self._mtime_now()
+        return mtime, [r for r in self.store.list() if not r.revoked]
+
+    def _rebuild(self, read: tuple[float | None, list[KeyRecord]]) -> None:
+        mtime, stored = read
+        self._index = {r.sha256: r for r in [*self._static, *stored]}
+        self._mtime = mtime  # only after a successful read
+        self.failure = None
+
+    async def refresh(self) -> str | None:
+        """Re-read the store if it changed (checked at most once a second, read in a worker thread).
+        Returns None, or why keys cannot be trusted right now (the caller answers 503)."""
+        if self.store is None:
+            return None
         now = time.monotonic()
         if now - self._checked < 1.0:
-            return
+            return self.failure
+        if self._reloading is not None:
+            await asyncio.shield(self._reloading)
+            return self.failure
         self._checked = now
-        mtime = os.path.getmtime(self.store.path) if self.store.path.exists() else None
-        if mtime != self._mtime:
-            self._rebuild()
+        if self._mtime_now() == self._mtime and self.failure is None:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reloading = fut
+        try:
+            read = await asyncio.to_thread(self._read_store)
+            self._rebuild(read)
+        except Exception as e:  # locked, half-copied, unreadable: fail closed, retry next second
+            self.failure = f"the key store cannot be read ({type(e).__name__}); try later"
+        finally:
+            self._reloading = None
+            fut.set_result(None)
+        return self.failure
 
     def reload(self) -> None:
-        self._checked = 0.0
-        self._mtime = -1.0
-        self._maybe_reload()
+        self._rebuild(self._read_store())
 
     @staticmethod
-    def _presented(headers: list[tuple[bytes, bytes]], header: bytes) -> str | None:
+    def _presented(headers: list[tuple[bytes, bytes]], header: bytes) -> list[str]:
+        found = []
         for name, value in headers:
             lname = name.lower()
             if lname == header:
-                return value.decode("latin-1").strip()
-            if lname == b"authorization":
+                found.append(value.decode("latin-1").strip())
+            elif lname == b"authorization":
                 scheme, _, token = value.decode("latin-1").partition(" ")
                 if scheme.lower() == "bearer" and token.strip():
-                    return token.strip()
-        return None
+                    found.append(token.strip())
+        return found
 
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> tuple[Principal | None, str]:
-        """``(principal, "")`` for a valid key, else ``(None, reason)``."""
-        key = self._presented(headers, self.header)
-        if key is None:
-            return None, "missing API key (send it in the X-API-Key header or as Authorization: Bearer <key>)"
-        self._maybe_reload()
+        """``(principal, "")`` for a valid key, else ``(None, reason)``. Call ``await refresh()`` first."""
+        keys = self._presented(headers, self.header)
+        if not keys:
+            return None, (
+                f"missing API key (send it in the {self.header_name} header "
+                "or as Authorization: Bearer <key>)"
+            )
+        if len(set(keys)) > 1:
+            return None, (
+                f"conflicting API keys: the {self.header_name} and Authorization: Bearer values differ; "
+                "send one key"
+            )
+        key = keys[0]
         digest = hash_key(key)
         rec = self._index.get(digest)
         if rec is None or not hmac.compare_digest(rec.sha256, digest):

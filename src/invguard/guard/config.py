@@ -107,10 +107,17 @@ class RateLimitConfig(_Strict):
 
 
 class AuditConfig(_Strict):
+    """The audit log. ``signing_key`` (Ed25519, PKCS#8 PEM) and ``hash_key`` (the HMAC secret of
+    ``input_hmac``) are created if missing; by default they sit next to the log's directory, not in
+    it: whoever can rewrite the log must not also find the key that signs it. ``fsync: false``
+    drops the durability guarantee (an acknowledged record can be lost in a crash)."""
+
     path: str = "audit/guard.jsonl"
     store_inputs: bool = False
     checkpoint_every: int = Field(default=1000, ge=1)
-    signing_key: str | None = None  # Ed25519 private key (PKCS#8 PEM); created if missing
+    checkpoint_seconds: float | None = Field(default=5.0, gt=0)
+    signing_key: str | None = None  # default: <log dir>/../<log name>.ed25519.pem
+    hash_key: str | None = None  # default: <log dir>/../<log name>.hmac-key
     rotate_bytes: int | None = Field(default=None, ge=4096)
     fsync: bool = True
 
@@ -119,10 +126,14 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_000_000, ge=64)
+    # requests without a valid key and requests to unknown routes: a GCRA limit per peer address
+    anonymous_rate: RateConfig = Field(default_factory=lambda: RateConfig(burst=20, per_second=5.0))
 
 
 class MetricsConfig(_Strict):
     high_confidence_entropy: float = Field(default=0.1, ge=0)
+    # roles whose keys may read /metrics; None = no key needed (bind the guard to a private network)
+    roles: tuple[str, ...] | None = None
 
 
 class GuardConfig(_Strict):
@@ -146,6 +157,9 @@ class GuardConfig(_Strict):
     def _check(self) -> GuardConfig:
         if not self.roles:
             raise ValueError("roles: define at least one role")
+        for r in self.metrics.roles or ():
+            if r not in self.roles:
+                raise ValueError(f"metrics.roles: {r!r} is not one of the roles {sorted(self.roles)}")
         for k in self.auth.keys:
             if k.role not in self.roles:
                 raise ValueError(
@@ -164,7 +178,11 @@ class GuardConfig(_Strict):
         model = self.model.model_copy(update={"path": rel(self.model.path)})
         auth = self.auth.model_copy(update={"key_store": rel(self.auth.key_store)})
         audit = self.audit.model_copy(
-            update={"path": rel(self.audit.path), "signing_key": rel(self.audit.signing_key)}
+            update={
+                "path": rel(self.audit.path),
+                "signing_key": rel(self.audit.signing_key),
+                "hash_key": rel(self.audit.hash_key),
+            }
         )
         return self.model_copy(update={"model": model, "auth": auth, "audit": audit})
 

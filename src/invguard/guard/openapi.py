@@ -42,6 +42,7 @@ def build(
     num_classes: int,
     max_batch: int,
     input_range: tuple[float, float],
+    key_header: str = "X-API-Key",
 ) -> dict[str, Any]:
     lo, hi = input_range
     sample = _nested(input_shape, lo, hi)
@@ -54,6 +55,9 @@ def build(
         "401": _error("Missing, invalid or revoked API key."),
         "404": _error("Unknown model name."),
         "413": _error("Request body larger than the configured limit."),
+        "415": _error(
+            "Content-Type is not application/json, or a Content-Encoding the guard does not decode."
+        ),
         "429": _limited("Rate limit or query budget exceeded."),
         "502": _error("The upstream model server failed."),
         "503": _error("The audit log cannot be written or the rate-limit backend is down; no prediction."),
@@ -104,7 +108,7 @@ def build(
         },
         "components": {
             "securitySchemes": {
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": key_header},
                 "bearer": {"type": "http", "scheme": "bearer"},
             },
             "schemas": {

@@ -14,11 +14,15 @@ refused request spends nothing but its rate-limit cell is not consumed either.
 Headers follow **draft-ietf-httpapi-ratelimit-headers-10** (27 September 2025), the structured-field
 form (RFC 8941 lists of items with parameters)::
 
-    RateLimit-Policy: "burst";q=20;w=2, "day";q=10000;w=86400
+    RateLimit-Policy: "burst";q=20;w=2, "day";q=10000;qu="rows";w=86400
     RateLimit: "burst";r=19;t=1, "day";r=9990;t=40000
 
 ``q`` is the quota, ``w`` the window in seconds (for the GCRA policy, the time to refill an empty
-burst), ``r`` the remaining quota and ``t`` the seconds until it is fully restored. A ``429``
+burst), ``r`` the remaining quota and ``t`` the seconds until it is fully restored. ``qu`` is the
+quota unit (section 3.1 of the draft; the default is ``"requests"``): the budgets count answered
+rows, so their policies say ``qu="rows"`` (an extension unit). A batch larger than a whole budget
+can never be served (the guard refuses it with a 400 instead of a 429), and rows charged for a
+request the model then failed to answer are refunded (:meth:`MemoryLimiter.refund`). A ``429``
 carries ``Retry-After`` (RFC 9110 section 10.2.3) in whole seconds.
 
 The Redis backend runs the same algorithm as one Lua script per request (atomic on the server,
@@ -56,9 +60,9 @@ class Limits:
     def policy_header(self) -> str:
         items = [f'"burst";q={self.burst};w={max(1, math.ceil(self.burst / self.per_second))}']
         if self.day is not None:
-            items.append(f'"day";q={self.day};w={DAY}')
+            items.append(f'"day";q={self.day};qu="rows";w={DAY}')
         if self.week is not None:
-            items.append(f'"week";q={self.week};w={WEEK}')
+            items.append(f'"week";q={self.week};qu="rows";w={WEEK}')
         return ", ".join(items)
 
 
@@ -90,6 +94,25 @@ class Decision:
         if not self.allowed:
             out.append(("Retry-After", str(max(1, math.ceil(self.retry_after)))))
         return out
+
+
+def never_fits(limits: Limits, rows: int) -> str | None:
+    """Why a batch of ``rows`` can never be served under these budgets (None if it can)."""
+    for name, cap in (("day", limits.day), ("week", limits.week)):
+        if cap is not None and rows > cap:
+            return (
+                f"a batch of {rows} rows exceeds the whole {name} budget of {cap} rows: it can never be "
+                "served; send smaller batches"
+            )
+    return None
+
+
+def refund_step(state: dict[str, Any], now: float, rows: int) -> None:
+    """Give back ``rows`` charged in the current day/week (a request the model did not answer)."""
+    if state.get("d") == day_id(now):
+        state["du"] = max(0, int(state.get("du", 0)) - rows)
+    if state.get("w") == week_id(now):
+        state["wu"] = max(0, int(state.get("wu", 0)) - rows)
 
 
 def day_id(now: float) -> int:
@@ -138,6 +161,11 @@ class MemoryLimiter:
         state = self._state.setdefault(client, {})
         return gcra_step(state, float(self._clock()), limits, rows)
 
+    async def refund(self, client: str, limits: Limits, rows: int) -> None:
+        state = self._state.get(client)
+        if state is not None:
+            refund_step(state, float(self._clock()), rows)
+
     async def close(self) -> None:
         return None
 
@@ -185,6 +213,20 @@ return {'served', '0', f(new_tat - now), du + rows, wu + rows, f(now)}
 """
 
 
+_LUA_REFUND = """
+local key = KEYS[1]
+local rows = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local day = math.floor(now / 86400)
+local week = math.floor((now + 259200) / 604800)
+local s = redis.call('HMGET', key, 'd', 'du', 'w', 'wu')
+if tonumber(s[1]) == day then redis.call('HSET', key, 'du', math.max(0, tonumber(s[2]) - rows)) end
+if tonumber(s[3]) == week then redis.call('HSET', key, 'wu', math.max(0, tonumber(s[4]) - rows)) end
+return 1
+"""
+
+
 class RedisLimiter:
     """State in Redis, one hash per client, updated atomically by a Lua script (EVALSHA)."""
 
@@ -195,6 +237,7 @@ class RedisLimiter:
         self.prefix = prefix
         self._redis = aioredis.from_url(url)
         self._script = self._redis.register_script(_LUA)
+        self._refund = self._redis.register_script(_LUA_REFUND)
 
     async def acquire(self, client: str, limits: Limits, rows: int) -> Decision:
         res = await self._script(
@@ -212,6 +255,9 @@ class RedisLimiter:
         T = limits.interval
         rem = max(0, math.floor((limits.burst * T - reset) / T + 1e-9))
         return Decision(outcome, retry, rem, reset, du, wu, now)
+
+    async def refund(self, client: str, limits: Limits, rows: int) -> None:
+        await self._refund(keys=[f"{self.prefix}:{client}"], args=[rows])
 
     async def ping(self) -> bool:
         try:

@@ -20,8 +20,23 @@ from invguard.guard.config import ModelConfig, UpstreamConfig
 from invguard.targets.callable import prediction_from_output
 
 
+def redact_url(url: str) -> str:
+    """The URL without its userinfo (``http://user:password@host/`` -> ``http://***@host/``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 class UpstreamError(Exception):
-    """The upstream could not be reached or gave an answer that is not a prediction."""
+    """The upstream could not be reached or gave an answer that is not a prediction.
+
+    The message is for the server's logs and the audit record (the URL is redacted); clients get
+    only a generic "upstream model server error"."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -120,6 +135,7 @@ class UpstreamModel:
         self.input_shape = tuple(input_shape)
         self.num_classes = int(num_classes)
         self._session: Any = None
+        self._where = f"upstream POST {redact_url(cfg.url)}"
 
     async def start(self) -> None:
         import aiohttp
@@ -180,7 +196,7 @@ class UpstreamModel:
 
         if self._session is None:
             raise UpstreamError("unavailable", "the upstream client is not started")
-        where = f"upstream POST {self.cfg.url}"
+        where = self._where
         try:
             async with self._session.post(
                 self.cfg.url, data=self._body(x), headers={"Content-Type": "application/json"}
@@ -197,7 +213,7 @@ class UpstreamModel:
             doc = json.loads(raw)
             out = self._extract(doc, x.shape[0])
             return prediction_from_output(out, self.cfg.returns, x.shape[0], self.num_classes, where)
-        except (ValueError, KeyError, IndexError, TypeError, TargetError) as e:
+        except Exception as e:  # any answer that is not a prediction: never a 500
             raise UpstreamError(
                 "malformed", f"{where}: the answer is not a valid prediction ({type(e).__name__})"
             ) from None
