@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -65,37 +65,149 @@ def train(
         _fail(e)
 
 
-@app.command()
-def demo(
-    seed: Annotated[int, typer.Option(help="Seed for the split and the training.")] = 0,
-) -> None:
-    """Train the bundled digits model and show what each access level gives an attacker."""
-    from invguard import data, models
+def _audit_errors(fn: Any) -> Any:
+    """Run ``fn``; map invguard errors to their exit codes and an interrupt to 130, never a traceback."""
     from invguard.core.errors import InvguardError
-    from invguard.models.train import fit
-    from invguard.workflows import access_tour, training_progress
 
     try:
-        splits = data.load("digits", seed=seed)
-        spec = {
-            "arch": "mlp",
-            "hidden": [128],
-            "input_shape": list(splits.input_shape),
-            "num_classes": splits.num_classes,
-        }
-        bar, cb = training_progress(out)
-        with bar:
-            module, report = fit(
-                spec, splits.members.X, splits.members.y, recipe="standard", seed=seed, progress=cb
-            )
-        test_acc = models.accuracy(module, splits.nonmembers.X, splits.nonmembers.y)
-        out.print(
-            f"digits MLP: train accuracy {report.train_accuracy:.3f} on {len(splits.members)} members, "
-            f"held-out accuracy {test_acc:.3f} on {len(splits.nonmembers)} non-members"
-        )
-        access_tour(module, splits, out)
+        return fn()
     except InvguardError as e:
         _fail(e)
+    except OSError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: the audit was stopped; no report was written[/]")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def audit(
+    config: Annotated[Path, typer.Argument(help="The audit config (YAML); see examples/audit.yaml.")],
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Run the attack jobs on an existing Dask cluster, e.g. tcp://10.0.0.5:8786."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Report folder (default: output.dir of the config).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (default: CPU count).")] = None,
+    no_history: Annotated[bool, typer.Option("--no-history", help="Do not record this run.")] = False,
+) -> None:
+    """Run every attack of an audit config, check its gates and write the reports.
+
+    Exit code 0: all gates pass; 1: a gate failed; 2: config or usage error; 3: target unreachable.
+    """
+    from invguard.audit.runner import run_audit
+    from invguard.audit.summary import print_summary
+
+    kw: dict[str, Any] = {
+        "scheduler": scheduler,
+        "out_dir": out_dir,
+        "max_workers": workers,
+        "console": console,
+    }
+    if no_history:
+        kw["history"] = False
+    run = _audit_errors(lambda: run_audit(config, **kw))
+    print_summary(run.results, run.paths, out)
+    raise typer.Exit(run.exit_code)
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="A results.json written by `invguard audit`.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="html, junit, markdown or json.")] = "html",
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output file (default: beside results).")
+    ] = None,
+) -> None:
+    """Re-render a report from a results JSON (the JSON is all a report ever reads)."""
+    from invguard.core.errors import ConfigError
+    from invguard.report import FILENAMES, load, write_report
+
+    def go() -> Path:
+        if fmt not in FILENAMES:
+            raise ConfigError(f"--format must be one of {', '.join(sorted(FILENAMES))}, got {fmt!r}")
+        doc = load(results)
+        return write_report(doc, fmt, output or results.with_name(FILENAMES[fmt]))
+
+    path = _audit_errors(go)
+    out.print(f"wrote {path}", highlight=False)
+
+
+inventory_app = typer.Typer(
+    help="The model inventory and the privacy decision checklist.", no_args_is_help=True
+)
+app.add_typer(inventory_app, name="inventory")
+
+
+@inventory_app.command("check")
+def inventory_check(
+    inventory: Annotated[Path, typer.Argument(help="The inventory (YAML): models, owners, data, exposure.")],
+    history: Annotated[
+        Path | None, typer.Option(help="Audit history store (default: from the file).")
+    ] = None,
+    max_age_days: Annotated[
+        float | None, typer.Option(help="Oldest acceptable audit, in days (default: from the file).")
+    ] = None,
+) -> None:
+    """Print the tests and mitigations each model needs; exit 1 when something required is missing."""
+    from rich.table import Table
+
+    from invguard.audit.inventory import check, load_inventory
+
+    def go() -> Any:
+        inv = load_inventory(inventory)
+        upd: dict[str, Any] = {}
+        if history is not None:
+            upd["history"] = str(history)
+        if max_age_days is not None:
+            upd["defaults"] = inv.defaults.model_copy(update={"max_audit_age_days": max_age_days})
+        inv = inv.model_copy(update=upd)
+        return check(inv)
+
+    checks = _audit_errors(go)
+    t = Table(title="privacy decision checklist", title_justify="left", show_lines=True)
+    for c in ("model", "owner", "why", "tests required", "mitigations required", "last audit", "status"):
+        t.add_column(c, overflow="fold")
+    for c in checks:
+        status = "[green]ok[/]" if c.ok else "[red]MISSING[/]: " + "; ".join(c.missing)
+        t.add_row(
+            c.name,
+            c.owner,
+            "; ".join(c.reasons),
+            ", ".join(c.tests) or "—",
+            ", ".join(m.replace("|", " or ") for m in c.mitigations) or "—",
+            c.last_audit,
+            status,
+        )
+    out.print(t)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        out.print(f"[red]{len(bad)} of {len(checks)} models miss something required[/]")
+        raise typer.Exit(1)
+    out.print(f"[green]all {len(checks)} models have what the checklist requires[/]")
+
+
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed for the split, the training and the attacks.")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/demo"),
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (default: CPU count).")] = None,
+) -> None:
+    """Audit the bundled digits model with every attack available; reports go to reports/demo/."""
+    from invguard.audit.demo import write_demo_config
+    from invguard.audit.runner import run_audit
+    from invguard.audit.summary import print_summary
+
+    def go() -> Any:
+        cfg = write_demo_config(out_dir, seed)
+        return run_audit(cfg, out_dir=out_dir, max_workers=workers, console=console)
+
+    run = _audit_errors(go)
+    print_summary(run.results, run.paths, out)
+    out.print(f"\nreport: [bold]{run.paths.get('html')}[/]", highlight=False)
 
 
 # --------------------------------------------------------------------------------------------- guard

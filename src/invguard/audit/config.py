@@ -1,0 +1,479 @@
+"""The audit configuration: one YAML file says what to attack, with what, and what must hold.
+
+The schema is pydantic v2. Loading a file reports every problem at once, each with its field path
+and the line it is on (``attacks[1].params.steps (line 14): ...``), and raises ``ConfigError``
+(the CLI's exit code 2).
+
+.. code-block:: yaml
+
+    name: digits-mlp
+    seed: 0
+    target: {model: reference/digits-mlp}
+    data: {dataset: digits}
+    attacks:
+      - inversion.whitebox
+      - {name: membership.lira, params: {n_reference: 8}, exposure: "top_k=3 round=2"}
+    exposures:
+      attacks: [inversion.blackbox]
+      policies: [logits, scores, "top_k=3 round=2", label_only]
+    gates:
+      - "inversion.whitebox.attack_accuracy <= 0.2"
+      - {metric: membership.lira.tpr_at_fpr_0.001, op: "<=", threshold: 0.01, severity: high}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from invguard.core.errors import ConfigError
+
+SEVERITIES = ("low", "medium", "high", "critical")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TargetConfig(_Strict):
+    """What is audited.
+
+    ``kind`` is inferred when omitted: ``url`` -> http, ``factory`` -> torch, a ``model`` of the form
+    ``reference/NAME`` or a ``.pt`` file -> model, a ``.pkl``/``.joblib`` file -> sklearn.
+    """
+
+    kind: Literal["model", "torch", "sklearn", "http"] | None = None
+    name: str | None = Field(None, description="The model's name in the history store and the report.")
+    model: str | None = Field(None, description="reference/NAME, a file from `invguard train`, or a pickle")
+    factory: str | None = Field(None, description="module:callable that builds the torch module")
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = Field(None, description="state_dict file loaded into the factory's module")
+    url: str | None = None
+    preset: Literal["kserve-v2", "instances", "invguard", "custom"] = "kserve-v2"
+    returns: Literal["labels", "scores", "logits"] = "scores"
+    api_key_env: str | None = None
+    api_key_header: str = "X-API-Key"
+    request_template: Any = None
+    response_field: str | None = None
+    timeout: float = Field(10.0, gt=0)
+    retries: int = Field(3, ge=0)
+    budget: int | None = Field(None, ge=0, description="query budget of each attack job")
+    access: Literal["label", "scores", "logits", "whitebox"] | None = Field(
+        None, description="lower the access the target grants (e.g. attack a torch model as a black box)"
+    )
+    input_shape: list[int] | None = None
+    num_classes: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _infer_kind(self) -> TargetConfig:
+        kind = self.kind
+        if kind is None:
+            if self.url:
+                kind = "http"
+            elif self.factory:
+                kind = "torch"
+            elif self.model and self.model.endswith((".pkl", ".pickle", ".joblib")):
+                kind = "sklearn"
+            elif self.model:
+                kind = "model"
+            else:
+                raise ValueError("give one of model (reference/NAME or a file), factory + weights, or url")
+            object.__setattr__(self, "kind", kind)
+        need = {"model": ["model"], "sklearn": ["model"], "torch": ["factory", "weights"], "http": ["url"]}
+        missing = [f for f in need[kind] if not getattr(self, f)]
+        if missing:
+            raise ValueError(f"a {kind} target needs {' and '.join(missing)}")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(f"factory must look like 'package.module:callable', got {self.factory!r}")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.model or self.url or f"{self.factory} ({self.weights})"
+
+
+class MembersConfig(_Strict):
+    """Which records of a user's dataset were the model's training members.
+
+    ``indices``: a file of row indices into the dataset (``.npy``, or text with one index per line);
+    ``file``: a separate dataset file holding exactly the members (then ``data.dataset`` holds the
+    non-members and public data).
+    """
+
+    indices: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> MembersConfig:
+        if (self.indices is None) == (self.file is None):
+            raise ValueError("give exactly one of indices (a row-index file) or file (a members dataset)")
+        return self
+
+
+class DataConfig(_Strict):
+    dataset: str = Field("digits", description="digits, mnist5k, adult, or a .npz/.csv/image-folder path")
+    label: str | None = Field(None, description="label column of a CSV dataset")
+    seed: int | None = Field(None, description="split seed (default: the audit seed)")
+    limit: int | None = Field(None, ge=8)
+    fractions: dict[str, float] | None = None
+    public_classes: list[int] | None = None
+    members: MembersConfig | None = None
+
+
+class AttackConfig(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    exposure: str | dict[str, Any] | list[Any] | None = Field(
+        None, description="output policy between the attack and the model, e.g. 'top_k=3 round=2'"
+    )
+    seed: int | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from invguard.attacks import ATTACKS
+
+        if v not in ATTACKS.names():
+            ATTACKS.get(v)  # raises ConfigError naming the known attacks
+        return v
+
+    @field_validator("exposure")
+    @classmethod
+    def _policy(cls, v: Any) -> Any:
+        if v is not None:
+            from invguard import policies
+
+            policies.parse(v, "exposure")
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from invguard.attacks import ATTACKS
+
+        name = info.data.get("name")
+        if name is None:  # the name itself was invalid; that problem is reported on its own
+            return v
+        try:
+            ATTACKS.get(name)(**v)
+        except TypeError as e:
+            raise ValueError(f"bad parameters for {name}: {e}") from None
+        return v
+
+
+def is_whitebox(spec: Any) -> bool:
+    return isinstance(spec, str) and spec.strip().lower() == "whitebox"
+
+
+def exposure_label(spec: Any) -> str:
+    """The name an exposure goes by in the report: ``whitebox`` or the policy's own label."""
+    if spec is None:
+        return "as deployed"
+    if is_whitebox(spec):
+        return "whitebox"
+    from invguard import policies
+
+    return policies.parse(spec).label()
+
+
+class ExposureSweepConfig(_Strict):
+    """Run attacks against the model behind each exposure, least restrictive first.
+
+    An exposure is ``whitebox`` (the model itself) or an output policy (``logits``, ``scores``,
+    ``"top_k=3 round=2"``, ``label_only``, ...). Where an inversion attack needs more access than an
+    exposure grants, the strongest inversion attack allowed there runs instead (the row says which).
+    """
+
+    attacks: list[str] = Field(min_length=1)
+    policies: list[str | dict[str, Any] | list[Any]] = Field(min_length=1)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-attack parameters")
+
+    @field_validator("attacks")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        from invguard.attacks import ATTACKS
+
+        names = ATTACKS.names()
+        for a in v:
+            if a not in names:
+                ATTACKS.get(a)
+        return v
+
+    @field_validator("policies")
+    @classmethod
+    def _parse(cls, v: list[Any]) -> list[Any]:
+        from invguard import policies
+
+        for i, p in enumerate(v):
+            if not is_whitebox(p):
+                policies.parse(p, f"policies[{i}]")
+        return v
+
+    @model_validator(mode="after")
+    def _sweep_params(self) -> ExposureSweepConfig:
+        from invguard.attacks import ATTACKS
+
+        for name, params in self.params.items():
+            if name not in self.attacks:
+                raise ValueError(f"params.{name}: not one of the sweep's attacks {self.attacks}")
+            try:
+                ATTACKS.get(name)(**params)
+            except TypeError as e:
+                raise ValueError(f"params.{name}: bad parameters: {e}") from None
+        return self
+
+
+class GateConfig(_Strict):
+    """``metric`` is ``family.name.metric`` (the metric name may itself hold dots)."""
+
+    metric: str
+    op: Literal["<=", "<", ">=", ">", "=="] = "<="
+    threshold: float
+    severity: Literal["low", "medium", "high", "critical"] = "high"
+    bound: Literal["value", "low", "high"] = Field(
+        "value", description="compare the point estimate or an end of its 95% CI"
+    )
+    description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return _parse_gate(v)
+
+    @field_validator("metric")
+    @classmethod
+    def _dotted(cls, v: str) -> str:
+        if len(v.split(".")) < 3 or any(not p for p in v.split(".")[:2]):
+            raise ValueError(
+                f"metric must be family.name.metric (e.g. inversion.whitebox.attack_accuracy), got {v!r}"
+            )
+        return v
+
+    @property
+    def attack(self) -> str:
+        return ".".join(self.metric.split(".")[:2])
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric.split(".", 2)[2]
+
+    @property
+    def expression(self) -> str:
+        b = "" if self.bound == "value" else f" ({self.bound} end of CI)"
+        return f"{self.metric}{b} {self.op} {self.threshold:g}"
+
+
+_OPS = ("<=", ">=", "==", "<", ">")
+
+
+def _parse_gate(v: Any) -> Any:
+    """Accept ``"inversion.whitebox.attack_accuracy <= 0.2 [severity]"`` as well as the mapping form."""
+    if not isinstance(v, str):
+        return v
+    text = v.strip()
+    for op in _OPS:
+        if op in text:
+            left, right = text.split(op, 1)
+            parts = right.split()
+            if not parts:
+                raise ValueError(f"gate {v!r}: no threshold after {op!r}")
+            try:
+                threshold = float(parts[0])
+            except ValueError:
+                raise ValueError(f"gate {v!r}: threshold {parts[0]!r} is not a number") from None
+            out: dict[str, Any] = {"metric": left.strip(), "op": op, "threshold": threshold}
+            if len(parts) > 1:
+                out["severity"] = parts[1]
+            return out
+    raise ValueError(
+        f"gate {v!r}: expected 'family.name.metric OP threshold [severity]' with OP one of {_OPS}"
+    )
+
+
+class OutputConfig(_Strict):
+    dir: str = "reports/audit"
+    formats: list[Literal["html", "json", "junit", "markdown"]] = Field(
+        default_factory=lambda: ["html", "json", "junit", "markdown"]  # type: ignore[arg-type]
+    )
+
+
+class AuditConfig(_Strict):
+    version: Literal[1] = 1
+    name: str | None = None
+    plugins: list[str] = Field(
+        default_factory=list, description="modules to import first: they register third-party attacks"
+    )
+    seed: int = 0
+    target: TargetConfig
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
+    attacks: list[AttackConfig] = Field(default_factory=list)
+    exposures: ExposureSweepConfig | None = None
+    gates: list[GateConfig] = Field(default_factory=list)
+    fail_on: Literal["low", "medium", "high", "critical"] = Field(
+        "low", description="the lowest severity of a failed gate that fails the audit (exit 1)"
+    )
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    cache_dir: str = ".invguard/cache"
+    history: str | None = Field(".invguard/history.db", description="SQLite history store; null to disable")
+    max_workers: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, v: Any) -> Any:
+        if isinstance(v, dict) and isinstance(v.get("plugins"), list):
+            import importlib
+
+            for i, mod in enumerate(v["plugins"]):
+                try:
+                    importlib.import_module(str(mod))
+                except ImportError as e:
+                    raise ValueError(f"plugins[{i}]: cannot import {mod!r} ({e})") from None
+        return v
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attack_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict):  # {name: params}
+            return [{"name": k, "params": p or {}} for k, p in v.items()]
+        if isinstance(v, list):
+            return [{"name": a} if isinstance(a, str) else a for a in v]
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> AuditConfig:
+        if not self.attacks and self.exposures is None:
+            raise ValueError("no attacks: give attacks (and/or an exposures sweep)")
+        names = {a.name for a in self.attacks} | set(self.exposures.attacks if self.exposures else [])
+        unknown = sorted({g.attack for g in self.gates} - names)
+        if unknown:
+            raise ValueError(
+                f"gates refer to attacks that are not run: {unknown}; attacks run: {sorted(names)}"
+            )
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.target.display_name
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- YAML with line numbers
+def _line_map(text: str) -> dict[tuple[Any, ...], int]:
+    """``(path) -> 1-based line`` for every node of the YAML document."""
+    lines: dict[tuple[Any, ...], int] = {}
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is None:
+        return lines
+
+    def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = k.value
+                lines[(*path, key)] = k.start_mark.line + 1
+                walk(v, (*path, key))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                walk(v, (*path, i))
+
+    walk(node, ())
+    return lines
+
+
+def _path_text(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _line_of(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())
+
+
+def _problems(e: ValidationError, lines: dict[tuple[Any, ...], int]) -> list[str]:
+    out = []
+    for err in e.errors():
+        loc = tuple(
+            p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+        )
+        # pydantic names the Literal/union branch tried in the loc; keep only real field names/indices
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        line = _line_of(loc, lines)
+        where = _path_text(loc) + (f" (line {line})" if line else "")
+        out.append(f"{where}: {msg}")
+    return out
+
+
+def parse_config(raw: Any, *, source: str = "<config>", text: str | None = None) -> AuditConfig:
+    """Validate a config mapping; every problem is reported at once in one ``ConfigError``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping, got {type(raw).__name__}")
+    lines = _line_map(text) if text is not None else {}
+    try:
+        return AuditConfig.model_validate(raw)
+    except ValidationError as e:
+        probs = _problems(e, lines)
+        head = f"{source}: {len(probs)} problem{'s' if len(probs) != 1 else ''} in the audit config"
+        raise ConfigError(head + "\n" + "\n".join(f"  - {p}" for p in probs)) from None
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    """Read and validate an audit config file (relative paths in it are relative to the file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    text = p.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{p}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    cfg = parse_config(raw, source=str(p), text=text)
+    return _resolve_paths(cfg, p.parent)
+
+
+def _resolve_paths(cfg: AuditConfig, base: Path) -> AuditConfig:
+    """Make the file paths in a config relative to the config's folder absolute."""
+
+    def fix(v: str | None) -> str | None:
+        if v is None or v.startswith("reference/") or Path(v).is_absolute():
+            return v
+        return str((base / v).resolve()) if (base / v).exists() else v
+
+    t = cfg.target.model_copy(update={"model": fix(cfg.target.model), "weights": fix(cfg.target.weights)})
+    members = cfg.data.members
+    if members is not None:
+        members = members.model_copy(update={"indices": fix(members.indices), "file": fix(members.file)})
+    ds = cfg.data.dataset
+    d = cfg.data.model_copy(
+        update={"dataset": ds if ds in ("digits", "mnist5k", "adult") else fix(ds), "members": members}
+    )
+    return cfg.model_copy(update={"target": t, "data": d})

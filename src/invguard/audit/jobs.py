@@ -1,0 +1,239 @@
+"""One attack run as a self-contained, picklable job (runs in a worker process or on a Dask worker).
+
+A job carries the attack (a frozen, validated dataclass), the target in portable form, the data
+splits, the exposure (output policy) to put in front of the model, the seed and the cache folder.
+It returns the attack's result as JSON-ready data, with a ``status``: ``ok``, ``not_applicable``
+(the attack needs more access than the exposure grants), ``error`` (an invguard error, with its
+message), ``target_error`` (the model could not be queried) or ``crashed`` (a bug, with its
+traceback), so one failing attack never takes the others down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import traceback
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from invguard.audit.resolve import ResolvedTarget
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    attack: Any  # an invguard.attacks.Attack instance
+    target: ResolvedTarget
+    data: Any  # invguard.data.Splits
+    seed: int
+    exposure: Any = None  # a policy spec (str / mapping / list) or None for the raw target
+    exposure_label: str = "as deployed"
+    sweep: bool = False
+    cache_dir: str | None = None
+    progress: Any = None  # a picklable callable (task, done, total) -> None
+
+
+class QueueProgress:
+    """A picklable progress callback that forwards ``(job, task, done, total)`` into a queue.
+
+    The queue is a ``multiprocessing.Manager().Queue()`` proxy for the local pool, or a
+    ``distributed.Queue`` on a Dask cluster. Updates are throttled to five per second.
+    """
+
+    def __init__(self, queue: Any, job_id: str) -> None:
+        self.queue = queue
+        self.job_id = job_id
+        self._last = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"queue": self.queue, "job_id": self.job_id, "_last": 0.0}
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last < 0.2:
+            return
+        self._last = now
+        # progress must never break an attack (the queue is gone after an interrupt)
+        with contextlib.suppress(Exception):
+            self.queue.put((self.job_id, str(task), int(done), int(total)))
+
+
+class DaskNestedExecutor(Executor):
+    """The cluster, lent to an attack running inside a Dask task, for its own independent jobs.
+
+    On the first submission the task secedes from the worker's thread pool (so that waiting on its
+    sub-tasks cannot deadlock the cluster) and it rejoins when the attack is done.
+    """
+
+    def __init__(self) -> None:
+        self._ex: Executor | None = None
+        self._seceded = False
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self._ex is None:
+            from distributed import get_client, secede
+
+            self._ex = get_client().get_executor()  # type: ignore[no-untyped-call]
+            secede()  # type: ignore[no-untyped-call]
+            self._seceded = True
+        return self._ex.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._seceded:
+            from distributed import rejoin
+
+            rejoin()  # type: ignore[no-untyped-call]
+            self._seceded = False
+
+
+def _in_dask_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+def exposure_utility(raw: Any, exposed: Any, data: Any, limit: int = 500) -> dict[str, Any]:
+    """What an exposure costs users: accuracy of its labels on held-out records, and agreement with
+    the unrestricted model's labels (a policy that noises scores may flip the argmax)."""
+    X, y = data.nonmembers.X[:limit], data.nonmembers.y[:limit]
+    base = raw.predict(X).labels
+    got = exposed.predict(X).labels
+    return {
+        "utility": float(np.mean(got == y)),
+        "baseline_utility": float(np.mean(base == y)),
+        "argmax_agreement": float(np.mean(got == base)),
+        "utility_records": int(y.shape[0]),
+    }
+
+
+def _inversion_sweep() -> Any:
+    """``invguard.attacks.inversion.sweep.exposure_sweep`` when the inversion family provides it."""
+    try:
+        from invguard.attacks.inversion.sweep import exposure_sweep
+    except ImportError:
+        return None
+    return exposure_sweep
+
+
+def _metric(row: dict[str, Any], name: str) -> dict[str, Any] | None:
+    v = row.get(name)
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        return {"value": v.get("value"), "low": v.get("low"), "high": v.get("high")}
+    return {"value": v, "low": row.get(f"{name}_low"), "high": row.get(f"{name}_high")}
+
+
+def _sweep_with_inversion(job: Job, raw: Any, ctx: Any, sweep_fn: Any) -> dict[str, Any]:
+    """One exposure of the inversion family's own sweep: it substitutes the strongest inversion
+    attack the exposure allows when the configured one needs more access."""
+    rows = sweep_fn(
+        job.attack, raw, job.data, exposures=[(job.exposure_label, job.exposure)], seed=job.seed, context=ctx
+    )
+    row = dict(rows[0])
+    metrics = {
+        k: m
+        for k in ("attack_accuracy", "knn_distance", "baseline_prior_accuracy", "lift_over_prior")
+        if (m := _metric(row, k)) is not None
+    }
+    acc, prior = metrics.get("attack_accuracy"), metrics.get("baseline_prior_accuracy")
+    if "lift_over_prior" not in metrics and acc and prior and None not in (acc["value"], prior["value"]):
+        # the same definition as the attack's own: accuracy beyond the no-model prior baseline
+        metrics["lift_over_prior"] = {"value": acc["value"] - prior["value"], "low": None, "high": None}
+    used = row.get("attack")
+    out: dict[str, Any] = {
+        "attack": job.attack.name,
+        "attack_used": used,
+        "substituted_for": row.get("substituted_for"),
+        "access": row.get("access"),
+        "status": "ok" if used else "not_applicable",
+        "error": None if used else row.get("note"),
+        "metrics": metrics,
+        "queries_used": int(row.get("queries") or 0),
+        "params": job.attack.params(),
+        "tables": {"exposure_sweep": [row]},
+    }
+    return out
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Run one attack job; never raises for an attack's own failure (see the module docstring)."""
+    from invguard import policies
+    from invguard.attacks import RunContext
+    from invguard.core.errors import AccessError, InvguardError, TargetError
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    t0 = time.perf_counter()
+    meta: dict[str, Any] = {
+        "job": job.id,
+        "attack": job.attack.name,
+        "exposure": job.exposure_label,
+        "policy": job.exposure,
+        "sweep": job.sweep,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    nested = DaskNestedExecutor() if _in_dask_worker() else None
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        raw = job.target.build()
+        target = raw if job.exposure is None else policies.parse(job.exposure, "exposure").wrap(raw)
+        ctx = RunContext(
+            executor=nested,
+            cache_dir=None if job.cache_dir is None else Path(job.cache_dir),
+            progress=job.progress,
+        )
+        sweep_fn = _inversion_sweep() if job.sweep and job.attack.name.startswith("inversion.") else None
+        if sweep_fn is not None:
+            t1 = time.perf_counter()
+            out = {**meta, **_sweep_with_inversion(job, raw, ctx, sweep_fn)}
+            out["wall_time_s"] = time.perf_counter() - t1
+        else:
+            out = job.attack.run(target, job.data, seed=job.seed, context=ctx).to_json()
+            out.update(meta, status="ok", error=None)
+        if job.sweep:
+            out["utility"] = exposure_utility(raw, target, job.data)
+            out.setdefault("access", target.access.name)
+    except AccessError as e:
+        out = {**meta, "status": "not_applicable", "error": str(e), "params": job.attack.params()}
+        if job.sweep:
+            try:
+                raw = job.target.build()
+                exposed = raw if job.exposure is None else policies.parse(job.exposure).wrap(raw)
+                out["utility"] = exposure_utility(raw, exposed, job.data)
+                out["access"] = exposed.access.name
+            except InvguardError:
+                pass
+    except TargetError as e:
+        out = {**meta, "status": "target_error", "error": str(e), "params": job.attack.params()}
+    except InvguardError as e:
+        out = {**meta, "status": "error", "error": f"{type(e).__name__}: {e}", "params": job.attack.params()}
+    except Exception as e:
+        tb = traceback.format_exc(limit=8)
+        out = {
+            **meta,
+            "status": "crashed",
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": tb,
+            "params": job.attack.params(),
+        }
+    finally:
+        if nested is not None:
+            nested.shutdown()
+    out["job_wall_time_s"] = time.perf_counter() - t0
+    out.setdefault("seed", job.seed)
+    return dict(out)

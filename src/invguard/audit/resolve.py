@@ -1,0 +1,366 @@
+"""Turn the config's target and data sections into things a job can carry to any worker.
+
+A :class:`ResolvedTarget` holds the model as bytes (a saved torch model, a state dict, a pickle)
+plus options, so that a job rebuilds the target inside a local worker process or on a Dask worker
+on another machine without sharing a file system. Reference models are trained once by the audit
+and cached by content hash (architecture, recipe, seed and the hashes of the data splits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from invguard.audit.config import DataConfig, TargetConfig
+from invguard.core.errors import ConfigError, DataError
+
+BUNDLED = ("digits", "mnist5k", "adult")
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()[:16]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file and a rename (an interrupt never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """A target in portable form; ``build()`` makes the live :class:`~invguard.core.target.Target`."""
+
+    kind: str  # "torch-file", "torch-factory", "sklearn", "http"
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    payload: bytes | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    access: str | None = None
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        h.update(self.kind.encode())
+        h.update(self.payload or b"")
+        h.update(json.dumps(self.options, sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
+
+    def build(self) -> Any:
+        if self.kind == "http":
+            from invguard.targets import HttpTarget
+
+            return HttpTarget(
+                input_shape=self.input_shape, num_classes=self.num_classes, name=self.name, **self.options
+            )
+        if self.kind == "sklearn":
+            import joblib
+
+            est = joblib.load(io.BytesIO(self.payload or b""))
+            from invguard.targets import SklearnTarget
+
+            t: Any = SklearnTarget(
+                est, input_shape=self.input_shape, budget=self.options.get("budget"), name=self.name
+            )
+            return _lower(t, self.access)
+        import torch
+
+        from invguard.targets import TorchTarget
+
+        if self.kind == "torch-file":
+            from invguard.models.nets import build
+
+            blob = torch.load(io.BytesIO(self.payload or b""), map_location="cpu", weights_only=True)
+            module = build(blob["spec"])
+            module.load_state_dict(blob["state_dict"])
+        else:
+            module = _factory(self.options["factory"])(**self.options.get("factory_kwargs", {}))
+            state = torch.load(io.BytesIO(self.payload or b""), map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+        module.eval()
+        return TorchTarget(
+            module,
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+            access=self.access or "whitebox",
+            budget=self.options.get("budget"),
+            name=self.name,
+        )
+
+
+def _lower(target: Any, access: str | None) -> Any:
+    """Lower a non-torch target's access with the matching output policy."""
+    from invguard import policies
+    from invguard.core.access import Access
+
+    if access is None or Access.parse(access) >= target.access:
+        return target
+    return (policies.LabelOnly() if Access.parse(access) == Access.LABEL else policies.ScoresOnly()).wrap(
+        target
+    )
+
+
+def _factory(spec: str) -> Callable[..., Any]:
+    mod, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod)
+    except ImportError as e:
+        raise ConfigError(f"target.factory: cannot import module {mod!r} ({e})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"target.factory: module {mod!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"target.factory: {spec!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _read(path: str, what: str) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what}: file not found: {p}")
+    return p.read_bytes()
+
+
+def resolve_target(
+    cfg: TargetConfig,
+    splits: Any,
+    *,
+    seed: int,
+    cache_dir: Path | None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> ResolvedTarget:
+    """Train (or load from the cache) / read the model the config names, in portable form."""
+    shape = tuple(cfg.input_shape) if cfg.input_shape else tuple(splits.input_shape)
+    classes = int(cfg.num_classes or splits.num_classes)
+    name = cfg.display_name
+    if cfg.kind == "http":
+        opts: dict[str, Any] = {
+            "url": cfg.url,
+            "preset": cfg.preset,
+            "returns": cfg.returns,
+            "budget": cfg.budget,
+            "api_key_env": cfg.api_key_env,
+            "api_key_header": cfg.api_key_header,
+            "request_template": cfg.request_template,
+            "response_field": cfg.response_field,
+            "timeout": cfg.timeout,
+            "retries": cfg.retries,
+        }
+        if cfg.api_key_env and cfg.api_key_env not in os.environ:
+            raise ConfigError(f"target.api_key_env: environment variable {cfg.api_key_env} is not set")
+        return ResolvedTarget("http", name, shape, classes, None, opts, None)
+    if cfg.kind == "sklearn":
+        assert cfg.model is not None
+        return ResolvedTarget(
+            "sklearn",
+            name,
+            shape,
+            classes,
+            _read(cfg.model, "target.model"),
+            {"budget": cfg.budget},
+            cfg.access,
+        )
+    if cfg.kind == "torch":
+        assert cfg.factory is not None and cfg.weights is not None
+        _factory(cfg.factory)  # fail early, in the main process, with a config error
+        return ResolvedTarget(
+            "torch-factory",
+            name,
+            shape,
+            classes,
+            _read(cfg.weights, "target.weights"),
+            {"factory": cfg.factory, "factory_kwargs": cfg.factory_kwargs, "budget": cfg.budget},
+            cfg.access,
+        )
+    assert cfg.model is not None
+    if cfg.model.startswith("reference/"):
+        payload = _reference_bytes(
+            cfg.model.split("/", 1)[1], splits, seed=seed, cache_dir=cache_dir, progress=progress
+        )
+    else:
+        payload = _read(cfg.model, "target.model")
+        import torch
+
+        try:
+            blob = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a foreign file
+            raise ConfigError(
+                f"target.model: {cfg.model} is not an invguard model file ({type(e).__name__})"
+            ) from None
+        if not isinstance(blob, dict) or "spec" not in blob:
+            raise ConfigError(
+                f"target.model: {cfg.model} is not an invguard model file (written by `invguard train`)"
+            )
+    return ResolvedTarget("torch-file", name, shape, classes, payload, {"budget": cfg.budget}, cfg.access)
+
+
+def _reference_bytes(ref: str, splits: Any, *, seed: int, cache_dir: Path | None, progress: Any) -> bytes:
+    """A named reference model trained on the audit's members split, cached by content hash."""
+    from invguard.models.store import REFERENCES
+
+    if ref not in REFERENCES:
+        raise ConfigError(f"target.model: unknown reference model {ref!r}; known: {sorted(REFERENCES)}")
+    spec_ref = REFERENCES[ref]
+    if spec_ref["dataset"] != splits.dataset.name:
+        raise ConfigError(
+            f"target.model: reference/{ref} is trained on {spec_ref['dataset']!r} but data.dataset is "
+            f"{splits.dataset.name!r}; set data.dataset: {spec_ref['dataset']}"
+        )
+    import torch
+
+    from invguard.models.train import RECIPES
+
+    spec = {**spec_ref["arch"], "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}
+    key = _sha(
+        json.dumps(
+            {
+                "spec": spec,
+                "recipe": RECIPES[spec_ref["recipe"]],
+                "seed": seed,
+                "data": splits.provenance(),
+                "torch": torch.__version__,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
+    path = None if cache_dir is None else Path(cache_dir) / "models" / f"{ref}-{key}.pt"
+    if path is not None and path.is_file():
+        return path.read_bytes()
+    from invguard.models.train import fit
+
+    module, report = fit(
+        spec, splits.members.X, splits.members.y, recipe=spec_ref["recipe"], seed=seed, progress=progress
+    )
+    from invguard.models.nets import spec_of
+
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "format": "invguard-model/1",
+            "spec": spec_of(module),
+            "state_dict": module.state_dict(),
+            "meta": {"reference": ref, "seed": seed, "train_accuracy": report.train_accuracy},
+        },
+        buf,
+    )
+    data = buf.getvalue()
+    if path is not None:
+        atomic_write(path, data)
+    return data
+
+
+# ---------------------------------------------------------------------------- data
+def resolve_data(cfg: DataConfig, *, seed: int) -> Any:
+    """The audit's splits: bundled/user data split by seed, or the user's own members."""
+    from invguard import data as ig_data
+
+    kw: dict[str, Any] = {"label": cfg.label} if cfg.label else {}
+    s = cfg.seed if cfg.seed is not None else seed
+    if cfg.members is None:
+        return ig_data.load(
+            cfg.dataset,
+            seed=s,
+            fractions=cfg.fractions,
+            public_classes=cfg.public_classes,
+            limit=cfg.limit,
+            **kw,
+        )
+    ds = ig_data.load_dataset(cfg.dataset, **kw)
+    if cfg.members.file is not None:
+        mds = ig_data.load_dataset(cfg.members.file, **kw)
+        if mds.input_shape != ds.input_shape:
+            raise DataError(
+                f"data.members.file: records of shape {mds.input_shape}, "
+                f"but data.dataset has {ds.input_shape}"
+            )
+        from invguard.data.datasets import Dataset
+
+        ds = Dataset(
+            name=ds.name,
+            X=np.concatenate([mds.X, ds.X]),
+            y=np.concatenate([mds.y, ds.y]),
+            kind=ds.kind,
+            class_names=ds.class_names if len(ds.class_names) >= len(mds.class_names) else mds.class_names,
+            feature_groups=ds.feature_groups,
+            categories=ds.categories,
+            source=f"{mds.source} + {ds.source}",
+        )
+        members = np.arange(mds.X.shape[0])
+    else:
+        members = _read_indices(cfg.members.indices or "", ds.X.shape[0])
+    return _splits_with_members(ds, members, seed=s, public_classes=cfg.public_classes)
+
+
+def _read_indices(path: str, n: int) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data.members.indices: file not found: {p}")
+    try:
+        idx = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, dtype=np.int64, ndmin=1)
+    except ValueError as e:
+        raise DataError(f"data.members.indices: {p} is not a list of integer row indices ({e})") from None
+    idx = np.unique(np.asarray(idx, dtype=np.int64))
+    bad = idx[(idx < 0) | (idx >= n)]
+    if bad.size:
+        raise DataError(f"data.members.indices: {p} has indices outside [0, {n}): {bad[:5].tolist()}")
+    if idx.size < 2:
+        raise DataError(f"data.members.indices: {p} names {idx.size} members; need at least 2")
+    return idx
+
+
+def _splits_with_members(ds: Any, members: np.ndarray, *, seed: int, public_classes: Any) -> Any:
+    """Splits whose members are the given rows; the rest is split 3:2:2 into non-members/public/evaluation."""
+    from sklearn.model_selection import train_test_split
+
+    from invguard.data.splits import Split, Splits
+
+    rest = np.setdiff1d(np.arange(ds.y.shape[0]), members)
+    if rest.size < 3 * ds.num_classes:
+        raise DataError(
+            f"data: only {rest.size} non-member records besides the {members.size} members; "
+            "need non-members, public and evaluation data too"
+        )
+    y = ds.y
+    try:
+        non, rest2 = train_test_split(rest, train_size=3 / 7, stratify=y[rest], random_state=seed)
+        pub, ev = train_test_split(rest2, train_size=0.5, stratify=y[rest2], random_state=seed)
+    except ValueError:
+        non, rest2 = train_test_split(rest, train_size=3 / 7, random_state=seed)
+        pub, ev = train_test_split(rest2, train_size=0.5, random_state=seed)
+
+    def mk(name: str, ix: np.ndarray) -> Split:
+        ix = np.sort(ix)
+        return Split(name, ds.X[ix], ds.y[ix], ix)
+
+    n = ds.y.shape[0]
+    fr = {
+        "members": members.size / n,
+        "nonmembers": non.size / n,
+        "public": pub.size / n,
+        "evaluation": ev.size / n,
+    }
+    splits = Splits(
+        ds,
+        mk("members", members),
+        mk("nonmembers", non),
+        mk("public", pub),
+        mk("evaluation", ev),
+        seed,
+        None,
+        fr,
+    )
+    return splits.with_public_classes(public_classes) if public_classes is not None else splits

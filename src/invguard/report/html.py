@@ -1,0 +1,216 @@
+"""The HTML report: one self-contained file (inline CSS, figures as base64 PNG, no scripts).
+
+It renders whatever a results document holds — every metric with its CI, every table, every array
+(by shape) — and adds special views where the conventional keys exist: reconstruction grids beside
+the nearest private members (``reconstructions``, ``reconstruction_classes``, ``nearest_private``),
+ROC curves on log-log axes (``roc_fpr``, ``roc_tpr``), the exposure sweep chart and the
+recommended policy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from invguard.report import figures
+
+_MAX_TABLE_ROWS = 40
+_SPECIAL_ARRAYS = {"reconstructions", "reconstruction_classes", "nearest_private", "roc_fpr", "roc_tpr"}
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        if x != x:
+            return "—"
+        return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
+    if isinstance(x, dict) and "value" in x:
+        return fmt_metric(x)
+    if isinstance(x, (list, dict)):
+        s = json.dumps(x)
+        return s if len(s) <= 80 else s[:77] + "..."
+    return str(x)
+
+
+def fmt_metric(m: dict[str, Any] | None) -> str:
+    if m is None:
+        return "—"
+    v = fmt(m.get("value"))
+    if m.get("low") is None or m.get("high") is None:
+        return v
+    return f"{v} [{fmt(m['low'])}, {fmt(m['high'])}]"
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "—"
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    cols: list[str] = []
+    for r in rows[:_MAX_TABLE_ROWS]:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    return {
+        "columns": cols,
+        "rows": [[fmt(r.get(c)) for c in cols] for r in rows[:_MAX_TABLE_ROWS]],
+        "more": max(0, len(rows) - _MAX_TABLE_ROWS),
+    }
+
+
+def _delta_class(change: float | None, higher_is_worse: bool = True) -> str:
+    """``delta-up`` (red) when a change means more leakage, ``delta-down`` (green) when less."""
+    if change is None or change == 0:
+        return "muted"
+    return "delta-up" if (change > 0) == higher_is_worse else "delta-down"
+
+
+def _attack_view(a: dict[str, Any], deltas: dict[str, Any]) -> dict[str, Any]:
+    d = deltas.get(a["attack"], {}).get(a.get("exposure") or "as deployed", {})
+    metrics = [
+        {
+            "name": k,
+            "value": fmt_metric(m),
+            "description": m.get("description", ""),
+            "direction": "higher is worse" if m.get("higher_is_worse", True) else "higher is better",
+            "delta": None if k not in d else d[k]["change"],
+            "delta_class": _delta_class(
+                None if k not in d else d[k]["change"], m.get("higher_is_worse", True)
+            ),
+        }
+        for k, m in a.get("metrics", {}).items()
+    ]
+    tables = []
+    sweep_fig = None
+    for name, rows in a.get("tables", {}).items():
+        if not isinstance(rows, list) or not rows:
+            continue
+        if name == "exposure_sweep":
+            sweep_fig = figures.table_sweep_chart(rows)
+        tables.append({"name": name, **_table(rows)})
+    arrays = [
+        {"name": k, "shape": "×".join(str(s) for s in v.get("shape", []))}
+        for k, v in a.get("arrays", {}).items()
+        if k not in _SPECIAL_ARRAYS
+    ]
+    ok = a.get("status") == "ok"
+    return {
+        "id": a.get("job", a["attack"]).replace(":", "-"),
+        "attack": a["attack"],
+        "exposure": a.get("exposure") or "as deployed",
+        "status": a.get("status"),
+        "error": a.get("error"),
+        "traceback": a.get("traceback"),
+        "access": a.get("access", "—"),
+        "target": a.get("target", ""),
+        "params": json.dumps(a.get("params", {}), indent=1, default=str),
+        "wall": fmt(a.get("wall_time_s") or a.get("job_wall_time_s")),
+        "queries": a.get("queries_used", "—"),
+        "metrics": metrics,
+        "findings": a.get("findings", []),
+        "grid": figures.reconstruction_grid(a) if ok else None,
+        "roc": figures.roc_curve(a) if ok else None,
+        "sweep_fig": sweep_fig,
+        "tables": tables,
+        "arrays": arrays,
+        "info": json.dumps(a.get("info", {}), indent=1, default=str)[:4000],
+    }
+
+
+def context(results: dict[str, Any]) -> dict[str, Any]:
+    """Everything the template shows, computed from the results document alone."""
+    hist = results.get("history") or {}
+    deltas = hist.get("deltas", {}) if isinstance(hist, dict) else {}
+    gates = []
+    for g in results.get("gates", []):
+        d = deltas.get(g["attack"], {}).get("as deployed", {}).get(g["metric"])
+        gates.append(
+            {
+                **g,
+                "observed_text": fmt(g.get("observed")),
+                "ci": ""
+                if g.get("low") is None or g.get("high") is None
+                else f"[{fmt(g['low'])}, {fmt(g['high'])}]",
+                "delta": None if d is None else d["change"],
+                "delta_class": _delta_class(None if d is None else d["change"], g["op"] in ("<=", "<")),
+            }
+        )
+    attacks = [_attack_view(a, deltas) for a in results.get("attacks", [])]
+    sweep = results.get("exposure_sweep")
+    sweep_view = None
+    if sweep:
+        rows = []
+        for r in sweep.get("rows", []):
+            main_metric = figures._sweep_metric([r], results.get("gates", []))
+            rows.append(
+                {
+                    "exposure": r["exposure"],
+                    "access": r.get("access") or "—",
+                    "attack": r["attack"]
+                    if r.get("attack_used") in (None, r["attack"])
+                    else f"{r['attack_used']} (in place of {r['attack']})",
+                    "status": r.get("status"),
+                    "metric_name": main_metric or "—",
+                    "metric": fmt_metric(r.get("metrics", {}).get(main_metric)) if main_metric else "—",
+                    "knn": fmt_metric(r.get("knn_distance")),
+                    "utility": fmt(r.get("utility")),
+                    "agreement": fmt(r.get("argmax_agreement")),
+                    "gates": r.get("gates", []),
+                }
+            )
+        sweep_view = {
+            "chart": figures.sweep_chart(sweep, results.get("gates", [])),
+            "rows": rows,
+            "exposures": sweep.get("exposures", []),
+            "recommended": sweep.get("recommended"),
+            "note": sweep.get("note"),
+        }
+    prov = results.get("provenance", {})
+    config_text = prov.get("config_text") or json.dumps(prov.get("config", {}), indent=2)
+    prev = hist.get("previous") if isinstance(hist, dict) else None
+    return {
+        "r": results,
+        "audit": results["audit"],
+        "verdict": results["verdict"],
+        "target": results["target"],
+        "data": results.get("data", {}),
+        "gates": gates,
+        "attacks": attacks,
+        "sweep": sweep_view,
+        "previous": prev,
+        "previous_when": _when(prev.get("finished_at")) if prev else None,
+        "when": _when(results["audit"].get("finished_at")),
+        "config_text": config_text,
+        "prov": prov,
+        "packages": prov.get("packages", {}),
+        "timings": prov.get("timings", {}),
+        "fmt": fmt,
+        "fmt_metric": fmt_metric,
+    }
+
+
+def render(results: dict[str, Any]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("invguard.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env.get_template("report.html.j2").render(**context(results))
+
+
+def write(results: dict[str, Any], path: Path) -> Path:
+    from invguard.audit.resolve import atomic_write
+
+    atomic_write(path, render(results).encode())
+    return path

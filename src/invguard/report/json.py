@@ -1,0 +1,347 @@
+"""The versioned results document: everything downstream (gates, HTML, JUnit, Markdown, history)
+reads only this JSON.
+
+Schema: ``invguard/schemas/results.schema.json`` (JSON Schema 2020-12), published with the package.
+``validate`` checks a document against it with the ``jsonschema`` package when it is installed,
+and otherwise with the small built-in checker below (types, required keys, enums, items).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import platform
+import sys
+import time
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+from invguard.core.errors import ConfigError
+
+RESULTS_FORMAT = "invguard-audit-results"
+RESULTS_VERSION = "1.0"
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("invguard").joinpath("schemas/results.schema.json").read_text()
+    out: dict[str, Any] = json.loads(text)
+    return out
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("invguard", "numpy", "torch", "scikit-learn", "scipy", "pydantic", "dask", "distributed"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    if "invguard" not in out:
+        from invguard import __version__
+
+        out["invguard"] = __version__
+    return out
+
+
+def _row_metric(metrics: dict[str, Any], name: str) -> dict[str, Any] | None:
+    m = metrics.get(name)
+    return None if m is None else {"value": m.get("value"), "low": m.get("low"), "high": m.get("high")}
+
+
+def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[str, Any]:
+    """The exposure sweep: one row per (exposure, attack), the per-exposure gate check and the
+    recommended policy (the least restrictive exposure, in config order, that passes every gate)."""
+    from invguard.audit.config import exposure_label
+    from invguard.audit.gates import evaluate_one
+
+    rows: list[dict[str, Any]] = []
+    exposures: list[dict[str, Any]] = []
+    for pol in cfg.exposures.policies:
+        label = exposure_label(pol)
+        here = [o for o in outputs if o.get("exposure") == label]
+        util: dict[str, Any] = next((o["utility"] for o in here if "utility" in o), {})
+        problems: list[str] = []
+        for o in here:
+            metrics = o.get("metrics", {}) if o.get("status") == "ok" else {}
+            row = {
+                "exposure": label,
+                "policy": pol,
+                "access": o.get("access"),
+                "attack": o["attack"],
+                "attack_used": o.get("attack_used") or o["attack"],
+                "status": o.get("status"),
+                "error": o.get("error"),
+                "metrics": metrics,
+                "attack_accuracy": _row_metric(metrics, "attack_accuracy"),
+                "knn_distance": _row_metric(metrics, "knn_distance"),
+                "utility": util.get("utility"),
+                "argmax_agreement": util.get("argmax_agreement"),
+                "gates": [],
+            }
+            for g in cfg.gates:
+                if g.attack != o["attack"]:
+                    continue
+                if o.get("status") == "not_applicable":
+                    row["gates"].append(
+                        {
+                            "gate": g.expression,
+                            "status": "pass",
+                            "message": "not applicable: " + str(o.get("error")),
+                        }
+                    )
+                    continue
+                oc = evaluate_one(
+                    g,
+                    metrics if o.get("status") == "ok" else None,
+                    status=o.get("status", "ok"),
+                    error=o.get("error"),
+                    fail_on=fail_on,
+                )
+                row["gates"].append({"gate": g.expression, "status": oc.status, "message": oc.message})
+                if oc.status != "pass" and oc.blocking:
+                    problems.append(f"{g.expression}: {oc.message}")
+            rows.append(row)
+        access = next((o.get("access") for o in here if o.get("access")), None)
+        exposures.append(
+            {
+                "exposure": label,
+                "policy": pol,
+                "access": access,
+                "utility": util.get("utility"),
+                "baseline_utility": util.get("baseline_utility"),
+                "argmax_agreement": util.get("argmax_agreement"),
+                "passes_gates": not problems,
+                "problems": problems,
+            }
+        )
+    recommended = None
+    for e in exposures:
+        if e["passes_gates"]:
+            base = e.get("baseline_utility")
+            cost = None if base is None or e["utility"] is None else base - e["utility"]
+            recommended = {
+                "exposure": e["exposure"],
+                "policy": e["policy"],
+                "access": e["access"],
+                "utility": e["utility"],
+                "baseline_utility": base,
+                "utility_cost": cost,
+                "reason": "the least restrictive exposure (in the order listed) that passes every gate",
+            }
+            break
+    return {
+        "attacks": list(cfg.exposures.attacks),
+        "rows": rows,
+        "exposures": exposures,
+        "recommended": recommended,
+        "note": None
+        if recommended
+        else "no listed exposure passes every gate: restrict further or retrain "
+        "(e.g. with differential privacy)",
+    }
+
+
+def build_results(
+    cfg: Any,
+    outputs: list[dict[str, Any]],
+    *,
+    splits: Any,
+    target: Any,
+    target_described: str,
+    started: float,
+    timings: dict[str, float],
+    executor: str,
+    config_text: str | None,
+) -> dict[str, Any]:
+    """Assemble the results document from the job outputs (see the schema for every field)."""
+    from invguard.audit.gates import GateOutcome, evaluate, evaluate_one, verdict
+
+    attacks = [o for o in outputs if not o.get("sweep")]
+    sweep_outs = [o for o in outputs if o.get("sweep")]
+    sweep = build_sweep(cfg, sweep_outs, cfg.fail_on) if cfg.exposures is not None else None
+    main_names = {a["attack"] for a in attacks}
+    outcomes: list[GateOutcome] = []
+    for g in cfg.gates:
+        if g.attack in main_names:
+            outcomes.extend(evaluate([g], attacks, fail_on=cfg.fail_on))
+            continue
+        # a gate on an attack that only runs in the sweep is checked at the first (deployed) exposure
+        first = next((o for o in sweep_outs if o["attack"] == g.attack), None)
+        oc = evaluate_one(
+            g,
+            None if first is None else first.get("metrics", {}),
+            status="ok" if first is None else first.get("status", "ok"),
+            error=None if first is None else first.get("error"),
+            fail_on=cfg.fail_on,
+        )
+        if first is not None:
+            oc = GateOutcome(**{**oc.to_json(), "message": f"{oc.message} (at exposure {first['exposure']})"})
+        outcomes.append(oc)
+    finished = time.time()
+    per_attack = [
+        {
+            "job": o["job"],
+            "attack": o["attack"],
+            "exposure": o.get("exposure"),
+            "status": o.get("status"),
+            "wall_time_s": o.get("wall_time_s"),
+            "job_wall_time_s": o.get("job_wall_time_s"),
+            "queries": o.get("queries_used"),
+        }
+        for o in outputs
+    ]
+    return {
+        "format": RESULTS_FORMAT,
+        "schema_version": RESULTS_VERSION,
+        "audit": {
+            "name": cfg.display_name,
+            "started_at": started,
+            "finished_at": finished,
+            "wall_time_s": finished - started,
+            "seed": cfg.seed,
+            "fail_on": cfg.fail_on,
+        },
+        "verdict": verdict(outcomes),
+        "target": {
+            "kind": target.kind,
+            "name": target.name,
+            "model_key": cfg.target.name or target.name,
+            "access": target_described,
+            "model_digest": target.digest,
+        },
+        "data": splits.provenance(),
+        "attacks": attacks,
+        "exposure_sweep": sweep if sweep is None else {**sweep, "jobs": sweep_outs},
+        "gates": [o.to_json() for o in outcomes],
+        "history": None,
+        "provenance": {
+            "config_hash": cfg.digest(),
+            "config": cfg.model_dump(mode="json"),
+            "config_text": config_text,
+            "packages": _versions(),
+            "platform": f"{platform.system()} {platform.machine()}",
+            "executor": executor,
+            "seed": cfg.seed,
+            "timings": {**timings, "per_attack": per_attack},
+            "queries": {o["job"]: o.get("queries_used") for o in outputs},
+            "argv": list(sys.argv),
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- read / write / validate
+def _json_default(x: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(x, np.generic):
+            return x.item()
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(x)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
+def dumps(results: dict[str, Any]) -> str:
+    return json.dumps(_finite(results), indent=1, default=_json_default, allow_nan=False)
+
+
+def write(results: dict[str, Any], path: Path) -> Path:
+    from invguard.audit.resolve import atomic_write
+
+    atomic_write(path, dumps(results).encode())
+    return path
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a results file written by ``invguard audit``; refuse anything else with a clear message."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: results file not found")
+    try:
+        doc = json.loads(p.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
+        raise ConfigError(f"{p}: not an invguard audit results file (expected format {RESULTS_FORMAT!r})")
+    major = str(doc.get("schema_version", "")).split(".")[0]
+    if major != RESULTS_VERSION.split(".")[0]:
+        raise ConfigError(
+            f"{p}: results schema version {doc.get('schema_version')!r} is not readable by this invguard "
+            f"(reads {RESULTS_VERSION.split('.')[0]}.x)"
+        )
+    problems = validate(doc)
+    if problems:
+        raise ConfigError(
+            f"{p}: does not match the results schema:\n" + "\n".join(f"  - {m}" for m in problems[:20])
+        )
+    return doc
+
+
+_TYPES: dict[str, Any] = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "null": type(None),
+}
+
+
+def _is(value: Any, t: str) -> bool:
+    if t == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, _TYPES[t])
+
+
+def _check(value: Any, sch: dict[str, Any], path: str, root: dict[str, Any], out: list[str]) -> None:
+    if "$ref" in sch:
+        ref = sch["$ref"].split("/")[-1]
+        sch = root["$defs"][ref]
+    types = sch.get("type")
+    if types is not None:
+        tl = types if isinstance(types, list) else [types]
+        if not any(_is(value, t) for t in tl):
+            out.append(f"{path or '(root)'}: expected {' or '.join(tl)}, got {type(value).__name__}")
+            return
+    if "enum" in sch and value not in sch["enum"]:
+        out.append(f"{path or '(root)'}: {value!r} is not one of {sch['enum']}")
+    if "const" in sch and value != sch["const"]:
+        out.append(f"{path or '(root)'}: expected {sch['const']!r}")
+    if isinstance(value, dict):
+        for k in sch.get("required", []):
+            if k not in value:
+                out.append(f"{path or '(root)'}: missing required key {k!r}")
+        props = sch.get("properties", {})
+        for k, v in value.items():
+            if k in props:
+                _check(v, props[k], f"{path}.{k}" if path else k, root, out)
+            elif isinstance(sch.get("additionalProperties"), dict):
+                _check(v, sch["additionalProperties"], f"{path}.{k}" if path else k, root, out)
+    if isinstance(value, list) and isinstance(sch.get("items"), dict):
+        for i, v in enumerate(value):
+            _check(v, sch["items"], f"{path}[{i}]", root, out)
+
+
+def validate(doc: dict[str, Any]) -> list[str]:
+    """Every way ``doc`` departs from the published schema (empty when it conforms)."""
+    sch = schema()
+    try:
+        import jsonschema
+    except ImportError:
+        out: list[str] = []
+        _check(doc, sch, "", sch, out)
+        return out
+    v = jsonschema.Draft202012Validator(sch)
+    return [f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in v.iter_errors(doc)]
