@@ -2,8 +2,7 @@
 reads only this JSON.
 
 Schema: ``invguard/schemas/results.schema.json`` (JSON Schema 2020-12), published with the package.
-``validate`` checks a document against it with the ``jsonschema`` package when it is installed,
-and otherwise with the small built-in checker below (types, required keys, enums, items).
+``validate`` checks a document against it with the ``jsonschema`` package.
 """
 
 from __future__ import annotations
@@ -288,60 +287,9 @@ def load(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-_TYPES: dict[str, Any] = {
-    "object": dict,
-    "array": list,
-    "string": str,
-    "boolean": bool,
-    "null": type(None),
-}
-
-
-def _is(value: Any, t: str) -> bool:
-    if t == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if t == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, _TYPES[t])
-
-
-def _check(value: Any, sch: dict[str, Any], path: str, root: dict[str, Any], out: list[str]) -> None:
-    if "$ref" in sch:
-        ref = sch["$ref"].split("/")[-1]
-        sch = root["$defs"][ref]
-    types = sch.get("type")
-    if types is not None:
-        tl = types if isinstance(types, list) else [types]
-        if not any(_is(value, t) for t in tl):
-            out.append(f"{path or '(root)'}: expected {' or '.join(tl)}, got {type(value).__name__}")
-            return
-    if "enum" in sch and value not in sch["enum"]:
-        out.append(f"{path or '(root)'}: {value!r} is not one of {sch['enum']}")
-    if "const" in sch and value != sch["const"]:
-        out.append(f"{path or '(root)'}: expected {sch['const']!r}")
-    if isinstance(value, dict):
-        for k in sch.get("required", []):
-            if k not in value:
-                out.append(f"{path or '(root)'}: missing required key {k!r}")
-        props = sch.get("properties", {})
-        for k, v in value.items():
-            if k in props:
-                _check(v, props[k], f"{path}.{k}" if path else k, root, out)
-            elif isinstance(sch.get("additionalProperties"), dict):
-                _check(v, sch["additionalProperties"], f"{path}.{k}" if path else k, root, out)
-    if isinstance(value, list) and isinstance(sch.get("items"), dict):
-        for i, v in enumerate(value):
-            _check(v, sch["items"], f"{path}[{i}]", root, out)
-
-
 def validate(doc: dict[str, Any]) -> list[str]:
     """Every way ``doc`` departs from the published schema (empty when it conforms)."""
-    sch = schema()
-    try:
-        import jsonschema
-    except ImportError:
-        out: list[str] = []
-        _check(doc, sch, "", sch, out)
-        return out
-    v = jsonschema.Draft202012Validator(sch)
+    import jsonschema
+
+    v = jsonschema.Draft202012Validator(schema())
     return [f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in v.iter_errors(doc)]
