@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True, soft_wrap=True)  # error lines stay whole in logs
-out = Console()
+out = Console() if sys.stdout.isatty() else Console(width=160)  # tables stay readable in CI logs
 
 
 def _fail(e: Exception) -> None:
@@ -172,7 +172,7 @@ def inventory_check(
     for c in ("model", "owner", "why", "tests required", "mitigations required", "last audit", "status"):
         t.add_column(c, overflow="fold")
     for c in checks:
-        status = "[green]ok[/]" if c.ok else "[red]MISSING[/]: " + "; ".join(c.missing)
+        status = "[green]ok[/]" if c.ok else "[red]ACTION NEEDED[/]: " + "; ".join(c.missing)
         t.add_row(
             c.name,
             c.owner,

@@ -120,7 +120,7 @@ def evaluate_one(
     ok = _OPS[gate.op](float(observed), gate.threshold)
     what = "" if gate.bound == "value" else f" ({gate.bound} end of the 95% CI)"
     msg = (
-        f"{gate.metric}{what} = {float(observed):.4g} "
+        f"{gate.metric}{what} = {float(observed):.3g} "
         f"{'satisfies' if ok else 'violates'} {gate.op} {gate.threshold:g}"
     )
     return GateOutcome(

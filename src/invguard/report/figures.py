@@ -78,7 +78,7 @@ def reconstruction_grid(entry: dict[str, Any], max_items: int = 10) -> str | Non
                 ax2.imshow(np.clip(near_imgs[i], 0, 1), cmap="gray", vmin=0, vmax=1)
             ax2.set_xticks([])
             ax2.set_yticks([])
-    axes[0][0].set_ylabel("reconstructed", fontsize=8)
+    axes[0][0].set_ylabel("attack", fontsize=8)
     if near_imgs is not None:
         axes[1][0].set_ylabel("nearest\nprivate", fontsize=8)
     fig.tight_layout()
@@ -169,11 +169,12 @@ def sweep_chart(sweep: dict[str, Any], gates: list[dict[str, Any]]) -> str | Non
                 ax.text(
                     len(exposures) - 0.5,
                     g["threshold"],
-                    f" gate {g['op']} {g['threshold']:g}",
+                    f"gate {g['op']} {g['threshold']:g} ",
                     color=c,
                     fontsize=7,
                     va="bottom",
                     ha="right",
+                    clip_on=True,
                 )
     util = [e.get("utility") for e in sweep.get("exposures", [])]
     if any(u is not None for u in util):
@@ -194,8 +195,10 @@ def sweep_chart(sweep: dict[str, Any], gates: list[dict[str, Any]]) -> str | Non
             alpha=0.15,
             label="recommended",
         )
+    import textwrap
+
     ax.set_xticks(x)
-    ax.set_xticklabels(exposures, rotation=20, ha="right", fontsize=8)
+    ax.set_xticklabels([textwrap.fill(str(e), 14) for e in exposures], rotation=0, ha="center", fontsize=7)
     ax.set_ylim(min(-0.02, ax.get_ylim()[0]), max(1.05, ax.get_ylim()[1]))
     ax.set_xlabel("exposure (least restrictive first)")
     ax.set_title("What each exposure leaks, and what it costs", fontsize=10)

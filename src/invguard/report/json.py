@@ -113,7 +113,7 @@ def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[s
             }
         )
     recommended = None
-    for e in exposures:
+    for i, e in enumerate(exposures):
         if e["passes_gates"]:
             base = e.get("baseline_utility")
             cost = None if base is None or e["utility"] is None else base - e["utility"]
@@ -124,7 +124,11 @@ def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[s
                 "utility": e["utility"],
                 "baseline_utility": base,
                 "utility_cost": cost,
-                "reason": "the least restrictive exposure (in the order listed) that passes every gate",
+                "reason": "the least restrictive exposure (in the order listed) that passes every gate"
+                if i
+                else "even the least restrictive exposure listed passes every gate the sweep evaluates, so "
+                "the sweep found no reason to restrict the output (gates on attacks outside the sweep still "
+                "apply; add exposures or gates that separate them to learn more)",
             }
             break
     return {
@@ -134,8 +138,7 @@ def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[s
         "recommended": recommended,
         "note": None
         if recommended
-        else "no listed exposure passes every gate: restrict further or retrain "
-        "(e.g. with differential privacy)",
+        else "Restrict the output further, or retrain the model (e.g. with differential privacy).",
     }
 
 
