@@ -258,6 +258,32 @@ def test_data_must_be_splits_matching_the_target(digits_mlp, ctx):
         ig.attacks.get("inversion.whitebox")().run(whitebox(digits_mlp), np.zeros((3, 1, 8, 8)))
 
 
+def test_role_swap_control_trains_on_as_many_records_as_the_target(ctx):
+    """Twice as many non-members as members: the control trains on a members-sized sample of them,
+    with the standard recipe when the target's is not recorded (and says so), within the queries the
+    attack spent."""
+    from invguard import data
+    from invguard.models.train import fit
+
+    s = data.load(
+        "digits", seed=1, fractions={"members": 0.2, "nonmembers": 0.4, "public": 0.2, "evaluation": 0.2}
+    )
+    spec = {"arch": "mlp", "hidden": [32], "input_shape": [1, 8, 8], "num_classes": 10}
+    module, _ = fit(spec, s.members.X, s.members.y, recipe="quick", seed=0)
+    attack = ig.attacks.get("inversion.whitebox")(
+        classes=(0, 1), steps=20, role_swap="on", evaluator_epochs=3, **FAST
+    )
+    r = attack.run(whitebox(module), s, seed=0, context=ctx)
+    control = r.info["role_swap_control"]
+    assert len(s.nonmembers) > len(s.members)
+    assert control["train_records"] == control["target_members"] == len(s.members)
+    assert control["recipe"] == "standard"
+    assert any(
+        "'standard' recipe: the target's training recipe is not recorded" in n for n in r.info["notes"]
+    )
+    assert control["query_cap"] == r.info["attack_queries"] and control["queries"] <= control["query_cap"]
+
+
 def test_role_swap_on_refuses_an_unknown_architecture(digits_mlp, digits, ctx):
     from invguard.targets import CallableTarget
 
