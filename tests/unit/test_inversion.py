@@ -41,8 +41,12 @@ def wb_shared(digits_mlp, digits, ctx):
 
 @pytest.fixture(scope="session")
 def wb_disjoint(digits_mlp, disjoint, ctx):
+    import copy
+
+    module = copy.deepcopy(digits_mlp)
+    module.invguard_meta = {"recipe": "quick"}  # as a model loaded by invguard.models.load records it
     attack = ig.attacks.get("inversion.whitebox")(steps=300, **FAST)
-    return attack.run(whitebox(digits_mlp), disjoint, seed=0, context=ctx)
+    return attack.run(whitebox(module), disjoint, seed=0, context=ctx)
 
 
 # ------------------------------------------------------------------------------------- efficacy
@@ -86,7 +90,15 @@ def test_whitebox_reaches_the_evaluation_classifier(wb_shared):
     }
     # in the shared-class setting the public class means already classify: no lift is claimed
     assert r.metric("baseline_prior_accuracy").value >= 0.9
-    assert r.findings[0].title != "Training-data leak found"
+    assert r.metric("lift_over_prior").low <= 0 and r.metric("lift_over_prior_p").value >= 0.05
+    assert r.metric("lift_over_public_ranking_p").value >= 0.05
+    assert [f.title for f in r.findings] == ["No leakage beyond public knowledge"]
+    assert r.findings[0].severity == "info"
+    # CIs resample classes: all 10 classes at 1.0 give Wilson's interval on 10, not [1, 1]
+    acc = r.metric("attack_accuracy")
+    if acc.value == 1.0:
+        assert acc.high == 1.0 and acc.low == pytest.approx(0.7225, abs=1e-3)
+    assert acc.low < 1.0
     json.dumps(r.to_json())
 
 
@@ -98,11 +110,24 @@ def test_disjoint_setting_lifts_over_both_baselines_with_role_swap(wb_disjoint):
     assert r.metric("baseline_prior_accuracy").value <= 0.2
     assert r.metric("lift_over_prior").low > 0.5
     assert r.metric("lift_over_public_ranking").low > 0.5
+    # five classes, all won: the smallest p an exact sign-flip test over 5 classes can give
+    assert r.metric("lift_over_prior_p").value == pytest.approx(1 / 32)
+    assert r.metric("lift_over_public_ranking_p").value == pytest.approx(1 / 32)
+    # a 0/5-class baseline is never reported as [0, 0]
+    ranking = r.metric("baseline_public_ranking_accuracy")
+    assert ranking.value == 0.0 and ranking.high == pytest.approx(0.4345, abs=1e-3)
     assert "role_swap_p" in r.metrics and r.info["role_swap"] == "ran"
-    leak = r.metric("private_specificity_p").value < 0.05 and r.metric("role_swap_p").value < 0.05
-    assert (r.findings[0].title == "Training-data leak found") == leak
-    if not leak:
-        assert r.findings[0].title == "Class prototype reconstructed (no training-data leak shown)"
+    # the control mirrors the target: its recipe, a members-sized training set, the attack's queries
+    control = r.info["role_swap_control"]
+    assert control["recipe"] == "quick"
+    members = r.info["data"]["splits"]["members"]["size"]
+    assert control["train_records"] == control["target_members"] == members
+    assert control["query_cap"] == r.info["attack_queries"] and control["queries"] <= control["query_cap"]
+    # known case: prototypes reconstructed, no training-data leak on this split (p > 0.05)
+    assert r.metric("private_specificity_p").value > 0.05
+    assert [f.title for f in r.findings] == ["Class prototype reconstructed (no training-data leak shown)"]
+    assert r.findings[0].severity == "high"
+    assert "sign-flip p=0.0312 over classes" in r.findings[0].detail
 
 
 def test_generative_blackbox_beats_the_prior_baseline(digits_mlp, disjoint, ctx):
@@ -171,14 +196,39 @@ def test_same_seed_same_result(digits_mlp, disjoint, ctx):
 
 
 def test_unreached_classes_are_marked_and_count_as_failures(digits_mlp, digits, ctx):
-    attack = ig.attacks.get("inversion.whitebox")(steps=1, restarts=1, role_swap="off", **FAST)
-    r = attack.run(whitebox(digits_mlp), digits, context=ctx)
-    conv = r.arrays["converged"]
-    assert conv.min() == 0  # one step from noise cannot reach every class
-    assert r.metric("attack_accuracy").value <= conv.mean()
-    unreached = [row["class"] for row in r.tables["per_class"] if row["converged"] == 0]
-    if unreached:
-        assert any(f.title == "Classes not reached" for f in r.findings)
+    import torch
+
+    class NeverNine(torch.nn.Module):
+        """The digits MLP with class 9's logit pushed out of reach: no input makes it predict 9."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = digits_mlp
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.inner(x)
+            return z - 1e4 * torch.nn.functional.one_hot(torch.tensor(9), 10).to(z.dtype)
+
+    attack = ig.attacks.get("inversion.whitebox")(classes=(8, 9), steps=30, role_swap="off", **FAST)
+    r = attack.run(whitebox(NeverNine()), digits, context=ctx)
+    rows = {row["class"]: row for row in r.tables["per_class"]}
+    assert rows[9]["converged"] == 0 and rows[9]["attack_accuracy"] == 0.0
+    assert rows[8]["converged"] == 5
+    assert r.arrays["converged"].tolist() == [1] * 5 + [0] * 5
+    assert r.metric("attack_accuracy").value <= 0.5
+    unreached = [f for f in r.findings if f.title == "Classes not reached"]
+    assert [f.detail for f in unreached] == [
+        "The attack could not make the target predict classes [9]; their reconstructions are marked not "
+        "converged and count as failures."
+    ]
+
+
+def test_label_only_inversion_uses_labels_even_when_the_target_gives_scores(digits_mlp, disjoint, ctx):
+    attack = ig.attacks.get("inversion.label_only")(role_swap="off", **SMALL_LABEL)
+    scores = attack.run(policies.ScoresOnly().wrap(whitebox(digits_mlp)), disjoint, seed=1, context=ctx)
+    labels = attack.run(policies.LabelOnly().wrap(whitebox(digits_mlp)), disjoint, seed=1, context=ctx)
+    assert np.array_equal(scores.arrays["reconstructions"], labels.arrays["reconstructions"])
+    assert scores.info["attack_queries"] == labels.info["attack_queries"]
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -208,6 +258,32 @@ def test_data_must_be_splits_matching_the_target(digits_mlp, ctx):
         ig.attacks.get("inversion.whitebox")().run(whitebox(digits_mlp), np.zeros((3, 1, 8, 8)))
 
 
+def test_role_swap_control_trains_on_as_many_records_as_the_target(ctx):
+    """Twice as many non-members as members: the control trains on a members-sized sample of them,
+    with the standard recipe when the target's is not recorded (and says so), within the queries the
+    attack spent."""
+    from invguard import data
+    from invguard.models.train import fit
+
+    s = data.load(
+        "digits", seed=1, fractions={"members": 0.2, "nonmembers": 0.4, "public": 0.2, "evaluation": 0.2}
+    )
+    spec = {"arch": "mlp", "hidden": [32], "input_shape": [1, 8, 8], "num_classes": 10}
+    module, _ = fit(spec, s.members.X, s.members.y, recipe="quick", seed=0)
+    attack = ig.attacks.get("inversion.whitebox")(
+        classes=(0, 1), steps=20, role_swap="on", evaluator_epochs=3, **FAST
+    )
+    r = attack.run(whitebox(module), s, seed=0, context=ctx)
+    control = r.info["role_swap_control"]
+    assert len(s.nonmembers) > len(s.members)
+    assert control["train_records"] == control["target_members"] == len(s.members)
+    assert control["recipe"] == "standard"
+    assert any(
+        "'standard' recipe: the target's training recipe is not recorded" in n for n in r.info["notes"]
+    )
+    assert control["query_cap"] == r.info["attack_queries"] and control["queries"] <= control["query_cap"]
+
+
 def test_role_swap_on_refuses_an_unknown_architecture(digits_mlp, digits, ctx):
     from invguard.targets import CallableTarget
 
@@ -224,6 +300,44 @@ def test_role_swap_on_refuses_an_unknown_architecture(digits_mlp, digits, ctx):
 
 
 # --------------------------------------------------------------------------------------- metrics
+
+
+def test_a_lift_from_one_class_is_not_significant():
+    """4 of 25 hits, all in one of 5 classes, against a prior with none: per-record resampling called
+    this a lift of 0.16 [0.04, 0.32]; over classes it is not distinguishable from 0."""
+    from invguard.attacks.inversion.common import beats_baselines
+    from invguard.core.result import Metric
+    from invguard.metrics.inversion import class_metric, lift_test
+
+    classes = np.repeat(np.arange(5), 5)
+    attack = np.zeros(25)
+    attack[:4] = 1.0
+    prior = np.zeros(25)
+    lift, p = lift_test(attack, prior, name="no-model prior", classes=classes, n_boot=500, seed=0)
+    assert lift.value == pytest.approx(0.16)
+    assert lift.low == 0.0 and lift.high >= 0.4
+    assert p == pytest.approx(0.5)  # 16 of the 32 sign patterns reach the observed mean
+    metrics = {
+        "lift_over_prior": lift,
+        "lift_over_prior_p": Metric(p),
+        "knn_gain_over_prior": Metric(1.0, 0.5, 1.5),
+        "knn_gain_over_prior_p": Metric(p),
+    }
+    assert beats_baselines(metrics) == (False, False)
+    # one lift in every class: significant (p = 1/32) and the CI excludes 0
+    everywhere = np.tile([1.0, 1.0, 1.0, 0.0, 0.0], 5)
+    lift, p = lift_test(everywhere, prior, name="no-model prior", classes=classes, n_boot=500, seed=0)
+    assert p == pytest.approx(1 / 32) and lift.low > 0
+    metrics.update({"lift_over_prior": lift, "lift_over_prior_p": Metric(p)})
+    assert beats_baselines(metrics) == (True, False)
+    # rates at 0 or 1 never get a zero-width interval: Wilson's on the number of classes
+    zero = class_metric(prior, classes, n_boot=200, seed=0, rate=True)
+    assert (zero.value, zero.low) == (0.0, 0.0) and zero.high == pytest.approx(0.4345, abs=1e-3)
+    one = class_metric(np.ones(25), classes, n_boot=200, seed=0, rate=True)
+    assert (one.value, one.high) == (1.0, 1.0) and one.low == pytest.approx(0.5655, abs=1e-3)
+    # a perfect lift with nothing to resample falls back to the MOVER interval of the two Wilsons
+    full, p = lift_test(np.ones(25), prior, name="x", classes=classes, n_boot=200, seed=0)
+    assert full.value == 1.0 and full.low == pytest.approx(1 - np.hypot(1 - 0.5655, 0.4345), abs=1e-3)
 
 
 def test_private_specificity_detects_copies_and_not_fresh_draws():

@@ -12,6 +12,13 @@
 - **Baselines**: what an attacker knows with no model (public class means, or random public draws
   for classes absent from the public data) and *public ranking* (query the target with public
   records, keep the top-scored per class).
+- **Confidence intervals** resample *classes*, not reconstructions (a cluster bootstrap; Field &
+  Welsh 2007, "Bootstrapping clustered data"): the reconstructions of one class share a start, a
+  target and a baseline (in the shared-class setting the prior baseline is one class mean copied),
+  so they are not independent. A rate whose bootstrap collapses (every class at 0 or at 1) gets
+  Wilson's interval with the number of classes as the sample size instead of a zero-width one.
+  Lifts are paired by class, and decided with an exact sign-flip permutation test on the per-class
+  differences (Fisher's randomisation test; Good 2000).
 - **Private-specificity**: are reconstructions closer to the model's training members than to
   held-out non-members of the same class? Distance ratio and a one-sided permutation test
   (Good, "Permutation Tests", 2000); the caller pairs it with a role-swap control.
@@ -35,7 +42,7 @@ from numpy.typing import NDArray
 from invguard.core.errors import ConfigError
 from invguard.core.result import Metric
 from invguard.core.target import Target
-from invguard.metrics.stats import bootstrap_metric
+from invguard.metrics.stats import proportion_metric
 
 F64 = NDArray[np.float64]
 
@@ -43,10 +50,13 @@ __all__ = [
     "Evaluator",
     "InversionScores",
     "build_evaluator",
+    "class_metric",
     "evaluator_spec",
     "knn_distances",
     "lift_metric",
+    "lift_test",
     "nearest_pixel",
+    "paired_class_difference",
     "prior_baseline",
     "private_specificity",
     "public_ranking_baseline",
@@ -279,14 +289,122 @@ class InversionScores:
     features: F64
 
 
-def _mean_ci(values: F64, n_boot: int, seed: int, higher_is_worse: bool, description: str) -> Metric:
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return Metric(float("nan"), None, None, higher_is_worse, description)
-    return bootstrap_metric(
-        np.mean, v, n_boot=n_boot, seed=seed, higher_is_worse=higher_is_worse, description=description
+def _class_groups(classes: NDArray[Any], finite: NDArray[np.bool_]) -> list[NDArray[np.intp]]:
+    cls = np.asarray(classes)
+    groups = [np.flatnonzero((cls == c) & finite) for c in np.unique(cls)]
+    return [g for g in groups if g.size]
+
+
+def _wilson(value: float, n_classes: int, higher_is_worse: bool, description: str) -> Metric:
+    """Wilson's interval for a rate with the number of classes as the effective sample size."""
+    w = proportion_metric(
+        round(value * n_classes), n_classes, higher_is_worse=higher_is_worse, description=description
     )
+    return Metric(value, w.low, w.high, higher_is_worse, description)
+
+
+def class_metric(
+    values: NDArray[Any],
+    classes: NDArray[Any],
+    *,
+    n_boot: int,
+    seed: int,
+    higher_is_worse: bool = True,
+    description: str = "",
+    rate: bool = False,
+) -> Metric:
+    """Mean of ``values`` with a cluster-bootstrap 95% CI that resamples classes (with replacement).
+
+    ``rate``: the values are 0/1; when the bootstrap collapses to one value (every class at 0, or at
+    1) the interval is Wilson's with the number of classes as the sample size, never zero-width.
+    Non-finite values are left out. With a single class there is no between-class spread to
+    resample: a rate gets Wilson's interval on n=1, a mean no interval.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    if not finite.any():
+        return Metric(float("nan"), None, None, higher_is_worse, description)
+    value = float(v[finite].mean())
+    groups = _class_groups(classes, finite)
+    if len(groups) < 2:
+        if rate:
+            return _wilson(value, len(groups), higher_is_worse, description)
+        return Metric(value, None, None, higher_is_worse, description)
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    for b in range(n_boot):
+        pick = rng.integers(0, len(groups), len(groups))
+        reps[b] = v[np.concatenate([groups[i] for i in pick])].mean()
+    low, high = (float(q) for q in np.quantile(reps, [0.025, 0.975]))
+    if rate and high - low <= 1e-12:
+        return _wilson(value, len(groups), higher_is_worse, description)
+    return Metric(value, low, high, higher_is_worse, description)
+
+
+def _sign_flip_p(d: F64, seed: int, exact_up_to: int = 14, draws: int = 20000) -> float:
+    """One-sided p-value that the mean per-class difference ``d`` is > 0 (sign-flip permutation).
+
+    Exact (all 2^n sign patterns) up to ``exact_up_to`` classes, Monte Carlo beyond.
+    """
+    n = d.size
+    if n == 0 or not np.any(d != 0):
+        return 1.0
+    observed = float(d.mean())
+    if n <= exact_up_to:
+        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1)
+        stats = (signs * d[None, :]).mean(axis=1)
+        return float(np.mean(stats >= observed - 1e-12))
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(draws, n))
+    stats = (signs * d[None, :]).mean(axis=1)
+    return float((1 + np.sum(stats >= observed - 1e-12)) / (1 + draws))
+
+
+def paired_class_difference(
+    a: NDArray[Any],
+    b: NDArray[Any],
+    classes: NDArray[Any],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    description: str = "",
+    rate: bool = False,
+) -> tuple[Metric, float]:
+    """(mean of ``a`` minus mean of ``b`` with a class-paired cluster-bootstrap CI, sign-flip p-value).
+
+    ``a`` and ``b`` are measured on the same reconstructions' classes (row i of both belongs to
+    ``classes[i]``); each bootstrap replicate resamples whole classes and takes both means over the
+    same classes. The p-value tests "a exceeds b" on the per-class mean differences. ``rate``: 0/1
+    values; a collapsed bootstrap falls back to the MOVER interval (Newcombe 1998) built from the
+    two Wilson intervals with the number of classes as the sample size.
+    """
+    av = np.asarray(a, dtype=np.float64)
+    bv = np.asarray(b, dtype=np.float64)
+    finite = np.isfinite(av) & np.isfinite(bv)
+    if not finite.any():
+        return Metric(float("nan"), None, None, True, description), float("nan")
+    value = float(av[finite].mean() - bv[finite].mean())
+    groups = _class_groups(classes, finite)
+    d = np.array([av[g].mean() - bv[g].mean() for g in groups])
+    p = _sign_flip_p(d, seed)
+    low: float | None
+    high: float | None
+    low = high = None
+    if len(groups) >= 2:
+        rng = np.random.default_rng(seed)
+        reps = np.empty(n_boot)
+        for i in range(n_boot):
+            ix = np.concatenate([groups[j] for j in rng.integers(0, len(groups), len(groups))])
+            reps[i] = av[ix].mean() - bv[ix].mean()
+        low, high = (float(q) for q in np.quantile(reps, [0.025, 0.975]))
+    if rate and (low is None or high is None or high - low <= 1e-12):
+        n = len(groups)
+        pa, pb = float(av[finite].mean()), float(bv[finite].mean())
+        wa, wb = _wilson(pa, n, True, ""), _wilson(pb, n, True, "")
+        assert wa.low is not None and wa.high is not None and wb.low is not None and wb.high is not None
+        low = value - float(np.hypot(pa - wa.low, wb.high - pb))
+        high = value + float(np.hypot(wa.high - pa, pb - wb.low))
+    return Metric(value, low, high, True, description), p
 
 
 def score_reconstructions(
@@ -331,45 +449,45 @@ def score_reconstructions(
     finite_psnr = np.where(np.isfinite(psnr), psnr, 100.0)
     similar = (sim > similarity_threshold) & ok
     what = "SSIM" if is_image else "cosine similarity"
+
+    def by_class(values: F64, higher_is_worse: bool, description: str, rate: bool = False) -> Metric:
+        return class_metric(
+            values,
+            classes,
+            n_boot=n_boot,
+            seed=seed,
+            higher_is_worse=higher_is_worse,
+            description=description + " (95% CI resampling classes)",
+            rate=rate,
+        )
+
     metrics = {
-        "attack_accuracy": bootstrap_metric(
-            np.mean,
+        "attack_accuracy": by_class(
             correct.astype(float),
-            n_boot=n_boot,
-            seed=seed,
-            description="top-1 accuracy of the independent evaluation classifier on the reconstructions",
+            True,
+            "top-1 accuracy of the independent evaluation classifier on the reconstructions",
+            rate=True,
         ),
-        "attack_accuracy_top5": bootstrap_metric(
-            np.mean,
+        "attack_accuracy_top5": by_class(
             correct5.astype(float),
-            n_boot=n_boot,
-            seed=seed,
-            description="top-5 accuracy of the independent evaluation classifier on the reconstructions",
+            True,
+            "top-5 accuracy of the independent evaluation classifier on the reconstructions",
+            rate=True,
         ),
-        "knn_distance": _mean_ci(
+        "knn_distance": by_class(
             knn,
-            n_boot,
-            seed,
             False,
             "mean squared L2 distance in the evaluator's feature space to the nearest private member of the "
             "class (lower = closer)",
         ),
-        "ssim": _mean_ci(sim, n_boot, seed, True, f"{what} to the nearest private member (pixel space)"),
-        "psnr": _mean_ci(
-            finite_psnr[ok] if ok.any() else np.array([np.nan]),
-            n_boot,
-            seed,
-            True,
-            "PSNR in dB to the nearest private member",
-        ),
-        "mse": _mean_ci(mse, n_boot, seed, False, "pixel MSE to the nearest private member"),
-        "similarity_rate": bootstrap_metric(
-            np.mean,
+        "ssim": by_class(sim, True, f"{what} to the nearest private member (pixel space)"),
+        "psnr": by_class(np.where(ok, finite_psnr, np.nan), True, "PSNR in dB to the nearest private member"),
+        "mse": by_class(mse, False, "pixel MSE to the nearest private member"),
+        "similarity_rate": by_class(
             similar.astype(float),
-            n_boot=n_boot,
-            seed=seed,
-            description=f"M1: fraction of reconstructions whose nearest-private {what} exceeds "
-            f"{similarity_threshold:g}",
+            True,
+            f"M1: fraction of reconstructions whose nearest-private {what} exceeds {similarity_threshold:g}",
+            rate=True,
         ),
     }
     rows: list[dict[str, Any]] = []
@@ -504,23 +622,36 @@ def lift_metric(
     n_boot: int = 1000,
     seed: int = 0,
     name: str,
+    classes: NDArray[Any] | None = None,
 ) -> Metric:
-    """Attack accuracy minus a baseline's accuracy, with an independent two-sample bootstrap CI."""
+    """Attack accuracy minus a baseline's accuracy on the same classes, paired by class.
+
+    ``classes``: the class of each reconstruction (row i of both arrays); without it every row is
+    its own cluster. See :func:`lift_test` for the p-value that goes with it.
+    """
+    m, _ = lift_test(attack_correct, baseline_correct, n_boot=n_boot, seed=seed, name=name, classes=classes)
+    return m
+
+
+def lift_test(
+    attack_correct: NDArray[Any],
+    baseline_correct: NDArray[Any],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    name: str,
+    classes: NDArray[Any] | None = None,
+) -> tuple[Metric, float]:
+    """(:func:`lift_metric`, one-sided sign-flip p-value that the attack beats the baseline)."""
     a = np.asarray(attack_correct, dtype=np.float64)
-    b = np.asarray(baseline_correct, dtype=np.float64)
-    value = float(a.mean() - b.mean())
-    rng = np.random.default_rng(seed)
-    reps = np.array(
-        [
-            a[rng.integers(0, a.size, a.size)].mean() - b[rng.integers(0, b.size, b.size)].mean()
-            for _ in range(n_boot)
-        ]
-    )
-    low, high = np.quantile(reps, [0.025, 0.975])
-    return Metric(
-        value,
-        float(low),
-        float(high),
-        True,
-        f"attack accuracy minus the {name} baseline's (positive: the attack learned more than {name})",
+    cls = np.arange(a.size) if classes is None else np.asarray(classes)
+    return paired_class_difference(
+        a,
+        baseline_correct,
+        cls,
+        n_boot=n_boot,
+        seed=seed,
+        rate=True,
+        description=f"attack accuracy minus the {name} baseline's on the same classes (positive: the attack "
+        f"learned more than {name}; 95% CI resampling classes, paired)",
     )

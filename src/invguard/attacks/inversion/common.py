@@ -72,7 +72,11 @@ class InversionAttack(Attack):
     margin at which the class objective stops pulling; ``ranking_queries_per_class``: public
     records per class for the public-ranking baseline; ``role_swap``: ``"auto"`` runs the control
     when the target's architecture is known (an invguard-built torch module), ``"on"`` requires it,
-    ``"off"`` skips it; ``control_recipe``: the training recipe of the control model.
+    ``"off"`` skips it; ``control_recipe``: the training recipe of the control model, ``"auto"``
+    (default) takes the target's own recipe from the model's metadata (``invguard_meta``) when it is
+    known, else ``"standard"`` (said in the result's notes). The control mirrors the target: its
+    architecture, its recipe, a training set the size of the target's (a random subsample of the
+    non-member split when that is larger) and at most the queries the attack spent on the target.
     """
 
     reconstructions_per_class: int = 5
@@ -81,7 +85,7 @@ class InversionAttack(Attack):
     ranking_queries_per_class: int = 10
     similarity_threshold: float = 0.5
     role_swap: str = "auto"
-    control_recipe: str = "standard"
+    control_recipe: str = "auto"
     permutations: int = 1000
     bootstrap: int = 1000
     evaluator_epochs: int = 30
@@ -103,8 +107,10 @@ class InversionAttack(Attack):
             p.append(f"role_swap must be 'auto', 'on' or 'off', got {self.role_swap!r}")
         from invguard.models.train import RECIPES
 
-        if self.control_recipe not in RECIPES:
-            p.append(f"control_recipe must be one of {sorted(RECIPES)}, got {self.control_recipe!r}")
+        if self.control_recipe != "auto" and self.control_recipe not in RECIPES:
+            p.append(
+                f"control_recipe must be 'auto' or one of {sorted(RECIPES)}, got {self.control_recipe!r}"
+            )
         _positive_int(p, "permutations", self.permutations, 0)
         _positive_int(p, "bootstrap", self.bootstrap, 10)
         _positive_int(p, "evaluator_epochs", self.evaluator_epochs)
@@ -170,7 +176,8 @@ class InversionAttack(Attack):
     def _run(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> AttackOutput:
         from invguard.metrics.inversion import (
             build_evaluator,
-            lift_metric,
+            lift_test,
+            paired_class_difference,
             prior_baseline,
             private_specificity,
             public_ranking_baseline,
@@ -237,15 +244,38 @@ class InversionAttack(Attack):
         metrics["baseline_prior_accuracy"] = _renamed(
             prior.metrics["attack_accuracy"], "no-model public prior"
         )
-        metrics["lift_over_prior"] = lift_metric(
-            ours.correct, prior.correct, n_boot=self.bootstrap, seed=int(seeds[2]), name="no-model prior"
+        boot: dict[str, Any] = {"n_boot": self.bootstrap, "seed": int(seeds[2]), "classes": per_rec}
+        compared = [("prior", "no-model prior", prior)] + (
+            [] if ranked is None else [("public_ranking", "public-ranking", ranked)]
         )
+        for key, label, base in compared:
+            lift, lift_p = lift_test(ours.correct, base.correct, name=label, **boot)
+            metrics[f"lift_over_{key}"] = lift
+            metrics[f"lift_over_{key}_p"] = Metric(
+                lift_p,
+                description="one-sided exact sign-flip test over classes that the attack's accuracy beats "
+                f"the {label} baseline's",
+                higher_is_worse=False,
+            )
+            gain, gain_p = paired_class_difference(
+                base.knn,
+                ours.knn,
+                per_rec,
+                n_boot=self.bootstrap,
+                seed=int(seeds[2]),
+                description=f"the {label} baseline's KNN distance minus the attack's (positive: the "
+                "reconstructions sit closer to the private members; 95% CI resampling classes, paired)",
+            )
+            metrics[f"knn_gain_over_{key}"] = gain
+            metrics[f"knn_gain_over_{key}_p"] = Metric(
+                gain_p,
+                description=f"one-sided exact sign-flip test over classes that the attack's KNN distance is "
+                f"below the {label} baseline's",
+                higher_is_worse=False,
+            )
         if ranked is not None:
             metrics["baseline_public_ranking_accuracy"] = _renamed(
                 ranked.metrics["attack_accuracy"], "public ranking through the target"
-            )
-            metrics["lift_over_public_ranking"] = lift_metric(
-                ours.correct, ranked.correct, n_boot=self.bootstrap, seed=int(seeds[2]), name="public-ranking"
             )
 
         # private-specificity on this split, then the role-swap control
@@ -273,17 +303,24 @@ class InversionAttack(Attack):
             higher_is_worse=False,
         )
         swap = self._role_swap(
-            target, splits, spec, rng=np.random.default_rng(seeds[1]), ctx=ctx, notes=notes
+            target,
+            splits,
+            spec,
+            rng=np.random.default_rng(seeds[1]),
+            ctx=ctx,
+            notes=notes,
+            spent=spent,
+            details=details,
         )
         swap_ratio = swap_p = None
         if swap is not None:
-            s_state, s_per_rec = swap
+            s_state, s_per_rec, s_train = swap
             s_feats = evaluator.features(s_state.images)
             swap_ratio, swap_p = private_specificity(
                 s_feats,
                 s_per_rec,
-                non_f,
-                splits.nonmembers.y,
+                evaluator.features(s_train.X),
+                s_train.y,
                 mem_f,
                 splits.members.y,
                 permutations=self.permutations,
@@ -291,8 +328,9 @@ class InversionAttack(Attack):
             )
             metrics["role_swap_p"] = Metric(
                 swap_p,
-                description="the same test on a control model of the same architecture trained on the "
-                "non-member split, attacked the same way, roles swapped",
+                description="the same test on a control model of the same architecture and recipe "
+                "trained on a members-sized sample of the non-member split, attacked the same way within "
+                "the queries the attack spent, roles swapped",
                 higher_is_worse=False,
             )
 
@@ -366,7 +404,9 @@ class InversionAttack(Attack):
         rng: np.random.Generator,
         ctx: RunContext,
         notes: list[str],
-    ) -> tuple[SearchState, np.ndarray] | None:
+        spent: int,
+        details: dict[str, Any],
+    ) -> tuple[SearchState, np.ndarray, Any] | None:
         if self.role_swap == "off" or self.permutations == 0:
             notes.append("role-swap control off")
             return None
@@ -379,10 +419,46 @@ class InversionAttack(Attack):
                 raise ConfigError(msg + "; set role_swap='auto' or 'off'")
             notes.append("role-swap control not run: the target's architecture is unknown")
             return None
-        control = control_target(target, splits, spec, self.control_recipe, ctx.cache_dir)
-        swapped = dataclasses.replace(splits, members=splits.nonmembers, nonmembers=splits.members)
-        state, per_rec, _, _ = self.reconstruct(control, swapped, rng, ctx)
-        return state, per_rec
+        inner, _, _ = unwrap(target)
+        meta = getattr(getattr(inner, "_module", None), "invguard_meta", None) or {}
+        from invguard.models.train import RECIPES
+
+        recipe = self.control_recipe
+        if recipe == "auto":
+            known = meta.get("recipe")
+            if isinstance(known, str) and known in RECIPES:
+                recipe = known
+            else:
+                recipe = "standard"
+                notes.append(
+                    "role-swap control trained with the 'standard' recipe: the target's training recipe "
+                    "is not recorded in its metadata (set control_recipe to the target's)"
+                )
+        n_mem, n_non = len(splits.members), len(splits.nonmembers)
+        train_ix = np.arange(n_non)
+        if n_non > n_mem:
+            train_ix = np.sort(np.random.default_rng(0).choice(n_non, size=n_mem, replace=False))
+        elif n_non < n_mem:
+            notes.append(
+                f"role-swap control trained on {n_non} non-members, fewer than the target's {n_mem} members"
+            )
+        non = splits.nonmembers
+        control_train = dataclasses.replace(
+            non, X=non.X[train_ix], y=non.y[train_ix], indices=non.indices[train_ix]
+        )
+        control = control_target(
+            target, splits, spec, recipe, ctx.cache_dir, train=control_train, budget=max(1, int(spent))
+        )
+        swapped = dataclasses.replace(splits, members=control_train, nonmembers=splits.members)
+        state, per_rec, c_spent, _ = self.reconstruct(control, swapped, rng, ctx)
+        details["role_swap_control"] = {
+            "recipe": recipe,
+            "train_records": len(control_train),
+            "target_members": n_mem,
+            "query_cap": int(spent),
+            "queries": int(c_spent),
+        }
+        return state, per_rec, control_train
 
     # ------------------------------------------------------------------------------------ verdict
 
@@ -402,15 +478,8 @@ class InversionAttack(Attack):
     ) -> list[Finding]:
         acc = metrics["attack_accuracy"]
         out: list[Finding] = []
-        lifts = [metrics["lift_over_prior"]] + (
-            [metrics["lift_over_public_ranking"]] if "lift_over_public_ranking" in metrics else []
-        )
-        beats_acc = all(m.low is not None and m.low > 0 for m in lifts)
-        base_knn = [prior.metrics["knn_distance"]] + (
-            [] if ranked is None else [ranked.metrics["knn_distance"]]
-        )
+        beats_acc, beats_knn = beats_baselines(metrics)
         knn = metrics["knn_distance"]
-        beats_knn = knn.high is not None and all(b.low is not None and knn.high < b.low for b in base_knn)
         single = np.isfinite(p) and p < ALPHA and ratio < 1
         confirmed = single and swap_p is not None and swap_p < ALPHA and (swap_ratio or 1.0) < 1
         identity = splits.setting == "disjoint-class"
@@ -427,11 +496,13 @@ class InversionAttack(Attack):
             )
         elif beats_acc or beats_knn:
             why = (
-                f"attack accuracy {acc:.2f} beats both baselines (lift over the no-model prior "
-                f"{metrics['lift_over_prior']:+.2f})"
+                f"attack accuracy {acc:.2f} beats every baseline (lift over the no-model prior "
+                f"{metrics['lift_over_prior']:+.2f}, sign-flip p={metrics['lift_over_prior_p'].value:.3g} "
+                "over classes)"
                 if beats_acc
-                else f"reconstructions are closer to private members in feature space than both baselines "
-                f"(KNN distance {knn:.3g})"
+                else f"reconstructions are closer to private members in feature space than every baseline "
+                f"(KNN distance {knn:.3g}, {metrics['knn_gain_over_prior']:.3g} closer than the no-model "
+                f"prior, sign-flip p={metrics['knn_gain_over_prior_p'].value:.3g} over classes)"
             )
             out.append(
                 Finding(
@@ -491,23 +562,48 @@ class InversionAttack(Attack):
         return out
 
 
+def beats_baselines(metrics: dict[str, Metric]) -> tuple[bool, bool]:
+    """(accuracy beats every baseline, KNN distance beats every baseline), each decided per baseline by
+    a class-paired CI above 0 *and* a sign-flip p-value below ``ALPHA``."""
+
+    def beats(prefix: str) -> bool:
+        keys = [k for k in ("prior", "public_ranking") if f"{prefix}{k}" in metrics]
+        return bool(keys) and all(
+            (m := metrics[f"{prefix}{k}"]).low is not None
+            and m.low > 0
+            and metrics[f"{prefix}{k}_p"].value < ALPHA
+            for k in keys
+        )
+
+    return beats("lift_over_"), beats("knn_gain_over_")
+
+
 def control_target(
-    target: Target, splits: Any, spec: dict[str, Any], recipe: str, cache_dir: Path | None
+    target: Target,
+    splits: Any,
+    spec: dict[str, Any],
+    recipe: str,
+    cache_dir: Path | None,
+    *,
+    train: Any = None,
+    budget: int | None = None,
 ) -> Target:
-    """A model of the target's architecture trained on the non-member split, behind the same access
-    level and output policies as the target (cached by content hash in ``cache_dir``)."""
+    """A model of the target's architecture trained on ``train`` (default: the non-member split), behind
+    the same access level and output policies as the target, with an optional query ``budget``
+    (cached by content hash in ``cache_dir``)."""
     from invguard import models
     from invguard.models.train import fit
     from invguard.targets.torch import TorchTarget
 
     inner, pols, _ = unwrap(target)
+    train = splits.nonmembers if train is None else train
     key = hashlib.sha256(
         json.dumps(
             {
                 "spec": spec,
                 "recipe": recipe,
                 "data": splits.dataset.fingerprint(),
-                "train": splits.nonmembers.hash,
+                "train": train.hash,
             },
             sort_keys=True,
         ).encode()
@@ -516,11 +612,11 @@ def control_target(
     if path is not None and path.exists():
         module = models.load(path)
     else:
-        module, _ = fit(spec, splits.nonmembers.X, splits.nonmembers.y, recipe=recipe, seed=0)
+        module, _ = fit(spec, train.X, train.y, recipe=recipe, seed=0)
         if path is not None:
             models.save(module, path, meta={"role": "role-swap control"})
     t: Target = TorchTarget(
-        module, input_shape=tuple(splits.input_shape), access=inner.access, name="control"
+        module, input_shape=tuple(splits.input_shape), access=inner.access, budget=budget, name="control"
     )
     for pol in reversed(pols):
         t = pol.wrap(t)

@@ -112,7 +112,7 @@ class LabelOnlyInversion(InversionAttack):
             budget = self.queries_per_class * n_cls
             pool = max(n_cls, int(budget * self.init_fraction))
             before = meter.spent
-            start = score_prior_pool(meter, space, sub, pool, rng, cap=1.0)
+            start = score_prior_pool(meter, space, sub, pool, rng, cap=1.0, labels_only=True)
             state, R = brep_search(
                 meter,
                 space,

@@ -81,13 +81,20 @@ class Meter:
         return out
 
 
-def margins(pred: Prediction, classes: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def margins(
+    pred: Prediction, classes: np.ndarray, eps: float = 1e-6, *, labels_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(margin, confidence) of each row for its class.
 
     Margin: logit of the class minus the best other logit (log-scores when only scores are given;
     +-1 from labels alone). Confidence: the class probability (1/0 from labels alone).
+    ``labels_only``: use the predicted labels even when the target also returned scores or logits
+    (a label-only attack must not benefit from what it claims not to use).
     """
     rows = np.arange(len(classes))
+    if labels_only:
+        hit = (pred.labels == classes).astype(np.float64)
+        return 2 * hit - 1, hit
     if pred.logits is not None:
         z = np.asarray(pred.logits, dtype=np.float64)
         conf = softmax(z)[rows, classes]
@@ -179,9 +186,19 @@ def gradient_search(
 
 
 def score_prior_pool(
-    meter: Meter, space: Space, classes: np.ndarray, pool: int, rng: np.random.Generator, cap: float
+    meter: Meter,
+    space: Space,
+    classes: np.ndarray,
+    pool: int,
+    rng: np.random.Generator,
+    cap: float,
+    *,
+    labels_only: bool = False,
 ) -> SearchState:
-    """Query ``pool`` prior samples once; each trajectory starts from a distinct best sample of its class."""
+    """Query ``pool`` prior samples once; each trajectory starts from a distinct best sample of its class.
+
+    ``labels_only``: rank the samples by predicted label alone (then by the prior), whatever else the
+    target returns."""
     uniq = np.unique(classes)
     left = meter.left()
     pool = pool if left is None else min(pool, left)
@@ -197,7 +214,7 @@ def score_prior_pool(
     out_c = np.zeros(len(classes))
     for c in uniq:
         ix = np.flatnonzero(classes == c)
-        m, conf = margins(pred, np.full(pool, c))
+        m, conf = margins(pred, np.full(pool, c), labels_only=labels_only)
         fit = np.minimum(m, cap) - space.penalty(theta, images)
         order = np.argsort(-fit, kind="stable")
         for j, i in enumerate(ix):

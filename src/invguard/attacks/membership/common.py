@@ -72,6 +72,25 @@ def candidates_of(data: Any) -> Candidates:
 # ------------------------------------------------------------------------------------------ statistics
 
 
+def calibrated_threshold(population: np.ndarray, fpr: float) -> float:
+    """The lowest threshold ``t`` with ``mean(population >= t) <= fpr`` (decide "member" when ``score >= t``).
+
+    Tie-safe: when many population scores are equal (rounded outputs, a confidence of exactly 1.0) the
+    threshold steps above the whole tie group instead of letting the real false-positive rate exceed
+    ``fpr``; above every population score when no threshold keeps to ``fpr``.
+    """
+    pop = np.asarray(population, dtype=np.float64)
+    pop = pop[~np.isnan(pop)]
+    if pop.size == 0:
+        return float("inf")
+    values = np.unique(pop)
+    at_or_above = (pop.size - np.searchsorted(np.sort(pop), values, side="left")) / pop.size
+    ok = np.flatnonzero(at_or_above <= fpr)
+    if ok.size:
+        return float(values[ok[0]])
+    return float(np.nextafter(values[-1], np.inf))
+
+
 def probabilities(pred: Prediction) -> np.ndarray:
     if pred.scores is not None:
         return np.asarray(pred.scores, dtype=np.float64)

@@ -15,7 +15,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from invguard.attacks.base import ATTACKS, Attack, AttackOutput, RunContext
-from invguard.attacks.membership.common import candidates_of, membership_output, splits_of, statistic
+from invguard.attacks.membership.common import (
+    calibrated_threshold,
+    candidates_of,
+    membership_output,
+    splits_of,
+    statistic,
+)
 from invguard.core.access import Access
 from invguard.core.target import Target
 
@@ -28,7 +34,8 @@ class ThresholdAttack(Attack):
     """Score each candidate by ``statistic``; decide "member" above a population-calibrated threshold.
 
     ``decision_fpr``: the false-positive rate the threshold is calibrated to on the public split
-    (sets the balanced accuracy; the ROC metrics do not depend on it). ``n_boot``: bootstrap
+    (sets the balanced accuracy; the ROC metrics do not depend on it); ties in the population scores
+    never push the real rate above it (the threshold steps above a tie group). ``n_boot``: bootstrap
     replicates for the CIs. ``top``: rows in the risk ranking.
     """
 
@@ -57,7 +64,7 @@ class ThresholdAttack(Attack):
         cand = candidates_of(splits)
         scores = statistic(target.predict(cand.X), cand.y, self.statistic)
         population = statistic(target.predict(splits.public.X), splits.public.y, self.statistic)
-        threshold = float(np.quantile(population, 1.0 - self.decision_fpr, method="higher"))
+        threshold = calibrated_threshold(population, self.decision_fpr)
         return membership_output(
             self.name,
             scores,
@@ -66,5 +73,9 @@ class ThresholdAttack(Attack):
             n_boot=self.n_boot,
             seed=int(rng.integers(2**31)),
             top=self.top,
-            info={"statistic": self.statistic, "population_records": len(splits.public)},
+            info={
+                "statistic": self.statistic,
+                "population_records": len(splits.public),
+                "population_fpr": float(np.mean(population >= threshold)),
+            },
         )
