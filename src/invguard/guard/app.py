@@ -220,6 +220,7 @@ class Guard:
         self._openapi_body = json.dumps(self.openapi).encode()
         self._m_requests: dict[tuple[str, int, str], Any] = {}
         self._m_latency: dict[str, Any] = {}
+        self._m_children: dict[tuple[Any, ...], Any] = {}
         self.starlette = Starlette(
             routes=[
                 Route(V1, self.predict_v1, methods=["POST"]),
@@ -306,6 +307,15 @@ class Guard:
         body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         return status, body, headers or []
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: the label values are bounded (routes, roles, kinds),
+        and the lookup in prometheus-client takes a lock and builds a tuple on every call."""
+        key = (id(metric), *labels)
+        child = self._m_children.get(key)
+        if child is None:
+            child = self._m_children[key] = metric.labels(*labels)
+        return child
+
     def _record(self, body: bytes | None) -> dict[str, Any]:
         """A record's common fields; ``input_hmac`` is HMAC-SHA256 (RFC 2104) of the body under the
         guard's secret (a plain hash of a small input space could be brute-forced). The raw input
@@ -332,7 +342,7 @@ class Guard:
         d = gcra_step(self._anon.setdefault(peer, {}), now, self._anon_limits, 0)
         if d.allowed:
             return True, True
-        self.metrics.violations.labels("anonymous", "rate_limited").inc()
+        self._child(self.metrics.violations, "anonymous", "rate_limited").inc()
         st = self._anon_logged.setdefault(peer, [0.0, 0.0])
         if now - st[0] < 1.0:
             st[1] += 1
@@ -606,7 +616,7 @@ class Guard:
         rl_headers = decision.headers(role.limits)
         if not decision.allowed:
             rec["decision"] = decision.outcome
-            self.metrics.violations.labels(role.name, decision.outcome).inc()
+            self._child(self.metrics.violations, role.name, decision.outcome).inc()
             msg = (
                 "query budget exhausted for this period"
                 if decision.outcome == BUDGET_EXHAUSTED
@@ -662,22 +672,22 @@ class Guard:
         if probs is not None:
             ent = _entropy(np.asarray(probs, dtype=np.float64))
             rec["entropy"] = [round(float(e), 6) for e in ent]
-            hist = self.metrics.entropy.labels(role.name)
+            hist = self._child(self.metrics.entropy, role.name)
             for h in ent:
                 hist.observe(float(h))
             n_conf = int(np.sum(ent < self.hc_threshold))
             if n_conf:
-                self.metrics.high_confidence.labels(role.name).inc(n_conf)
-        self.metrics.rows.labels(role.name).inc(rows)
+                self._child(self.metrics.high_confidence, role.name).inc(n_conf)
+        self._child(self.metrics.rows, role.name).inc(rows)
         access = "logits" if logits is not None else ("scores" if scores is not None else "label")
         if route == V1:
             doc: dict[str, Any] = {"labels": labels, "policy": role.policy_label, "access": access}
             if scores is not None:
                 doc["scores"] = scores.tolist()
-                self.metrics.sensitive_fields.labels(route, role.name, "scores").inc()
+                self._child(self.metrics.sensitive_fields, route, role.name, "scores").inc()
             if logits is not None:
                 doc["logits"] = logits.tolist()
-                self.metrics.sensitive_fields.labels(route, role.name, "logits").inc()
+                self._child(self.metrics.sensitive_fields, route, role.name, "logits").inc()
         else:
             outputs: list[dict[str, Any]] = [
                 {"name": "labels", "shape": [rows], "datatype": "INT64", "data": labels}
@@ -692,7 +702,7 @@ class Guard:
                             "data": arr.reshape(-1).tolist(),
                         }
                     )
-                    self.metrics.sensitive_fields.labels(route, role.name, fname).inc()
+                    self._child(self.metrics.sensitive_fields, route, role.name, fname).inc()
             doc = {
                 "model_name": self.model_name,
                 "outputs": outputs,
