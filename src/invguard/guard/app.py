@@ -17,7 +17,6 @@ stands for in ``suppressed``), so nobody without a key can fill the audit disk.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -156,6 +155,7 @@ class Guard:
         self.model_name = cfg.model.name
         self.max_batch = cfg.model.max_batch
         self.lo, self.hi = cfg.model.input_range
+        self._finite_range = math.isfinite(self.lo) and math.isfinite(self.hi)
         self.max_body = cfg.server.max_body_bytes
         self.roles: dict[str, Role] = {}
         for name, rc in cfg.roles.items():
@@ -325,7 +325,7 @@ class Guard:
             "role": None,
             "decision": "rejected",
             "policy": None,
-            "input_hmac": None if body is None else hmac.new(self._hkey, body, hashlib.sha256).hexdigest(),
+            "input_hmac": None if body is None else hmac.digest(self._hkey, body, "sha256").hex(),
             "rows": 0,
             "labels": None,
             "entropy": None,
@@ -392,12 +392,14 @@ class Guard:
                 "batch_too_large",
                 f"{where}: {arr.shape[0]} samples exceed the limit of {self.max_batch}",
             )
-        x = arr.astype(np.float64)
-        if not np.all(np.isfinite(x)) or x.min() < self.lo or x.max() > self.hi:
+        # min/max propagate NaN and a NaN compares false, so NaN fails the range test; +-inf fail it
+        # too when the range is finite (else isfinite is checked)
+        lo, hi = arr.min(), arr.max()
+        if not (lo >= self.lo and hi <= self.hi) or (not self._finite_range and not np.isfinite(arr).all()):
             raise BadInput(
                 400, "bad_value", f"{where}: values must be finite numbers in [{self.lo:g}, {self.hi:g}]"
             )
-        return x.astype(np.float32)
+        return arr.astype(np.float32)
 
     def _parse_v1(self, body: bytes) -> np.ndarray:
         try:
@@ -563,7 +565,7 @@ class Guard:
             body = await self._read_stream(cl, stream)
         except BadInput as e:
             return await self._anonymous(route, t0, peer, e.status, {"code": e.code, "error": str(e)}, rec)
-        rec["input_hmac"] = hmac.new(self._hkey, body, hashlib.sha256).hexdigest()
+        rec["input_hmac"] = hmac.digest(self._hkey, body, "sha256").hex()
         problem = await self.auth.refresh()
         if problem is not None:  # the key store changed and cannot be read: fail closed
             rec["decision"] = "rejected"
@@ -670,12 +672,13 @@ class Guard:
             else (None if logits is None else Prediction.from_logits(logits, Access.SCORES).scores)
         )
         if probs is not None:
-            ent = _entropy(np.asarray(probs, dtype=np.float64))
-            rec["entropy"] = [round(float(e), 6) for e in ent]
+            ent = _entropy(np.asarray(probs, dtype=np.float64)).tolist()
+            rec["entropy"] = [round(e, 6) for e in ent]
             hist = self._child(self.metrics.entropy, role.name)
+            n_conf = 0
             for h in ent:
-                hist.observe(float(h))
-            n_conf = int(np.sum(ent < self.hc_threshold))
+                hist.observe(h)
+                n_conf += h < self.hc_threshold
             if n_conf:
                 self._child(self.metrics.high_confidence, role.name).inc(n_conf)
         self._child(self.metrics.rows, role.name).inc(rows)
