@@ -22,10 +22,12 @@ separators=(",", ":"), ensure_ascii=False)``):
 **Group commit**: requests hand their record to one writer task and wait; the writer takes every
 record pending, writes them, and calls ``fsync`` once for the batch, then wakes the waiters. A
 response is sent only after its record is on disk; an acknowledged request is always in the log.
-The encoding (chain hashes, Merkle leaves, checkpoints) runs on the event loop; the write and the
-fsync run on one dedicated I/O thread (the fsync releases the GIL), so while the disk works the loop
-goes on parsing, authenticating and predicting the next requests, which form the next batch. Only
-one batch is in flight at a time, so the file is written in chain order.
+The encoding (chain hashes, Merkle leaves, checkpoints) runs on the event loop. The write and the
+fsync run on the loop's thread while the disk is fast (a moving average of the fsync time below
+``io_thread_ms``, 0.5 ms by default): a hop to another thread costs about as much as such an fsync.
+On a slower disk they move to one dedicated I/O thread (the fsync releases the GIL), so while the
+disk works the loop goes on parsing, authenticating and predicting the next requests, which form the
+next batch. Either way one batch is in flight at a time, so the file is written in chain order.
 
 **Rotation**: when the live file passes ``rotate_bytes`` it is hard-linked to ``<log>.N`` (N = the
 highest existing number + 1; a link never overwrites, so a file moved away or compressed by an
@@ -54,6 +56,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -588,8 +591,11 @@ class AuditLog:
         fsync: bool = True,
         on_written: Callable[[int], None] | None = None,
         on_failed: Callable[[int], None] | None = None,
+        io_thread_ms: float = 0.5,
     ) -> None:
         self.path = Path(path)
+        self.io_thread_s = io_thread_ms / 1000.0
+        self._fsync_avg = 0.0  # moving average of the records' fsync time, seconds
         self.key = signing_key
         self.public_key = public_hex(signing_key)
         self.checkpoint_every = int(checkpoint_every)
@@ -769,7 +775,9 @@ class AuditLog:
         self._file.write(blob)
         self._file.flush()
         if self.do_fsync:
+            t0 = time.perf_counter()
             os.fsync(self._file.fileno())
+            self._fsync_avg = 0.8 * self._fsync_avg + 0.2 * (time.perf_counter() - t0)
         self._size += len(blob)
         try:
             if head is not None:
@@ -856,7 +864,10 @@ class AuditLog:
                     self._file = _open_append(self.path)
                     self._size = offset = self._file.tell()
                 blob, seqs, head = self._encode(batch)
-                await asyncio.shield(loop.run_in_executor(self._io, self._write_sync, blob, head))
+                if self._fsync_avg >= self.io_thread_s:  # a slow disk: let the loop work meanwhile
+                    await asyncio.shield(loop.run_in_executor(self._io, self._write_sync, blob, head))
+                else:
+                    self._write_sync(blob, head)
             except Exception as e:  # disk full, I/O error, unserialisable record
                 self.broken = f"audit log {self.path} could not be written ({type(e).__name__}: {e})"
                 self._undo(offset, state)
