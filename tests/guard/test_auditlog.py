@@ -451,3 +451,80 @@ def test_a_failed_head_write_after_the_records_are_on_disk_does_not_fail_them(tm
 
     assert asyncio.run(main()) == [1, 2, 3]
     assert verify(log, public_key=public_hex(key)).ok
+
+
+def test_records_arriving_during_a_write_form_the_next_batch_and_close_waits_for_it(tmp_path):
+    """The write and fsync run on the I/O thread: the loop keeps queueing records meanwhile, they
+    go out as the next batch in chain order, and close() seals the log only after both batches."""
+    import threading
+    import time
+
+    log = tmp_path / "a.jsonl"
+    key = load_signing_key(tmp_path / "k.pem")
+    w = AuditLog(log, signing_key=key, checkpoint_every=1000, io_thread_ms=0.0)  # always the I/O thread
+    threads: list[str] = []
+    blobs: list[int] = []
+    real = w._write_sync
+
+    def slow(blob, head):
+        threads.append(threading.current_thread().name)
+        blobs.append(blob.count(b'"kind":"record"'))
+        time.sleep(0.05)
+        real(blob, head)
+
+    w._write_sync = slow
+
+    async def main():
+        await w.start()
+        first = asyncio.ensure_future(w.append({"i": 0}))
+        while not w._busy:
+            await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(w.append({"i": i})) for i in range(1, 11)]
+        await asyncio.sleep(0)
+        await w.close()
+        assert all(f.done() for f in [first, *rest])
+        return [first.result()] + [f.result() for f in rest]
+
+    seqs = asyncio.run(main())
+    assert seqs == list(range(1, 12))
+    assert blobs == [1, 10, 0]  # the two batches, then the closing checkpoint
+    assert threads[0].startswith("audit-io") and threads[1].startswith("audit-io")
+    rep = verify(log, public_key=public_hex(key))
+    assert rep.ok, rep.problem
+    assert rep.records == 11
+    assert [json.loads(ln)["i"] for ln in log.read_text().splitlines() if '"record"' in ln] == list(range(11))
+
+
+def test_a_slow_fsync_moves_the_writes_to_the_io_thread(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from invguard.guard import auditlog
+
+    real_fsync = os.fsync
+    where: list[str] = []
+
+    def slow_fsync(fd):
+        where.append(threading.current_thread().name)
+        time.sleep(0.005)
+        real_fsync(fd)
+
+    monkeypatch.setattr(auditlog.os, "fsync", slow_fsync)
+    log = tmp_path / "a.jsonl"
+    key = load_signing_key(tmp_path / "k.pem")
+
+    async def main():
+        w = AuditLog(log, signing_key=key, checkpoint_every=1000)  # io_thread_ms 0.5 by default
+        await w.start()
+        for i in range(8):
+            where.append(f"record {i}")
+            await w.append({"i": i})
+        where.append("close")
+        await w.close()
+
+    asyncio.run(main())
+    # the fsync after each "record i" marker is that record's batch
+    batches = [where[where.index(f"record {i}") + 1] for i in range(8)]
+    assert batches[0] == "MainThread"  # the average starts at 0: the first batch is written inline
+    assert all(t.startswith("audit-io") for t in batches[1:])  # then 5 ms fsyncs move to the thread
+    assert verify(log, public_key=public_hex(key)).ok

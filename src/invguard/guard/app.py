@@ -17,7 +17,6 @@ stands for in ``suppressed``), so nobody without a key can fill the audit disk.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -156,6 +155,7 @@ class Guard:
         self.model_name = cfg.model.name
         self.max_batch = cfg.model.max_batch
         self.lo, self.hi = cfg.model.input_range
+        self._finite_range = math.isfinite(self.lo) and math.isfinite(self.hi)
         self.max_body = cfg.server.max_body_bytes
         self.roles: dict[str, Role] = {}
         for name, rc in cfg.roles.items():
@@ -220,6 +220,7 @@ class Guard:
         self._openapi_body = json.dumps(self.openapi).encode()
         self._m_requests: dict[tuple[str, int, str], Any] = {}
         self._m_latency: dict[str, Any] = {}
+        self._m_children: dict[tuple[Any, ...], Any] = {}
         self.starlette = Starlette(
             routes=[
                 Route(V1, self.predict_v1, methods=["POST"]),
@@ -306,6 +307,15 @@ class Guard:
         body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         return status, body, headers or []
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: the label values are bounded (routes, roles, kinds),
+        and the lookup in prometheus-client takes a lock and builds a tuple on every call."""
+        key = (id(metric), *labels)
+        child = self._m_children.get(key)
+        if child is None:
+            child = self._m_children[key] = metric.labels(*labels)
+        return child
+
     def _record(self, body: bytes | None) -> dict[str, Any]:
         """A record's common fields; ``input_hmac`` is HMAC-SHA256 (RFC 2104) of the body under the
         guard's secret (a plain hash of a small input space could be brute-forced). The raw input
@@ -315,7 +325,7 @@ class Guard:
             "role": None,
             "decision": "rejected",
             "policy": None,
-            "input_hmac": None if body is None else hmac.new(self._hkey, body, hashlib.sha256).hexdigest(),
+            "input_hmac": None if body is None else hmac.digest(self._hkey, body, "sha256").hex(),
             "rows": 0,
             "labels": None,
             "entropy": None,
@@ -332,7 +342,7 @@ class Guard:
         d = gcra_step(self._anon.setdefault(peer, {}), now, self._anon_limits, 0)
         if d.allowed:
             return True, True
-        self.metrics.violations.labels("anonymous", "rate_limited").inc()
+        self._child(self.metrics.violations, "anonymous", "rate_limited").inc()
         st = self._anon_logged.setdefault(peer, [0.0, 0.0])
         if now - st[0] < 1.0:
             st[1] += 1
@@ -382,12 +392,14 @@ class Guard:
                 "batch_too_large",
                 f"{where}: {arr.shape[0]} samples exceed the limit of {self.max_batch}",
             )
-        x = arr.astype(np.float64)
-        if not np.all(np.isfinite(x)) or x.min() < self.lo or x.max() > self.hi:
+        # min/max propagate NaN and a NaN compares false, so NaN fails the range test; +-inf fail it
+        # too when the range is finite (else isfinite is checked)
+        lo, hi = arr.min(), arr.max()
+        if not (lo >= self.lo and hi <= self.hi) or (not self._finite_range and not np.isfinite(arr).all()):
             raise BadInput(
                 400, "bad_value", f"{where}: values must be finite numbers in [{self.lo:g}, {self.hi:g}]"
             )
-        return x.astype(np.float32)
+        return arr.astype(np.float32)
 
     def _parse_v1(self, body: bytes) -> np.ndarray:
         try:
@@ -553,7 +565,7 @@ class Guard:
             body = await self._read_stream(cl, stream)
         except BadInput as e:
             return await self._anonymous(route, t0, peer, e.status, {"code": e.code, "error": str(e)}, rec)
-        rec["input_hmac"] = hmac.new(self._hkey, body, hashlib.sha256).hexdigest()
+        rec["input_hmac"] = hmac.digest(self._hkey, body, "sha256").hex()
         problem = await self.auth.refresh()
         if problem is not None:  # the key store changed and cannot be read: fail closed
             rec["decision"] = "rejected"
@@ -606,7 +618,7 @@ class Guard:
         rl_headers = decision.headers(role.limits)
         if not decision.allowed:
             rec["decision"] = decision.outcome
-            self.metrics.violations.labels(role.name, decision.outcome).inc()
+            self._child(self.metrics.violations, role.name, decision.outcome).inc()
             msg = (
                 "query budget exhausted for this period"
                 if decision.outcome == BUDGET_EXHAUSTED
@@ -660,24 +672,25 @@ class Guard:
             else (None if logits is None else Prediction.from_logits(logits, Access.SCORES).scores)
         )
         if probs is not None:
-            ent = _entropy(np.asarray(probs, dtype=np.float64))
-            rec["entropy"] = [round(float(e), 6) for e in ent]
-            hist = self.metrics.entropy.labels(role.name)
+            ent = _entropy(np.asarray(probs, dtype=np.float64)).tolist()
+            rec["entropy"] = [round(e, 6) for e in ent]
+            hist = self._child(self.metrics.entropy, role.name)
+            n_conf = 0
             for h in ent:
-                hist.observe(float(h))
-            n_conf = int(np.sum(ent < self.hc_threshold))
+                hist.observe(h)
+                n_conf += h < self.hc_threshold
             if n_conf:
-                self.metrics.high_confidence.labels(role.name).inc(n_conf)
-        self.metrics.rows.labels(role.name).inc(rows)
+                self._child(self.metrics.high_confidence, role.name).inc(n_conf)
+        self._child(self.metrics.rows, role.name).inc(rows)
         access = "logits" if logits is not None else ("scores" if scores is not None else "label")
         if route == V1:
             doc: dict[str, Any] = {"labels": labels, "policy": role.policy_label, "access": access}
             if scores is not None:
                 doc["scores"] = scores.tolist()
-                self.metrics.sensitive_fields.labels(route, role.name, "scores").inc()
+                self._child(self.metrics.sensitive_fields, route, role.name, "scores").inc()
             if logits is not None:
                 doc["logits"] = logits.tolist()
-                self.metrics.sensitive_fields.labels(route, role.name, "logits").inc()
+                self._child(self.metrics.sensitive_fields, route, role.name, "logits").inc()
         else:
             outputs: list[dict[str, Any]] = [
                 {"name": "labels", "shape": [rows], "datatype": "INT64", "data": labels}
@@ -692,7 +705,7 @@ class Guard:
                             "data": arr.reshape(-1).tolist(),
                         }
                     )
-                    self.metrics.sensitive_fields.labels(route, role.name, fname).inc()
+                    self._child(self.metrics.sensitive_fields, route, role.name, fname).inc()
             doc = {
                 "model_name": self.model_name,
                 "outputs": outputs,

@@ -136,6 +136,7 @@ class UpstreamModel:
         self.num_classes = int(num_classes)
         self._session: Any = None
         self._where = f"upstream POST {redact_url(cfg.url)}"
+        self._headers = {"Content-Type": "application/json"}
 
     async def start(self) -> None:
         import aiohttp
@@ -198,9 +199,7 @@ class UpstreamModel:
             raise UpstreamError("unavailable", "the upstream client is not started")
         where = self._where
         try:
-            async with self._session.post(
-                self.cfg.url, data=self._body(x), headers={"Content-Type": "application/json"}
-            ) as resp:
+            async with self._session.post(self.cfg.url, data=self._body(x), headers=self._headers) as resp:
                 status = resp.status
                 raw = await resp.read()
         except TimeoutError:
