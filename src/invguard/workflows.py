@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 
 def training_progress(console: Console) -> tuple[Progress, Any]:
@@ -54,37 +52,3 @@ def train_model(
     )
     console.print(f"saved to {output}")
     return {"train_accuracy": report.train_accuracy, "test_accuracy": test_acc}
-
-
-def access_tour(module: Any, splits: Any, console: Console) -> None:
-    """Show what each access level and a few output policies return for one private sample."""
-    from invguard import policies
-    from invguard.targets import TorchTarget
-
-    target = TorchTarget(module, input_shape=splits.input_shape)
-    x = splits.members.X[:1]
-    exposures: list[tuple[str, Any]] = [
-        ("logits (identity)", policies.Identity()),
-        ("scores", policies.ScoresOnly()),
-        ("top_k=3 | round=2", policies.TopK(3) | policies.Round(2)),
-        ("noise 0.05", policies.Noise(0.05, seed=0)),
-        ("label only", policies.LabelOnly()),
-    ]
-    table = Table(
-        title=f"What each exposure returns for member #{int(splits.members.indices[0])} "
-        f"(true class {int(splits.members.y[0])})"
-    )
-    table.add_column("exposure")
-    table.add_column("access")
-    table.add_column("answer", overflow="fold")
-    table.add_row("white-box", "WHITEBOX", "weights and gradients (torch module)")
-    for name, pol in exposures:
-        pred = pol.wrap(target).predict(x)
-        if pred.logits is not None:
-            ans = "logits " + np.array2string(pred.logits[0], precision=2, suppress_small=True)
-        elif pred.scores is not None:
-            ans = "scores " + np.array2string(pred.scores[0], precision=2, suppress_small=True)
-        else:
-            ans = f"label {int(pred.labels[0])}"
-        table.add_row(name, pred.access.name, ans)
-    console.print(table)

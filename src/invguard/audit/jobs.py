@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from invguard.audit.resolve import ResolvedTarget
+from invguard.metrics.utility import exposure_utility
 
 
 @dataclass(frozen=True)
@@ -102,27 +101,11 @@ def _in_dask_worker() -> bool:
         return False
 
 
-def exposure_utility(raw: Any, exposed: Any, data: Any, limit: int = 500) -> dict[str, Any]:
-    """What an exposure costs users: accuracy of its labels on held-out records, and agreement with
-    the unrestricted model's labels (a policy that noises scores may flip the argmax)."""
-    X, y = data.nonmembers.X[:limit], data.nonmembers.y[:limit]
-    base = raw.predict(X).labels
-    got = exposed.predict(X).labels
-    return {
-        "utility": float(np.mean(got == y)),
-        "baseline_utility": float(np.mean(base == y)),
-        "argmax_agreement": float(np.mean(got == base)),
-        "utility_records": int(y.shape[0]),
-    }
-
-
-def _inversion_sweep() -> Any:
-    """``invguard.attacks.inversion.sweep.exposure_sweep`` when the inversion family provides it."""
-    try:
-        from invguard.attacks.inversion.sweep import exposure_sweep
-    except ImportError:
-        return None
-    return exposure_sweep
+def _utility(raw: Any, exposed: Any, data: Any) -> dict[str, Any]:
+    """What an exposure costs users, on the held-out non-members (the same records and definition as
+    the inversion sweep's utility column)."""
+    X = data.nonmembers.X
+    return exposure_utility(data.nonmembers.y, raw.predict(X), exposed.predict(X))
 
 
 def _metric(row: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -134,10 +117,12 @@ def _metric(row: dict[str, Any], name: str) -> dict[str, Any] | None:
     return {"value": v, "low": row.get(f"{name}_low"), "high": row.get(f"{name}_high")}
 
 
-def _sweep_with_inversion(job: Job, raw: Any, ctx: Any, sweep_fn: Any) -> dict[str, Any]:
+def _sweep_with_inversion(job: Job, raw: Any, ctx: Any) -> dict[str, Any]:
     """One exposure of the inversion family's own sweep: it substitutes the strongest inversion
     attack the exposure allows when the configured one needs more access."""
-    rows = sweep_fn(
+    from invguard.attacks.inversion.sweep import exposure_sweep
+
+    rows = exposure_sweep(
         job.attack, raw, job.data, exposures=[(job.exposure_label, job.exposure)], seed=job.seed, context=ctx
     )
     row = dict(rows[0])
@@ -197,16 +182,15 @@ def run_job(job: Job) -> dict[str, Any]:
             cache_dir=None if job.cache_dir is None else Path(job.cache_dir),
             progress=job.progress,
         )
-        sweep_fn = _inversion_sweep() if job.sweep and job.attack.name.startswith("inversion.") else None
-        if sweep_fn is not None:
+        if job.sweep and job.attack.name.startswith("inversion."):
             t1 = time.perf_counter()
-            out = {**meta, **_sweep_with_inversion(job, raw, ctx, sweep_fn)}
+            out = {**meta, **_sweep_with_inversion(job, raw, ctx)}
             out["wall_time_s"] = time.perf_counter() - t1
         else:
             out = job.attack.run(target, job.data, seed=job.seed, context=ctx).to_json()
             out.update(meta, status="ok", error=None)
         if job.sweep:
-            out["utility"] = exposure_utility(raw, target, job.data)
+            out["utility"] = _utility(raw, target, job.data)
             out.setdefault("access", target.access.name)
     except AccessError as e:
         out = {**meta, "status": "not_applicable", "error": str(e), "params": job.attack.params()}
@@ -214,7 +198,7 @@ def run_job(job: Job) -> dict[str, Any]:
             try:
                 raw = job.target.build()
                 exposed = raw if job.exposure is None else policies.parse(job.exposure).wrap(raw)
-                out["utility"] = exposure_utility(raw, exposed, job.data)
+                out["utility"] = _utility(raw, exposed, job.data)
                 out["access"] = exposed.access.name
             except InvguardError:
                 pass

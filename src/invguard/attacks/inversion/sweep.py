@@ -14,12 +14,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from invguard.attacks.base import ATTACKS, Attack, RunContext
 from invguard.core.access import Access
 from invguard.core.errors import ConfigError
 from invguard.core.target import Target
+from invguard.metrics.utility import exposure_utility
 
 #: inversion attacks from strongest to weakest (the substitution order)
 STRENGTH = ("inversion.whitebox", "inversion.generative", "inversion.blackbox", "inversion.label_only")
@@ -99,16 +98,8 @@ def _effective_access(policy: Any, access: Access) -> tuple[Access, str | None]:
 
 def _utility(raw: Target, exposed: Target, splits: Any) -> tuple[float, float]:
     X, y = splits.nonmembers.X, splits.nonmembers.y
-    raw_labels = raw.predict(X).labels
-    pred = exposed.predict(X)
-    test_acc = float(np.mean(pred.labels == y))
-    if pred.scores is not None:
-        shown = np.argmax(pred.scores, axis=1)
-    elif pred.logits is not None:
-        shown = np.argmax(pred.logits, axis=1)
-    else:
-        shown = pred.labels
-    return test_acc, float(np.mean(shown == raw_labels))
+    u = exposure_utility(y, raw.predict(X), exposed.predict(X))
+    return u["utility"], u["argmax_agreement"]
 
 
 def exposure_sweep(
