@@ -48,6 +48,29 @@ def test_prediction_from_logits_by_access():
     assert Prediction.from_logits(logits, Access.LABEL).scores is None
 
 
+def test_prediction_from_raw_outputs_checks_their_shape():
+    with pytest.raises(ValueError, match=r"logits must have shape \(n, classes\), got \(3,\)"):
+        Prediction.from_logits(np.array([1.0, 3.0, 0.0]), Access.LOGITS)
+    with pytest.raises(ValueError, match=r"scores must have shape \(n, classes\), got \(1, 1, 3\)"):
+        Prediction.from_scores(np.ones((1, 1, 3)) / 3, Access.SCORES)
+
+
+def test_derived_prediction_keeps_labels_and_access_invariants():
+    base = Prediction.from_logits(np.array([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0]]), Access.LOGITS)
+    d = Prediction.derived(base, scores=np.full((2, 3), 1 / 3), access=Access.SCORES)
+    assert d.labels is base.labels and d.logits is None and d.access is Access.SCORES
+    with pytest.raises(ValueError, match="a LABEL prediction cannot carry outputs above its access"):
+        Prediction.derived(base, scores=base.scores, access=Access.LABEL)
+    with pytest.raises(
+        ValueError,
+        match=r"a SCORES prediction cannot carry outputs above its access \(scores need SCORES, "
+        r"logits need LOGITS\)",
+    ):
+        Prediction.derived(base, scores=base.scores, logits=base.logits, access=Access.SCORES)
+    with pytest.raises(ValueError, match=r"must keep 2 rows, got \(1, 3\)"):
+        Prediction.derived(base, scores=np.full((1, 3), 1 / 3), access=Access.SCORES)
+
+
 def test_registry_refuses_duplicates_and_suggests():
     reg: Registry[int] = Registry("widget")
     reg.register("inversion.whitebox")(1)

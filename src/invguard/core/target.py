@@ -25,9 +25,9 @@ IntArray = NDArray[np.integer[Any]]
 def softmax(logits: FloatArray, axis: int = -1) -> NDArray[np.float64]:
     """Numerically stable softmax in float64."""
     z = np.asarray(logits, dtype=np.float64)
-    z = z - np.max(z, axis=axis, keepdims=True)
-    e = np.exp(z)
-    out: NDArray[np.float64] = e / np.sum(e, axis=axis, keepdims=True)
+    out: NDArray[np.float64] = z - z.max(axis=axis, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=axis, keepdims=True)
     return out
 
 
@@ -45,24 +45,62 @@ class Prediction:
     access: Access = Access.LABEL
 
     def __post_init__(self) -> None:
-        if self.labels.ndim != 1:
-            raise ValueError(f"Prediction.labels must be 1-D, got shape {self.labels.shape}")
-        if not np.issubdtype(self.labels.dtype, np.integer):
-            raise ValueError(f"Prediction.labels must be integers, got dtype {self.labels.dtype}")
-        n = self.labels.shape[0]
-        if n and int(self.labels.min()) < 0:
+        labels, scores, logits = self.labels, self.scores, self.logits
+        if labels.ndim != 1:
+            raise ValueError(f"Prediction.labels must be 1-D, got shape {labels.shape}")
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"Prediction.labels must be integers, got dtype {labels.dtype}")
+        n = labels.shape[0]
+        if n and int(labels.min()) < 0:
             raise ValueError("Prediction.labels must be >= 0")
-        for name in ("scores", "logits"):
-            arr = getattr(self, name)
-            if arr is not None and (arr.ndim != 2 or arr.shape[0] != n):
-                raise ValueError(f"Prediction.{name} must have shape (n={n}, classes), got {arr.shape}")
-        width = next((a.shape[1] for a in (self.scores, self.logits) if a is not None), None)
-        if width is not None and n and int(self.labels.max()) >= width:
+        width = None
+        for name, arr in (("scores", scores), ("logits", logits)):
+            if arr is not None:
+                if arr.ndim != 2 or arr.shape[0] != n:
+                    raise ValueError(f"Prediction.{name} must have shape (n={n}, classes), got {arr.shape}")
+                if width is None:
+                    width = arr.shape[1]
+        if width is not None and n and int(labels.max()) >= width:
             raise ValueError(f"Prediction.labels must be < the number of classes ({width})")
-        if self.access < Access.SCORES and self.scores is not None:
+        if self.access < Access.SCORES and scores is not None:
             raise ValueError("a LABEL-access prediction cannot carry scores")
-        if self.access < Access.LOGITS and self.logits is not None:
+        if self.access < Access.LOGITS and logits is not None:
             raise ValueError("a prediction below LOGITS access cannot carry logits")
+
+    @classmethod
+    def derived(
+        cls,
+        base: Prediction,
+        *,
+        scores: FloatArray | None = None,
+        logits: FloatArray | None = None,
+        access: Access,
+    ) -> Prediction:
+        """A prediction derived from the validated ``base``: its labels, with ``scores`` / ``logits``
+        of ``base``'s shape (an output policy's answer). Only the access invariants are re-checked;
+        the per-row validation of ``__post_init__`` was done when ``base`` was built. This is the
+        hot path of the guard's output policies."""
+        if (access < Access.SCORES and scores is not None) or (access < Access.LOGITS and logits is not None):
+            raise ValueError(
+                f"a {access.name} prediction cannot carry outputs above its access "
+                "(scores need SCORES, logits need LOGITS)"
+            )
+        shape = (base.labels.shape[0], -1)
+        for arr in (scores, logits):
+            if arr is not None and (arr.ndim != 2 or arr.shape[0] != shape[0]):
+                raise ValueError(f"a derived prediction must keep {shape[0]} rows, got {arr.shape}")
+        return cls._unchecked(base.labels, scores, logits, access)
+
+    @classmethod
+    def _unchecked(
+        cls, labels: IntArray, scores: FloatArray | None, logits: FloatArray | None, access: Access
+    ) -> Prediction:
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "labels", labels)
+        object.__setattr__(obj, "scores", scores)
+        object.__setattr__(obj, "logits", logits)
+        object.__setattr__(obj, "access", access)
+        return obj
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -71,22 +109,26 @@ class Prediction:
     def from_logits(cls, logits: FloatArray, access: Access) -> Prediction:
         """Build the prediction a target at ``access`` returns for raw ``logits``."""
         logits = np.asarray(logits, dtype=np.float64)
-        labels = np.argmax(logits, axis=1).astype(np.int64)
-        scores = softmax(logits) if access >= Access.SCORES else None
-        return cls(
-            labels=labels,
-            scores=scores,
-            logits=logits if access >= Access.LOGITS else None,
-            access=min(access, Access.LOGITS),
+        if logits.ndim != 2:
+            raise ValueError(f"logits must have shape (n, classes), got {logits.shape}")
+        # argmax of a 2-D array: n labels in [0, classes), so nothing is left to validate
+        labels = logits.argmax(axis=1).astype(np.int64, copy=False)
+        return cls._unchecked(
+            labels,
+            softmax(logits) if access >= Access.SCORES else None,
+            logits if access >= Access.LOGITS else None,
+            min(access, Access.LOGITS),
         )
 
     @classmethod
     def from_scores(cls, scores: FloatArray, access: Access) -> Prediction:
         """Build the prediction a target at ``access`` (at most SCORES) returns for probabilities."""
         scores = np.asarray(scores, dtype=np.float64)
-        labels = np.argmax(scores, axis=1).astype(np.int64)
+        if scores.ndim != 2:
+            raise ValueError(f"scores must have shape (n, classes), got {scores.shape}")
+        labels = scores.argmax(axis=1).astype(np.int64, copy=False)
         level = min(access, Access.SCORES)
-        return cls(labels=labels, scores=scores if level >= Access.SCORES else None, access=level)
+        return cls._unchecked(labels, scores if level >= Access.SCORES else None, None, level)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view (lists of numbers), the shape the guard returns."""

@@ -551,8 +551,16 @@ def verify(
 # ------------------------------------------------------------------------------------- writer
 
 
+_second: list[Any] = [None, ""]  # [whole second, its "YYYY-MM-DDTHH:MM:SS" prefix]
+
+
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """The current UTC time as ISO 8601 with microseconds and ``Z`` (the prefix is cached per second)."""
+    t = time.time()
+    sec = int(t)
+    if _second[0] != sec:
+        _second[0], _second[1] = sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_second[1]}.{int((t - sec) * 1e6):06d}Z"
 
 
 def _fsync_dir(d: Path) -> None:

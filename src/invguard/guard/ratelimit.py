@@ -31,6 +31,7 @@ timestamps from the server's ``TIME``) so several guard replicas share one limit
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class Limits:
     def interval(self) -> float:
         return 1.0 / self.per_second
 
+    @functools.cached_property
     def policy_header(self) -> str:
         items = [f'"burst";q={self.burst};w={max(1, math.ceil(self.burst / self.per_second))}']
         if self.day is not None:
@@ -90,7 +92,7 @@ class Decision:
         if limits.week is not None:
             t = WEEK - ((self.now + 3 * DAY) % WEEK)
             items.append(f'"week";r={max(0, limits.week - self.week_used)};t={math.ceil(t)}')
-        out = [("RateLimit-Policy", limits.policy_header()), ("RateLimit", ", ".join(items))]
+        out = [("RateLimit-Policy", limits.policy_header), ("RateLimit", ", ".join(items))]
         if not self.allowed:
             out.append(("Retry-After", str(max(1, math.ceil(self.retry_after)))))
         return out

@@ -19,7 +19,7 @@ def _is_number(v: object) -> bool:
 
 def _scored(pred: Prediction, scores: NDArray[np.float64]) -> Prediction:
     """A SCORES-level prediction with the model's own labels and the given scores."""
-    return Prediction(labels=pred.labels, scores=scores, access=Access.SCORES)
+    return Prediction.derived(pred, scores=scores, access=Access.SCORES)
 
 
 @POLICIES.register("identity")
@@ -63,7 +63,7 @@ class LabelOnly(OutputPolicy):
     cap = Access.LABEL
 
     def transform(self, pred: Prediction) -> Prediction:
-        return Prediction(labels=pred.labels, access=Access.LABEL)
+        return Prediction.derived(pred, access=Access.LABEL)
 
     def label(self) -> str:
         return "label only"
@@ -94,16 +94,20 @@ class TopK(OutputPolicy):
     def transform(self, pred: Prediction) -> Prediction:
         p = probabilities(pred)
         assert p is not None
-        k = min(self.k, p.shape[1])
+        n, c = p.shape
+        k = min(self.k, c)
         # highest first, ties by lower class index; the model's own label always ranks first
-        key = -p.copy()
-        key[np.arange(p.shape[0]), pred.labels] = -np.inf
-        order = np.argsort(key, axis=1, kind="stable")[:, :k]
-        out = np.zeros_like(p)
-        rows = np.arange(p.shape[0])[:, None]
-        out[rows, order] = p[rows, order]
+        key = np.negative(p)
+        rows = np.arange(n)
+        key[rows, pred.labels] = -np.inf
+        drop = np.argsort(key, axis=1, kind="stable")[:, k:]
+        out = p.copy()
+        out[rows[:, None], drop] = 0.0
         total = out.sum(axis=1, keepdims=True)
-        out = np.divide(out, total, out=np.zeros_like(out), where=total > 0)
+        ok = total > 0
+        np.divide(out, total, out=out, where=ok)
+        if not ok.all():  # a row the model scored all zero stays all zero
+            out[~ok[:, 0]] = 0.0
         return _scored(pred, out)
 
 
