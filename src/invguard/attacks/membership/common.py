@@ -16,11 +16,11 @@ import json
 import multiprocessing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from invguard.attacks.base import AttackOutput, RunContext
+from invguard.attacks.base import Attack, AttackOutput, RunContext
 from invguard.core.access import Access
 from invguard.core.errors import ConfigError
 from invguard.core.result import Finding, Metric
@@ -213,6 +213,48 @@ def _inner_module(target: Any) -> Any:
         if t is None:
             return None
     return None
+
+
+@dataclass(frozen=True)
+class ReferenceAttack(Attack):
+    """The parameters every attack that trains reference ("shadow") models shares.
+
+    ``n_models``: how many (at least ``min_models``); ``arch``/``recipe``/``train``: how they are
+    built and trained (default: the target's own ``invguard.models`` spec and recipe); ``n_boot``:
+    bootstrap resamples of the confidence intervals; ``top``: records listed in the risk ranking.
+    Subclasses redeclare ``n_models`` with their own default and extend ``validate``.
+    """
+
+    min_models: ClassVar[int] = 1
+
+    n_models: int = 8
+    arch: dict[str, Any] | None = None
+    recipe: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    n_boot: int = 1000
+    top: int = 20
+
+    def validate(self) -> list[str]:
+        p = []
+        if self.n_models < self.min_models:
+            p.append(f"n_models must be >= {self.min_models}, got {self.n_models}")
+        if self.n_boot < 0:
+            p.append(f"n_boot must be >= 0, got {self.n_boot}")
+        return p
+
+    def reference(self, target: Target) -> ReferenceSpec:
+        return resolve_reference(target, self.arch, self.recipe, self.train, self.name)
+
+    @staticmethod
+    def reference_info(ref: ReferenceSpec, masks: np.ndarray) -> dict[str, Any]:
+        """What the report states about the reference models: how many, their training-set size
+        and recipe."""
+        return {
+            "reference_models": int(masks.shape[0]),
+            "reference_train_size": int(masks[0].sum()),
+            "reference_spec": ref.spec,
+            "reference_recipe": ref.recipe,
+        }
 
 
 def resolve_reference(

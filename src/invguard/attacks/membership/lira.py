@@ -18,22 +18,22 @@ Variances are per example or fixed (one global variance, better with few models,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy.stats import norm
 
-from invguard.attacks.base import ATTACKS, Attack, AttackOutput, RunContext
+from invguard.attacks.base import ATTACKS, AttackOutput, RunContext
 from invguard.attacks.membership.common import (
     AUGMENTATIONS,
+    ReferenceAttack,
     as_target_would,
     augment,
     candidates_of,
     logit_confidence,
     membership_output,
     paired_masks,
-    resolve_reference,
     run_references,
     splits_of,
 )
@@ -46,7 +46,7 @@ VARIANCES = ("auto", "fixed", "per_example")
 
 @ATTACKS.register("membership.lira")
 @dataclass(frozen=True)
-class LiRA(Attack):
+class LiRA(ReferenceAttack):
     """The likelihood ratio attack.
 
     ``n_models``: reference models (even numbers keep the IN/OUT split balanced); ``mode``: online or
@@ -59,22 +59,16 @@ class LiRA(Attack):
 
     name: ClassVar[str] = "membership.lira"
     requires: ClassVar[Access] = Access.SCORES
+    min_models: ClassVar[int] = 2
 
     n_models: int = 16
     mode: str = "online"
     variance: str = "auto"
     augment: str = "none"
-    arch: dict[str, Any] | None = None
-    recipe: str | None = None
-    train: dict[str, Any] = field(default_factory=dict)
     decision_fpr: float = 0.05
-    n_boot: int = 1000
-    top: int = 20
 
     def validate(self) -> list[str]:
-        p = []
-        if self.n_models < 2:
-            p.append(f"n_models must be >= 2, got {self.n_models}")
+        p = super().validate()
         if self.mode not in ("online", "offline"):
             p.append(f"mode must be 'online' or 'offline', got {self.mode!r}")
         if self.variance not in VARIANCES:
@@ -83,14 +77,12 @@ class LiRA(Attack):
             p.append(f"augment must be one of {list(AUGMENTATIONS)}, got {self.augment!r}")
         if not 0.0 < self.decision_fpr < 1.0:
             p.append(f"decision_fpr must be in (0, 1), got {self.decision_fpr}")
-        if self.n_boot < 0:
-            p.append(f"n_boot must be >= 0, got {self.n_boot}")
         return p
 
     def _run(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> AttackOutput:
         splits = splits_of(data, self.name)
         cand = candidates_of(splits)
-        ref = resolve_reference(target, self.arch, self.recipe, self.train, self.name)
+        ref = self.reference(target)
         queries = augment(cand.X, self.augment)  # (n, A, ...)
         n, a = queries.shape[:2]
         seed = int(rng.integers(2**31))
@@ -149,10 +141,7 @@ class LiRA(Attack):
                 "mode": self.mode,
                 "fixed_variance": fixed,
                 "queries_per_record": a,
-                "reference_models": self.n_models,
-                "reference_train_size": int(masks[0].sum()),
-                "reference_spec": ref.spec,
-                "reference_recipe": ref.recipe,
+                **self.reference_info(ref, masks),
             },
         )
 

@@ -16,18 +16,18 @@ model trains on (scored exactly like a non-member candidate).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from invguard.attacks.base import ATTACKS, Attack, AttackOutput, RunContext
+from invguard.attacks.base import ATTACKS, AttackOutput, RunContext
 from invguard.attacks.membership.common import (
+    ReferenceAttack,
     as_target_would,
     candidates_of,
     membership_output,
     paired_masks,
-    resolve_reference,
     run_references,
     splits_of,
     true_prob,
@@ -39,7 +39,7 @@ from invguard.core.target import Target
 
 @ATTACKS.register("membership.rmia")
 @dataclass(frozen=True)
-class RMIA(Attack):
+class RMIA(ReferenceAttack):
     """Offline RMIA.
 
     ``n_models``: reference models trained on random halves of the public split; ``a``: the offline
@@ -58,17 +58,10 @@ class RMIA(Attack):
     gamma: float = 2.0
     n_population: int = 2000
     n_calibration: int = 200
-    arch: dict[str, Any] | None = None
-    recipe: str | None = None
-    train: dict[str, Any] = field(default_factory=dict)
     decision_fpr: float = 0.05
-    n_boot: int = 1000
-    top: int = 20
 
     def validate(self) -> list[str]:
-        p = []
-        if self.n_models < 1:
-            p.append(f"n_models must be >= 1, got {self.n_models}")
+        p = super().validate()
         if not 0.0 <= self.a <= 1.0:
             p.append(f"a must be in [0, 1], got {self.a}")
         if self.gamma <= 0:
@@ -79,14 +72,12 @@ class RMIA(Attack):
             p.append(f"n_population must be >= 1, got {self.n_population}")
         if not 0.0 < self.decision_fpr < 1.0:
             p.append(f"decision_fpr must be in (0, 1), got {self.decision_fpr}")
-        if self.n_boot < 0:
-            p.append(f"n_boot must be >= 0, got {self.n_boot}")
         return p
 
     def _run(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> AttackOutput:
         splits = splits_of(data, self.name)
         cand = candidates_of(splits)
-        ref = resolve_reference(target, self.arch, self.recipe, self.train, self.name)
+        ref = self.reference(target)
         pub = splits.public
         if len(pub) < 2:
             raise ConfigError(f"{self.name}: the public split needs at least 2 records, has {len(pub)}")
@@ -143,13 +134,10 @@ class RMIA(Attack):
             seed=seed,
             top=self.top,
             info={
-                "reference_models": self.n_models,
                 "population_samples": int(z_idx.size),
                 "calibration_records": int(n_cal),
-                "reference_train_size": int(masks[0].sum()),
                 "a": self.a,
                 "gamma": self.gamma,
-                "reference_spec": ref.spec,
-                "reference_recipe": ref.recipe,
+                **self.reference_info(ref, masks),
             },
         )

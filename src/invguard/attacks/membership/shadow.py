@@ -10,19 +10,19 @@ policy, so the attack model sees what the target's clients see.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from invguard.attacks.base import ATTACKS, Attack, AttackOutput, RunContext
+from invguard.attacks.base import ATTACKS, AttackOutput, RunContext
 from invguard.attacks.membership.common import (
+    ReferenceAttack,
     as_target_would,
     candidates_of,
     membership_output,
     paired_masks,
     probabilities,
-    resolve_reference,
     run_references,
     splits_of,
 )
@@ -41,7 +41,7 @@ def features(pred: Prediction, y: np.ndarray) -> np.ndarray:
 
 @ATTACKS.register("membership.shadow")
 @dataclass(frozen=True)
-class ShadowAttack(Attack):
+class ShadowAttack(ReferenceAttack):
     """Shokri et al.'s shadow-model attack.
 
     ``n_models``: shadow models; ``attack_model``: ``per_class`` (one classifier per true class,
@@ -55,20 +55,11 @@ class ShadowAttack(Attack):
 
     n_models: int = 8
     attack_model: str = "per_class"
-    arch: dict[str, Any] | None = None
-    recipe: str | None = None
-    train: dict[str, Any] = field(default_factory=dict)
-    n_boot: int = 1000
-    top: int = 20
 
     def validate(self) -> list[str]:
-        p = []
-        if self.n_models < 1:
-            p.append(f"n_models must be >= 1, got {self.n_models}")
+        p = super().validate()
         if self.attack_model not in ("per_class", "global"):
             p.append(f"attack_model must be 'per_class' or 'global', got {self.attack_model!r}")
-        if self.n_boot < 0:
-            p.append(f"n_boot must be >= 0, got {self.n_boot}")
         return p
 
     def _run(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> AttackOutput:
@@ -76,7 +67,7 @@ class ShadowAttack(Attack):
 
         splits = splits_of(data, self.name)
         cand = candidates_of(splits)
-        ref = resolve_reference(target, self.arch, self.recipe, self.train, self.name)
+        ref = self.reference(target)
         pub = splits.public
         if len(pub) < 4:
             raise ConfigError(f"{self.name}: the public split needs at least 4 records, has {len(pub)}")
@@ -115,11 +106,8 @@ class ShadowAttack(Attack):
             seed=seed,
             top=self.top,
             info={
-                "shadow_models": self.n_models,
                 "attack_model": self.attack_model,
                 "per_class_models": per_class_used,
-                "shadow_train_size": int(masks[0].sum()),
-                "reference_spec": ref.spec,
-                "reference_recipe": ref.recipe,
+                **self.reference_info(ref, masks),
             },
         )
