@@ -113,6 +113,10 @@ def plain_proxy_app(upstream: str):
                     await session[0].close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["method"] != "POST":
+            await send({"type": "http.response.start", "status": 405, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         body = b""
         while True:
             msg = await receive()

@@ -153,6 +153,13 @@ def test_offline_lira_rmia_shadow_and_label_only_run_on_the_overfit_mlp(
     for r in (shadow, label):
         assert r.arrays["scores"].shape == (n,) and r.metric("auc").low > 0.5, r.metric("auc")
     assert label.access == "LABEL" and label.queries_used == 17 * (n + len(s.public))
+    # every reference-model attack states its models the same way (the report reads these keys)
+    for r, m, pub in ((offline, 4, splits.public), (rmia, 2, None), (shadow, 2, s.public)):
+        info = r.info
+        assert info["reference_models"] == m and info["reference_recipe"] == "overfit", info
+        assert info["reference_spec"]["arch"] == "mlp" and info["reference_train_size"] > 0
+        if pub is not None:  # offline LiRA and shadow train on random halves of the public split
+            assert info["reference_train_size"] == len(pub) // 2
 
 
 def test_threshold_is_tie_safe_on_rounded_scores(overfit_target, splits):

@@ -12,7 +12,7 @@ and the line it is on (``attacks[1].params.steps (line 14): ...``), and raises `
     data: {dataset: digits}
     attacks:
       - inversion.whitebox
-      - {name: membership.lira, params: {n_reference: 8}, exposure: "top_k=3 round=2"}
+      - {name: membership.lira, params: {n_models: 8}, exposure: "top_k=3 round=2"}
     exposures:
       attacks: [inversion.blackbox]
       policies: [logits, scores, "top_k=3 round=2", label_only]

@@ -77,9 +77,9 @@ class Prediction:
         access: Access,
     ) -> Prediction:
         """A prediction derived from the validated ``base``: its labels, with ``scores`` / ``logits``
-        of ``base``'s shape (an output policy's answer). Only the access invariants are re-checked;
-        the per-row validation of ``__post_init__`` was done when ``base`` was built. This is the
-        hot path of the guard's output policies."""
+        of as many rows (an output policy's answer). Only the access invariants and the row count
+        are re-checked; the per-row validation of ``__post_init__`` was done when ``base`` was
+        built. This is the hot path of the guard's output policies."""
         if (access < Access.SCORES and scores is not None) or (access < Access.LOGITS and logits is not None):
             raise ValueError(
                 f"a {access.name} prediction cannot carry outputs above its access "

@@ -551,16 +551,19 @@ def verify(
 # ------------------------------------------------------------------------------------- writer
 
 
-_second: list[Any] = [None, ""]  # [whole second, its "YYYY-MM-DDTHH:MM:SS" prefix]
+_second: tuple[int, str] = (-1, "")  # (whole second, its "YYYY-MM-DDTHH:MM:SS" prefix), replaced whole
 
 
 def _now() -> str:
     """The current UTC time as ISO 8601 with microseconds and ``Z`` (the prefix is cached per second)."""
+    global _second
     t = time.time()
     sec = int(t)
-    if _second[0] != sec:
-        _second[0], _second[1] = sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_second[1]}.{int((t - sec) * 1e6):06d}Z"
+    cached, prefix = _second
+    if cached != sec:
+        prefix = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (sec, prefix)
+    return f"{prefix}.{int((t - sec) * 1e6):06d}Z"
 
 
 def _fsync_dir(d: Path) -> None:

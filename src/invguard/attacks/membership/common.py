@@ -215,7 +215,7 @@ def _inner_module(target: Any) -> Any:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReferenceAttack(Attack):
     """The parameters every attack that trains reference ("shadow") models shares.
 
