@@ -18,7 +18,7 @@ from invguard.metrics.inversion import _shift_augment, build_evaluator, evaluato
 from invguard.models.train import fit
 
 PER_CLASS = 3
-EPOCHS = 8  # of the MNIST evaluator (30 in the attacks): enough for the test, a third of the time
+EPOCHS = 15  # of the MNIST evaluator (30 in the attacks): enough for the test, half the time
 
 
 @pytest.fixture(scope="module")
