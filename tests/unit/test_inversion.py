@@ -57,7 +57,7 @@ def test_whitebox_reaches_the_evaluation_classifier(wb_shared):
     assert r.metric("attack_accuracy").value >= 0.8
     assert r.metric("attack_accuracy").low is not None
     assert r.info["setting"] == "shared-class"
-    assert r.info["evaluator"]["arch"] == "cnn"  # the target is an MLP: a different architecture
+    assert r.info["evaluator"]["arch"] == "cnn+mlp"  # the target is an MLP: another family comes first
     n = 10 * 5
     assert r.arrays["reconstructions"].shape == (n, 1, 8, 8)
     assert r.arrays["nearest_private"].shape == (n, 1, 8, 8)

@@ -15,7 +15,7 @@ import yaml
 from invguard.core.errors import ConfigError
 
 # fast parameters per attack for the demo (attacks not listed run with their defaults)
-_INV = {"reconstructions_per_class": 2, "permutations": 200, "bootstrap": 200, "evaluator_epochs": 15}
+_INV = {"reconstructions_per_class": 2, "permutations": 200, "bootstrap": 200, "evaluator_epochs": 30}
 DEMO_PARAMS: dict[str, dict[str, Any]] = {
     "inversion.whitebox": {**_INV, "steps": 120, "restarts": 1},
     "inversion.blackbox": {**_INV, "queries_per_class": 600},

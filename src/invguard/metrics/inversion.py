@@ -4,6 +4,9 @@
   classifier* (a different architecture, trained on the evaluation split, never the target)
   classifies each reconstruction; top-1 and top-5, with bootstrap 95% CIs. The target's own
   confidence is reported but never the headline: fooling the target with noise is not leakage.
+  For images the evaluator is *robust*: two adversarially trained members of different families
+  (Madry et al., ICLR 2018) that must agree, so noise that fools the target (and would transfer
+  to a plainly trained classifier) is not credited as a recognisable reconstruction.
 - **KNN distance**: squared L2 distance, in the evaluator's feature space, from each reconstruction
   to the nearest *private member* of its class; pixel SSIM/PSNR/MSE (Wang et al. 2004, scikit-image)
   to the nearest private member in pixel space.
@@ -69,26 +72,36 @@ __all__ = [
 
 @dataclass
 class Evaluator:
-    """The independent evaluation classifier: a torch module trained on the evaluation split.
+    """The independent evaluation classifier: one or more torch modules trained on the evaluation split.
 
-    ``features`` are the activations feeding its last linear layer (its penultimate layer).
+    For images it is an ensemble of two adversarially trained members of different families (see
+    :func:`evaluator_spec`); a record is *credited* to a class only when every member names that
+    class (:meth:`predict` gives -1 where they disagree). :meth:`logits` are the members' averaged
+    log-probabilities (used for top-5). ``features`` are the activations feeding the last linear
+    layer (the penultimate layer) of the first member, the one whose family differs from the
+    target's. ``holdout_accuracy`` is the accuracy of :meth:`predict` on the non-members.
     """
 
-    module: Any
+    modules: list[Any]
     spec: dict[str, Any]
     holdout_accuracy: float
     key: str
 
     @property
-    def arch(self) -> str:
-        return str(self.spec.get("arch", "?"))
+    def module(self) -> Any:
+        """The first member (whose features are used for distances)."""
+        return self.modules[0]
 
-    def _run(self, X: NDArray[Any], features: bool) -> F64:
+    @property
+    def arch(self) -> str:
+        return "+".join(str(m.get("arch", "?")) for m in self.spec.get("members", [self.spec]))
+
+    def _run(self, module: Any, X: NDArray[Any], features: bool) -> F64:
         import torch
 
         out: list[F64] = []
-        self.module.eval()
-        body, head = _split_head(self.module)
+        module.eval()
+        body, head = _split_head(module)
         with torch.no_grad():
             for i in range(0, X.shape[0], 1024):
                 xb = torch.as_tensor(np.asarray(X[i : i + 1024], dtype=np.float32))
@@ -98,11 +111,34 @@ class Evaluator:
             return np.zeros((0, 0))
         return np.concatenate(out, axis=0)
 
+    def member_logits(self, X: NDArray[Any]) -> list[F64]:
+        return [self._run(m, X, features=False) for m in self.modules]
+
     def logits(self, X: NDArray[Any]) -> F64:
-        return self._run(X, features=False)
+        """Averaged log-softmax of the members (the logits themselves for a single member)."""
+        outs = self.member_logits(X)
+        if len(outs) == 1:
+            return outs[0]
+        logp = [z - _logsumexp(z) for z in outs]
+        avg: F64 = np.mean(logp, axis=0)
+        return avg
+
+    def predict(self, X: NDArray[Any]) -> NDArray[np.int64]:
+        """The class every member agrees on, else -1 (counted as a miss for any class)."""
+        outs = self.member_logits(X)
+        labels = np.stack([z.argmax(axis=1) for z in outs]).astype(np.int64)
+        agree = np.all(labels == labels[0], axis=0)
+        out: NDArray[np.int64] = np.where(agree, labels[0], -1)
+        return out
 
     def features(self, X: NDArray[Any]) -> F64:
-        return self._run(X, features=True)
+        return self._run(self.module, X, features=True)
+
+
+def _logsumexp(z: F64) -> F64:
+    m = z.max(axis=1, keepdims=True)
+    out: F64 = m + np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+    return out
 
 
 def _split_head(module: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
@@ -120,20 +156,42 @@ def _split_head(module: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]
 
 
 def evaluator_spec(input_shape: Sequence[int], num_classes: int, target_arch: str | None) -> dict[str, Any]:
-    """An evaluator architecture that differs from the target's.
+    """The evaluation classifier: its members and how they are trained.
 
-    Images: a wider CNN (24/48 channels, 96 hidden units; the reference CNN has 16/32 and 64), or a
-    two-layer MLP when the target is itself a CNN. Vectors: a two-layer MLP (256, 128).
+    Images: two members of different families, each adversarially trained (PGD in an L-infinity
+    ball; Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018)
+    so that it credits only images that look like the class, not noise that transfers from the
+    target: a wider CNN (24/48 channels, 96 hidden units; the reference CNN has 16/32 and 64) and a
+    two-layer MLP (256, 128). The member whose family differs from the target's comes first (its
+    features are used for distances), and a reconstruction counts only when both agree, so the
+    ensemble is never more lenient than that member. Radius 0.2 on images of 16 pixels a side or
+    more (MNIST), 0.15 on smaller ones (8x8 digits, where 0.2 costs clean accuracy); 3 PGD steps.
+    Measured on MNIST-5k: unconstrained targeted-gradient images from a black start, which the
+    earlier non-robust MLP evaluator credited 0.88 of the time, are credited 0.10; ART MIFace's
+    images (500 iterations) go from 0.90 to 0.30 (0.40 at its default 10,000); the public class
+    means stay at 1.00 and held-out accuracy at 0.93 (0.94 before). On 8x8 digits the radius buys
+    little: a few gradient steps on 64 pixels draw a faint digit, not noise.
+    Vectors: a two-layer MLP (256, 128), trained without perturbations (an L-infinity ball has no
+    meaning on standardised tabular features).
     """
     shape = [int(d) for d in input_shape]
     base: dict[str, Any] = {"input_shape": shape, "num_classes": int(num_classes)}
-    if len(shape) == 3 and target_arch != "cnn":
-        return {"arch": "cnn", "channels": [24, 48], "hidden": 96, **base}
-    return {"arch": "mlp", "hidden": [256, 128], **base}
+    mlp = {"arch": "mlp", "hidden": [256, 128], **base}
+    if len(shape) != 3:
+        return {"members": [mlp], "combine": "single", "augment": "none", "adversarial": None}
+    cnn = {"arch": "cnn", "channels": [24, 48], "hidden": 96, **base}
+    members = [mlp, cnn] if target_arch == "cnn" else [cnn, mlp]
+    eps = 0.2 if min(shape[1:]) >= 16 else 0.15
+    return {
+        "members": members,
+        "combine": "agreement",
+        "augment": "shift1-noise0.05",
+        "adversarial": {"norm": "linf", "eps": eps, "steps": 3},
+    }
 
 
 def _shift_augment(X: NDArray[Any], y: NDArray[Any], rng: np.random.Generator) -> tuple[F64, NDArray[Any]]:
-    """Original images plus copies shifted by one pixel and lightly noised (a robust evaluator)."""
+    """Original images plus copies shifted by one pixel and lightly noised."""
     if X.ndim != 4:
         return np.asarray(X, dtype=np.float64), y
     outs = [X]
@@ -154,8 +212,9 @@ def build_evaluator(
     """Train (or load from ``cache_dir`` by content hash) the evaluation classifier.
 
     Trained only on ``splits.evaluation`` (all classes, shift-augmented), so it never saw the
-    target's members, non-members or the attacker's public data. ``holdout_accuracy`` is its
-    accuracy on the non-members.
+    target's members, non-members or the attacker's public data; image members are trained
+    adversarially (see :func:`evaluator_spec`). ``holdout_accuracy`` is the accuracy of its
+    agreed prediction on the non-members.
     """
     from invguard import models
     from invguard.models.train import fit
@@ -168,32 +227,41 @@ def build_evaluator(
                 "spec": spec,
                 "seed": seed,
                 "epochs": epochs,
-                "aug": "shift1-noise0.05-v1",
+                "version": "robust-ensemble-v2",
                 "data": splits.dataset.fingerprint(),
                 "evaluation": ev.hash,
             },
             sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
-    path = None if cache_dir is None else Path(cache_dir) / f"inversion-evaluator-{key}.pt"
-    if path is not None and path.exists():
-        module = models.load(path)
-    else:
-        X, y = _shift_augment(ev.X, ev.y, np.random.default_rng(seed))
+    adv = spec["adversarial"] or {}
+    modules: list[Any] = []
+    train: tuple[F64, NDArray[Any]] | None = None
+    for i, member in enumerate(spec["members"]):
+        path = None if cache_dir is None else Path(cache_dir) / f"inversion-evaluator-{key}-{i}.pt"
+        if path is not None and path.exists():
+            modules.append(models.load(path))
+            continue
+        if train is None:
+            train = _shift_augment(ev.X, ev.y, np.random.default_rng(seed))
         module, _ = fit(
-            spec,
-            X.astype(np.float32),
-            y,
+            member,
+            train[0].astype(np.float32),
+            train[1],
             recipe="standard",
             seed=seed,
             epochs=epochs,
             batch_size=128,
             lr=2e-3,
+            adversarial_eps=float(adv.get("eps", 0.0)),
+            adversarial_steps=int(adv.get("steps", 3)),
         )
         if path is not None:
-            models.save(module, path, meta={"role": "inversion evaluator", "key": key})
-    acc = float(models.accuracy(module, splits.nonmembers.X, splits.nonmembers.y))
-    return Evaluator(module=module, spec=spec, holdout_accuracy=acc, key=key)
+            models.save(module, path, meta={"role": "inversion evaluator", "key": key, "member": i})
+        modules.append(module)
+    evaluator = Evaluator(modules=modules, spec=spec, holdout_accuracy=float("nan"), key=key)
+    evaluator.holdout_accuracy = float(np.mean(evaluator.predict(splits.nonmembers.X) == splits.nonmembers.y))
+    return evaluator
 
 
 # ----------------------------------------------------------------------------------- distances
@@ -432,7 +500,7 @@ def score_reconstructions(
     logits = evaluator.logits(recs)
     k = min(5, logits.shape[1])
     top5 = np.argsort(-logits, axis=1)[:, :k]
-    correct = (logits.argmax(axis=1) == classes) & conv
+    correct = (evaluator.predict(recs) == classes) & conv
     correct5 = np.any(top5 == classes[:, None], axis=1) & conv
     feats = evaluator.features(recs)
     mem_feats = evaluator.features(members.X)

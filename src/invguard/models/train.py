@@ -41,6 +41,37 @@ def accuracy(module: nn.Module, X: np.ndarray, y: np.ndarray, batch_size: int = 
     return correct / max(1, len(y))
 
 
+def pgd_linf(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Untargeted projected gradient descent in an L-infinity ball of radius ``eps`` around ``x``,
+    kept inside the [0, 1] box (Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards Deep Learning
+    Models Resistant to Adversarial Attacks", ICLR 2018): a uniform random start, then ``steps``
+    signed-gradient ascent steps on the cross-entropy of size ``2.5 * eps / steps``, each projected
+    back onto the ball and the box. Returns the perturbed inputs (detached); the module's mode and
+    parameters' gradients are left as they were.
+    """
+    if eps <= 0 or steps < 1:
+        return x
+    alpha = 2.5 * eps / steps
+    delta = (torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1) * eps
+    delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(steps):
+        (grad,) = torch.autograd.grad(loss_fn(module(x + delta), y), delta)
+        with torch.no_grad():
+            delta += alpha * grad.sign()
+            delta.clamp_(-eps, eps)
+            delta.copy_((x + delta).clamp(0, 1) - x)
+    return (x + delta).detach()
+
+
 def train(
     module: nn.Module,
     X: np.ndarray,
@@ -49,6 +80,8 @@ def train(
     recipe: str = "standard",
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    adversarial_eps: float = 0.0,
+    adversarial_steps: int = 3,
     **overrides: Any,
 ) -> TrainReport:
     """Train ``module`` in place with Adam and cross-entropy; same seed, same weights.
@@ -58,6 +91,11 @@ def train(
     each epoch. Bit-for-bit reproducibility also needs the same torch thread count
     (``torch.get_num_threads()``), which is recorded in a saved model's metadata.
     Initialisation is *not* reseeded here: seed it before ``build`` (see ``fit``).
+
+    ``adversarial_eps`` > 0 trains adversarially (Madry et al., ICLR 2018): every batch is replaced
+    by its :func:`pgd_linf` perturbation (``adversarial_steps`` steps) against the current weights.
+    The radius grows linearly from ``eps / (epochs // 3)`` to ``eps`` over the first third of the
+    epochs (a warm-up that keeps a small training set from collapsing to one class early on).
     """
     if recipe not in RECIPES:
         raise ConfigError(f"unknown training recipe {recipe!r}; expected one of {sorted(RECIPES)}")
@@ -74,6 +112,11 @@ def train(
         )
     if len(X) != len(y):
         raise ConfigError(f"training data has {len(X)} samples but {len(y)} labels")
+    if not adversarial_eps >= 0 or (adversarial_eps > 0 and adversarial_steps < 1):
+        raise ConfigError(
+            "adversarial training needs adversarial_eps >= 0 and adversarial_steps >= 1; got "
+            f"{adversarial_eps} and {adversarial_steps}"
+        )
     with torch.no_grad():
         try:
             width = int(module(torch.as_tensor(X[:1], dtype=torch.float32)).shape[-1])
@@ -93,13 +136,20 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
     module.train()
     loss_value = float("nan")
+    warmup = max(1, epochs // 3)
     for epoch in range(epochs):
         perm = torch.randperm(len(yt), generator=g)
         total, count = 0.0, 0
+        eps = adversarial_eps * min(1.0, (epoch + 1) / warmup)
         for i in range(0, len(yt), bs):
             ix = perm[i : i + bs]
+            xb = Xt[ix]
+            if eps > 0:
+                module.eval()
+                xb = pgd_linf(module, xb, yt[ix], eps=eps, steps=adversarial_steps, generator=g)
+                module.train()
             opt.zero_grad()
-            loss = loss_fn(module(Xt[ix]), yt[ix])
+            loss = loss_fn(module(xb), yt[ix])
             loss.backward()
             opt.step()
             total += loss.item() * len(ix)

@@ -27,7 +27,14 @@ from invguard.core.target import Target
 class WhiteBoxInversion(InversionAttack):
     """Gradient inversion in pixel space. ``steps`` Adam steps at rate ``lr``; ``tv``/``l2`` prior
     weights; ``jitter`` pixels of random shift per step; ``restarts`` random starts per
-    reconstruction (the best is kept); ``patience`` steps without improvement before stopping."""
+    reconstruction (the best is kept); ``patience`` steps without improvement before stopping.
+
+    ``space="pca"`` searches the whitened principal components of the public data (``components``
+    of them) with a Gaussian prior of weight ``prior_weight``; when some attacked class is absent
+    from the public data (the disjoint-class setting) those components describe *other* classes,
+    and the weaker ``unseen_prior_weight`` is used instead. Measured with the robust evaluator,
+    disjoint-class: 8x8 digits (test MLP) 0.80 attack accuracy at 0.5, 0.92 at 0.1 (the 8 was out
+    of reach); MNIST-5k CNN 0.96 at 0.5, 0.92 at 0.1."""
 
     name: ClassVar[str] = "inversion.whitebox"
     requires: ClassVar[Access] = Access.WHITEBOX
@@ -42,6 +49,7 @@ class WhiteBoxInversion(InversionAttack):
     space: str = "pca"
     components: int = 40
     prior_weight: float = 0.5
+    unseen_prior_weight: float = 0.1
 
     def _validate(self) -> list[str]:
         p: list[str] = []
@@ -56,6 +64,7 @@ class WhiteBoxInversion(InversionAttack):
             p.append(f"space must be 'pca' or 'pixel', got {self.space!r}")
         _positive_int(p, "components", self.components)
         _positive(p, "prior_weight", self.prior_weight, zero=True)
+        _positive(p, "unseen_prior_weight", self.unseen_prior_weight, zero=True)
         return p
 
     def _reconstruct(
@@ -69,7 +78,10 @@ class WhiteBoxInversion(InversionAttack):
     ) -> tuple[SearchState, dict[str, Any]]:
         space: Space
         if self.space == "pca":
-            space = pca_space(splits, components=self.components, weight=self.prior_weight, tv=self.tv)
+            seen = set(np.unique(splits.public.y).tolist())
+            unseen = any(int(c) not in seen for c in np.unique(classes))
+            weight = self.unseen_prior_weight if unseen else self.prior_weight
+            space = pca_space(splits, components=self.components, weight=weight, tv=self.tv)
         else:
             space = PixelSpace(tuple(target.input_shape), tv=self.tv, l2=self.l2)
         theta0 = space.sample(len(classes) * self.restarts, rng)
