@@ -79,8 +79,11 @@ class BadInput(Exception):
         self.code = code
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _json(doc: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
-    body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    body = _ENCODER.encode(doc).encode()
     r = Response(body, status_code=status, media_type="application/json")
     if headers:
         for k, v in headers:
@@ -304,7 +307,7 @@ class Guard:
         if hist is None:
             hist = self._m_latency[route] = self.metrics.latency.labels(route)
         hist.observe(time.perf_counter() - t0)
-        body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+        body = _ENCODER.encode(doc).encode()
         return status, body, headers or []
 
     def _child(self, metric: Any, *labels: str) -> Any:

@@ -68,10 +68,12 @@ from invguard.core.errors import ConfigError
 GENESIS = "0" * 64
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    """Sorted keys, no whitespace, UTF-8, no NaN/Infinity: the bytes every hash is taken over."""
+    return _CANONICAL.encode(obj).encode("utf-8")
 
 
 def record_hash(prev: str, body: dict[str, Any]) -> str:
