@@ -249,6 +249,21 @@ def test_parameters_are_validated_with_every_problem_at_once():
         ig.attacks.get("inversion.blackbox")(role_swap="maybe")
 
 
+def test_a_weak_evaluation_classifier_is_reported_not_read_as_no_leak(digits_mlp, digits, ctx, wb_shared):
+    # one epoch of adversarial training leaves the evaluator far below 0.8 held-out accuracy
+    attack = ig.attacks.get("inversion.whitebox")(steps=30, role_swap="off", evaluator_epochs=1, **FAST)
+    r = attack.run(whitebox(digits_mlp), digits, seed=0, context=ctx)
+    assert r.info["evaluator"]["holdout_accuracy"] < 0.8
+    weak = [f for f in r.findings if f.title == "Weak evaluation classifier"]
+    assert len(weak) == 1 and weak[0].severity == "medium"
+    assert "not evidence that nothing leaks" in weak[0].detail
+    # the default evaluator is strong enough, and says nothing
+    assert wb_shared.info["evaluator"]["holdout_accuracy"] >= 0.8
+    assert not [f for f in wb_shared.findings if f.title == "Weak evaluation classifier"]
+    with pytest.raises(ConfigError, match=r"evaluator_eps must be a number in \[0, 1\) or None, got 1.5"):
+        ig.attacks.get("inversion.whitebox")(evaluator_eps=1.5)
+
+
 def test_data_must_be_splits_matching_the_target(digits_mlp, ctx):
     with pytest.raises(
         ConfigError,

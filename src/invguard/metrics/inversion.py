@@ -155,7 +155,9 @@ def _split_head(module: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]
     raise ConfigError("evaluation classifier: expected an invguard MLP or CNN module")
 
 
-def evaluator_spec(input_shape: Sequence[int], num_classes: int, target_arch: str | None) -> dict[str, Any]:
+def evaluator_spec(
+    input_shape: Sequence[int], num_classes: int, target_arch: str | None, eps: float | None = None
+) -> dict[str, Any]:
     """The evaluation classifier: its members and how they are trained.
 
     Images: two members of different families, each adversarially trained (PGD in an L-infinity
@@ -170,7 +172,8 @@ def evaluator_spec(input_shape: Sequence[int], num_classes: int, target_arch: st
     earlier non-robust MLP evaluator credited 0.88 of the time, are credited 0.10; ART MIFace's
     images (500 iterations) go from 0.90 to 0.30 (0.40 at its default 10,000); the public class
     means stay at 1.00 and held-out accuracy at 0.93 (0.94 before). On 8x8 digits the radius buys
-    little: a few gradient steps on 64 pixels draw a faint digit, not noise.
+    little: a few gradient steps on 64 pixels draw a faint digit, not noise. ``eps`` overrides the
+    radius (natural images want far less, e.g. 8/255; 0 trains without perturbations).
     Vectors: a two-layer MLP (256, 128), trained without perturbations (an L-infinity ball has no
     meaning on standardised tabular features).
     """
@@ -181,7 +184,8 @@ def evaluator_spec(input_shape: Sequence[int], num_classes: int, target_arch: st
         return {"members": [mlp], "combine": "single", "augment": "none", "adversarial": None}
     cnn = {"arch": "cnn", "channels": [24, 48], "hidden": 96, **base}
     members = [mlp, cnn] if target_arch == "cnn" else [cnn, mlp]
-    eps = 0.2 if min(shape[1:]) >= 16 else 0.15
+    if eps is None:  # tuned on MNIST (28x28) and digits (8x8) in [0, 1]; natural images want far less
+        eps = 0.2 if min(shape[1:]) >= 16 else 0.15
     return {
         "members": members,
         "combine": "agreement",
@@ -208,6 +212,7 @@ def build_evaluator(
     cache_dir: Path | None = None,
     seed: int = 0,
     epochs: int = 30,
+    adversarial_eps: float | None = None,
 ) -> Evaluator:
     """Train (or load from ``cache_dir`` by content hash) the evaluation classifier.
 
@@ -219,7 +224,7 @@ def build_evaluator(
     from invguard import models
     from invguard.models.train import fit
 
-    spec = evaluator_spec(splits.input_shape, splits.num_classes, target_arch)
+    spec = evaluator_spec(splits.input_shape, splits.num_classes, target_arch, adversarial_eps)
     ev = splits.evaluation
     key = hashlib.sha256(
         json.dumps(

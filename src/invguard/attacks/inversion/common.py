@@ -25,6 +25,8 @@ from invguard.core.result import Finding, Metric
 from invguard.core.target import Target
 
 ALPHA = 0.05
+# below this held-out accuracy the evaluation classifier is too weak to read a low attack accuracy
+WEAK_EVALUATOR = 0.8
 
 
 def _positive_int(problems: list[str], name: str, value: Any, low: int = 1) -> None:
@@ -89,6 +91,7 @@ class InversionAttack(Attack):
     permutations: int = 1000
     bootstrap: int = 1000
     evaluator_epochs: int = 30
+    evaluator_eps: float | None = None
 
     def validate(self) -> list[str]:
         p: list[str] = []
@@ -114,6 +117,12 @@ class InversionAttack(Attack):
         _positive_int(p, "permutations", self.permutations, 0)
         _positive_int(p, "bootstrap", self.bootstrap, 10)
         _positive_int(p, "evaluator_epochs", self.evaluator_epochs)
+        if self.evaluator_eps is not None and (
+            isinstance(self.evaluator_eps, bool)
+            or not isinstance(self.evaluator_eps, (int, float))
+            or not 0 <= self.evaluator_eps < 1
+        ):
+            p.append(f"evaluator_eps must be a number in [0, 1) or None, got {self.evaluator_eps!r}")
         return p + self._validate()
 
     def _validate(self) -> list[str]:
@@ -221,6 +230,7 @@ class InversionAttack(Attack):
             target_arch=None if spec is None else spec.get("arch"),
             cache_dir=ctx.cache_dir,
             epochs=self.evaluator_epochs,
+            adversarial_eps=self.evaluator_eps,
         )
         kw: dict[str, Any] = {
             "similarity_threshold": self.similarity_threshold,
@@ -360,6 +370,17 @@ class InversionAttack(Attack):
         findings = self._findings(
             splits, metrics, ours, prior, ranked, ratio, p, swap_p, swap_ratio, per_class, notes
         )
+        if not evaluator.holdout_accuracy >= WEAK_EVALUATOR:
+            findings.append(
+                Finding(
+                    "Weak evaluation classifier",
+                    f"The evaluation classifier recognises only {evaluator.holdout_accuracy:.2f} of held-out "
+                    f"records (below {WEAK_EVALUATOR:.2f}): attack accuracy measured with it understates "
+                    "what leaks, so a low figure here is not evidence that nothing leaks. Give it more "
+                    "evaluation data, more evaluator_epochs or a smaller evaluator_eps.",
+                    "medium",
+                )
+            )
         info: dict[str, Any] = {
             "setting": splits.setting,
             "classes": classes.tolist(),

@@ -43,6 +43,7 @@ _CARRY = (
     "permutations",
     "bootstrap",
     "evaluator_epochs",
+    "evaluator_eps",
     "queries_per_class",
 )
 
