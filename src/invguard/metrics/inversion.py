@@ -115,12 +115,10 @@ class Evaluator:
         return [self._run(m, X, features=False) for m in self.modules]
 
     def logits(self, X: NDArray[Any]) -> F64:
-        """Averaged log-softmax of the members (the logits themselves for a single member)."""
-        outs = self.member_logits(X)
-        if len(outs) == 1:
-            return outs[0]
-        logp = [z - _logsumexp(z) for z in outs]
-        avg: F64 = np.mean(logp, axis=0)
+        """The members' averaged log-probabilities (log-softmax), one row per record."""
+        from scipy.special import log_softmax
+
+        avg: F64 = np.mean([log_softmax(z, axis=1) for z in self.member_logits(X)], axis=0)
         return avg
 
     def predict(self, X: NDArray[Any]) -> NDArray[np.int64]:
@@ -133,12 +131,6 @@ class Evaluator:
 
     def features(self, X: NDArray[Any]) -> F64:
         return self._run(self.module, X, features=True)
-
-
-def _logsumexp(z: F64) -> F64:
-    m = z.max(axis=1, keepdims=True)
-    out: F64 = m + np.log(np.exp(z - m).sum(axis=1, keepdims=True))
-    return out
 
 
 def _split_head(module: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
