@@ -7,8 +7,10 @@ import pytest
 
 from invguard import policies
 from invguard.attacks import Attack, AttackOutput, RunContext
+from invguard.attacks.base import Case, Evidence
 from invguard.core import Access, AccessError, ConfigError
 from invguard.core.result import Metric
+from invguard.judges import register_judge
 from invguard.targets import CallableTarget
 
 
@@ -59,3 +61,54 @@ def test_run_context_maps_serially_or_through_an_executor():
     assert RunContext().map(lambda a, b: a + b, [1, 2], [3, 4]) == [4, 6]
     with ThreadPoolExecutor(2) as ex:
         assert RunContext(executor=ex).map(lambda a: a * 2, [1, 2, 3]) == [2, 4, 6]
+
+
+# ------------------------------------------------------------------ search -> evidence -> judge
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopScores(Evidence):
+    scores: np.ndarray
+
+
+@register_judge(TopScores)
+def _judge_top_scores(ev: TopScores, case: Case) -> AttackOutput:
+    return AttackOutput(metrics={"mean_top_score": Metric(float(ev.scores.mean()))}, info={"judged": True})
+
+
+@dataclass(frozen=True)
+class SearchingMeanScore(Attack):
+    name = "test.searching_mean_score"
+    requires = Access.SCORES
+    probes: int = 10
+
+    def search(self, target, data, rng, ctx):
+        x = rng.random((self.probes, *target.input_shape))
+        return TopScores(scores=target.predict(x).scores.max(1), info={"probes": self.probes})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unjudged(Evidence):
+    pass
+
+
+@dataclass(frozen=True)
+class UnjudgedAttack(Attack):
+    name = "test.unjudged"
+
+    def search(self, target, data, rng, ctx):
+        return Unjudged()
+
+
+def test_search_evidence_is_judged_by_its_registered_judge():
+    a = SearchingMeanScore().run(target(), None, seed=3)
+    legacy = MeanScore().run(target(), None, seed=3)
+    assert a.metric("mean_top_score") == legacy.metric("mean_top_score")  # same generator, same probes
+    assert a.info["judged"] is True and a.info["probes"] == 10 and a.queries_used == 10
+
+
+def test_a_second_judge_for_one_evidence_type_is_refused_and_a_missing_one_is_named():
+    with pytest.raises(ValueError, match=r"a judge for .*TopScores is already registered"):
+        register_judge(TopScores)(lambda ev, case: AttackOutput())
+    with pytest.raises(LookupError, match=r"no judge is registered for .*Unjudged"):
+        UnjudgedAttack().run(target(), None)

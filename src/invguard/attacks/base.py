@@ -1,10 +1,16 @@
 """The Attack contract.
 
 An attack is a frozen dataclass of hyper-parameters (validated on construction, every problem
-reported at once) plus ``_run(target, data, rng, ctx) -> AttackOutput``. The final ``run`` wrapper
-checks access before any query is spent, seeds numpy and torch, times the run, counts queries and
-records provenance, so an attack module holds only its algorithm. A new attack is one module and
-one ``@ATTACKS.register(name)`` line (and, for a new family, one import in ``_load_all``).
+reported at once) plus ``search(target, data, rng, ctx) -> Evidence``; the judge registered for
+the evidence type (``invguard.judges``) decides what the evidence shows. The final ``run`` wrapper
+checks access before any query is spent, seeds, runs the search, hands the evidence to its judge,
+times the run, counts queries and records provenance, so an attack module holds only its
+algorithm. Class-level declarations: ``requires`` (the access it needs), ``strength`` (order within
+its family: a stronger attack of the same family is tried first where only one fits) and
+``fast_params`` (its smallest meaningful configuration, used by the demo and the tests).
+
+A new attack is one module and one ``@ATTACKS.register(name)`` line (and, for a new family, one
+import in ``_FAMILIES``). Attacks not yet moved to ``search`` implement ``_run(...) -> AttackOutput``.
 """
 
 from __future__ import annotations
@@ -13,19 +19,21 @@ import dataclasses
 import importlib
 import random
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from invguard.core.access import Access
 from invguard.core.errors import AccessError, ConfigError
+from invguard.core.evidence import Evidence
 from invguard.core.registry import Registry
 from invguard.core.result import AttackResult, Finding, Metric
+from invguard.core.run import AttackOutput, Case, RunContext
 from invguard.core.target import Target
+
+__all__ = ["ATTACKS", "Attack", "AttackOutput", "Case", "Evidence", "Finding", "Metric", "RunContext"]
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 
@@ -45,48 +53,14 @@ def _load_all() -> None:
 ATTACKS.add_loader(_load_all)
 
 
-@dataclass
-class RunContext:
-    """What the caller lends an attack for one run (never part of its hyper-parameters).
-
-    ``executor``: a ``concurrent.futures.Executor`` for independent jobs such as reference or
-    shadow model training (process pool, or a Dask ``distributed.Client.get_executor()``); ``None``
-    means run them in this process. ``cache_dir``: where trained artifacts may be cached by content
-    hash (``None``: no caching). ``progress(task, done, total)``: progress reporting.
-    """
-
-    executor: Executor | None = None
-    cache_dir: Path | None = None
-    progress: Callable[[str, int, int], None] | None = None
-
-    def report(self, task: str, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(task, done, total)
-
-    def map(self, fn: Callable[..., Any], *iterables: Any) -> list[Any]:
-        """``fn`` over the iterables, through the executor when there is one; results in order."""
-        if self.executor is None:
-            return list(map(fn, *iterables))
-        return list(self.executor.map(fn, *iterables))
-
-
-@dataclass
-class AttackOutput:
-    """What an attack's ``_run`` returns; the wrapper adds timing, queries and provenance."""
-
-    metrics: dict[str, Metric] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class Attack:
     """Base class of every attack. Subclasses are frozen dataclasses of hyper-parameters."""
 
     name: ClassVar[str] = "attack"
     requires: ClassVar[Access] = Access.LABEL
+    strength: ClassVar[int] = 0
+    fast_params: ClassVar[Mapping[str, Any]] = {}
 
     def __post_init__(self) -> None:
         problems = self.validate()
@@ -125,7 +99,17 @@ class Attack:
         rng = np.random.default_rng(seed)
         before = target.queries_used
         t0 = time.perf_counter()
-        out = self._run(target, data, rng, context or RunContext())
+        ctx = context or RunContext()
+        if type(self).search is not Attack.search:
+            evidence = self.search(target, data, rng, ctx)
+            from invguard.judges import judge_for
+
+            judge_rng = np.random.default_rng([seed, 1])
+            case = Case(attack=self, target=target, data=data, rng=judge_rng, ctx=ctx, seed=seed)
+            out = judge_for(evidence)(evidence, case)
+            out.info = {**dict(evidence.info), **out.info}
+        else:
+            out = self._run(target, data, rng, ctx)
         wall = time.perf_counter() - t0
         info = dict(out.info)
         if hasattr(data, "provenance"):
@@ -145,7 +129,11 @@ class Attack:
             info=info,
         )
 
+    def search(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> Evidence:
+        """The attack itself: query ``target`` and return what was found (override this)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
     def _run(
         self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext
-    ) -> AttackOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
+    ) -> AttackOutput:  # pragma: no cover - transitional: attacks not yet moved to search()
+        raise NotImplementedError(f"{self.name} implements neither search() nor _run()")
