@@ -4,8 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 LINT_PATHS := src tests $(wildcard benchmarks)
+# the system programs the tests run, as Debian package=program pairs; `make test` installs the
+# missing ones (as root or with passwordless sudo) or stops with the command to run
+SYSTEM_PACKAGES := redis-server=redis-server chromium=chromium chromium-driver=chromedriver prometheus=promtool
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test test-fast system-packages lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,12 +34,19 @@ $(VENV)/.bench: pyproject.toml $(VENV)/.dev
 demo: $(VENV)/.base
 	$(BIN)/invguard demo
 
-# lint and type checks first, then the whole suite
-test: $(VENV)/.dev
+system-packages:
+	@$(SHELL) tools/system-packages.sh $(SYSTEM_PACKAGES)
+
+# system programs first (before the slow install), lint and type checks, then the whole suite
+test: system-packages $(VENV)/.dev
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# the suite without the tests marked slow, for a quick local loop (`make test` and CI run them all)
+test-fast: system-packages $(VENV)/.dev
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import numpy as np
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from tests.programs import require
 
 
 def _screenshot(html, png, profile, size=(1200, 2600)):
     cmd = [
-        CHROMIUM,
+        require("chromium", "chromium"),
         "--headless",
         "--no-sandbox",
         "--disable-gpu",

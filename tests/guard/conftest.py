@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from invguard.guard.auth import hash_key
+from tests.programs import require
 from tests.servers import free_port, serve
 
 KEYS = {
@@ -157,9 +157,7 @@ def stop_process(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def redis_url():
     """A real redis-server on a free loopback port, stopped by its PID."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed (the CI script installs it: .ci/run)")
+    exe = require("redis-server", "redis-server")
     port = free_port()
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
