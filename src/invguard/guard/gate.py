@@ -1,0 +1,53 @@
+"""The keyless gate: requests without a valid key (and to unknown routes) are limited per peer address.
+
+A GCRA limit (``server.anonymous_rate``) per address; a refusal is recorded in the audit log at most
+once a second per address, and the record stands for the refusals it suppressed (``suppressed``),
+so nobody without a key can fill the audit disk. The table of addresses is bounded
+(``max_addresses``): when it overflows it is cleared, which can only let a few extra requests
+through, never refuse a legitimate one for longer. The clock is injected (tests advance it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from invguard.guard.ratelimit import Limits, gcra_step
+
+ANON_TABLE_MAX = 100_000
+
+
+class KeylessGate:
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_addresses: int = ANON_TABLE_MAX,
+        record_every: float = 1.0,
+    ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.max_addresses = max_addresses
+        self.record_every = record_every
+        self._cells: dict[str, dict[str, Any]] = {}
+        self._logged: dict[str, list[float]] = {}  # address -> [last recorded refusal, suppressed]
+
+    def check(self, peer: str, rec: dict[str, Any]) -> tuple[bool, bool]:
+        """Charge a request to its peer address: ``(allowed, audit_it)``. A refusal that is recorded
+        sets ``rec["suppressed"]`` to the number of refusals since the last recorded one."""
+        now = self.clock()
+        if len(self._cells) > self.max_addresses:
+            self._cells.clear()
+            self._logged.clear()
+        d = gcra_step(self._cells.setdefault(peer, {}), now, self.limits, 0)
+        if d.allowed:
+            return True, True
+        st = self._logged.setdefault(peer, [0.0, 0.0])
+        if now - st[0] < self.record_every:
+            st[1] += 1
+            return False, False
+        rec["suppressed"] = int(st[1])
+        st[0], st[1] = now, 0.0
+        return False, True
