@@ -363,6 +363,250 @@ def log_verify(
     out.print(rep.summary(), highlight=False)
 
 
+# ----------------------------------------------------------------------------------------- incidents
+
+incidents_app = typer.Typer(
+    help="Privacy incidents: list, show, acknowledge, resolve (the store of incidents.store).",
+    no_args_is_help=True,
+)
+app.add_typer(incidents_app, name="incidents")
+_ISTORE = typer.Option("--store", "-s", help="The incident store (default: incidents.store of --config).")
+_ICONFIG = typer.Option("--config", "-c", help="guard.yaml, to find the incident store.")
+
+
+def _incidents(store: Path | None, config: Path | None) -> Any:
+    from invguard.guard.incidents import IncidentStore, open_store
+
+    try:
+        return open_store(store, config) if store is None else IncidentStore(store)
+    except Exception as e:
+        _fail(e)
+
+
+def _incident_out(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...]) -> None:
+    import json as _json
+
+    from rich.table import Table
+
+    if fmt == "json":
+        out.print_json(_json.dumps(rows))
+        return
+    if fmt != "table":
+        _fail(ValueError(f"--format must be table or json, got {fmt!r}"))
+    t = Table(show_lines=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    out.print(t)
+
+
+@incidents_app.command("list")
+def incidents_list(
+    state: Annotated[
+        str, typer.Option(help="active (open or acknowledged), open, acknowledged, resolved or all.")
+    ] = "active",
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    client: Annotated[str | None, typer.Option(help="Only incidents involving this client id.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    store: Annotated[Path | None, _ISTORE] = None,
+    config: Annotated[Path | None, _ICONFIG] = None,
+) -> None:
+    """List incidents, newest first."""
+    from invguard.core.errors import InvguardError
+
+    s = _incidents(store, config)
+    try:
+        rows = [
+            i.to_dict() for i in s.find(state=None if state == "all" else state, model=model, client=client)
+        ]
+    except InvguardError as e:
+        _fail(e)
+        return
+    for r in rows:
+        r["clients"] = ", ".join(r["clients"])
+    cols = (
+        "id",
+        "state",
+        "severity",
+        "source",
+        "detector",
+        "model",
+        "model_version",
+        "clients",
+        "opened_at_iso",
+        "title",
+    )
+    _incident_out(rows, fmt, cols)
+
+
+@incidents_app.command("show")
+def incidents_show(
+    incident_id: Annotated[int, typer.Argument(help="The incident number.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    store: Annotated[Path | None, _ISTORE] = None,
+    config: Annotated[Path | None, _ICONFIG] = None,
+) -> None:
+    """An incident with its evidence, mitigations and transitions."""
+    import json as _json
+
+    from invguard.core.errors import InvguardError
+
+    s = _incidents(store, config)
+    try:
+        inc, trans = s.get(incident_id), s.transitions(incident_id)
+    except InvguardError as e:
+        _fail(e)
+        return
+    doc = inc.to_dict() | {"transitions": [t.to_dict() for t in trans]}
+    if fmt == "json":
+        out.print_json(_json.dumps(doc))
+        return
+    for k in (
+        "id",
+        "state",
+        "severity",
+        "title",
+        "source",
+        "detector",
+        "model",
+        "model_version",
+        "clients",
+        "keys",
+        "detections",
+        "first_seen_iso",
+        "last_seen_iso",
+        "opened_at_iso",
+        "acked_at_iso",
+        "acked_by",
+        "resolved_at_iso",
+        "resolved_by",
+        "resolution",
+    ):
+        v = doc[k]
+        out.print(
+            f"{k:>16}: {', '.join(v) if isinstance(v, list) else ('' if v is None else v)}", highlight=False
+        )
+    out.print(f"{'evidence':>16}: {_json.dumps(doc['evidence'], sort_keys=True)}", highlight=False)
+    for m in doc["mitigations"]:
+        out.print(f"{'mitigation':>16}: {_json.dumps(m, sort_keys=True)}", highlight=False)
+    _incident_out([t.to_dict() for t in trans], "table", ("at_iso", "action", "actor", "note"))
+
+
+@incidents_app.command("ack")
+def incidents_ack(
+    incident_id: Annotated[int, typer.Argument(help="The incident number.")],
+    by: Annotated[str, typer.Option("--by", help="Who acknowledges (recorded with the transition).")],
+    note: Annotated[str, typer.Option(help="A note for the record.")] = "",
+    store: Annotated[Path | None, _ISTORE] = None,
+    config: Annotated[Path | None, _ICONFIG] = None,
+) -> None:
+    """open -> acknowledged (the guard writes the audit-log record and posts the webhook)."""
+    from invguard.core.errors import InvguardError
+
+    s = _incidents(store, config)
+    try:
+        inc = s.acknowledge(incident_id, by, note)
+    except InvguardError as e:
+        _fail(e)
+        return
+    out.print(
+        f"incident #{inc.id} acknowledged by {by} after {inc.time_to_acknowledge:.0f} s", highlight=False
+    )
+
+
+@incidents_app.command("resolve")
+def incidents_resolve(
+    incident_id: Annotated[int, typer.Argument(help="The incident number.")],
+    by: Annotated[str, typer.Option("--by", help="Who resolves (recorded with the transition).")],
+    note: Annotated[str, typer.Option(help="What was found and done (required).")],
+    store: Annotated[Path | None, _ISTORE] = None,
+    config: Annotated[Path | None, _ICONFIG] = None,
+) -> None:
+    """open | acknowledged -> resolved."""
+    from invguard.core.errors import InvguardError
+
+    s = _incidents(store, config)
+    try:
+        inc = s.resolve(incident_id, by, note)
+    except InvguardError as e:
+        _fail(e)
+        return
+    out.print(f"incident #{inc.id} resolved by {by} after {inc.time_to_resolve:.0f} s", highlight=False)
+
+
+@incidents_app.command("open")
+def incidents_open(
+    title: Annotated[str, typer.Option(help="What happened, in one line.")],
+    by: Annotated[str, typer.Option("--by", help="Who opens it.")],
+    model: Annotated[str, typer.Option(help="The model concerned.")],
+    model_version: Annotated[str, typer.Option(help="Its version.")] = "unversioned",
+    client: Annotated[list[str] | None, typer.Option(help="A client id involved (repeatable).")] = None,
+    severity: Annotated[str, typer.Option(help="page or ticket.")] = "page",
+    store: Annotated[Path | None, _ISTORE] = None,
+    config: Annotated[Path | None, _ICONFIG] = None,
+) -> None:
+    """Open an incident by hand."""
+    from invguard.core.errors import InvguardError
+    from invguard.guard.incidents import Detection
+
+    s = _incidents(store, config)
+    d = Detection("manual", f"manual:{by}", title, model, model_version, severity, clients=client or ())
+    try:
+        inc, _ = s.open(d, actor=by)
+    except InvguardError as e:
+        _fail(e)
+        return
+    out.print(f"incident #{inc.id} opened", highlight=False)
+
+
+@incidents_app.command("stats")
+def incidents_stats(
+    days: Annotated[float, typer.Option(help="The period: the last DAYS days.")] = 30.0,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    store: Annotated[Path | None, _ISTORE] = None,
+    config: Annotated[Path | None, _ICONFIG] = None,
+) -> None:
+    """Incidents of a period, MTTA and MTTR (M8)."""
+    s = _incidents(store, config)
+    st = s.stats(since=s.clock() - days * 86400).to_dict()
+    for k in ("mtta_seconds", "mttr_seconds", "ttr_p50_seconds", "ttr_max_seconds"):
+        st[k.replace("_seconds", "_hours")] = None if st[k] is None else round(st[k] / 3600, 3)
+    cols = (
+        "since_iso",
+        "until_iso",
+        "opened",
+        "acknowledged",
+        "resolved",
+        "open_now",
+        "mtta_hours",
+        "mttr_hours",
+        "ttr_p50_hours",
+        "ttr_max_hours",
+    )
+    _incident_out([st], fmt, cols)
+
+
+@incidents_app.command("sync-history")
+def incidents_sync_history(
+    history: Annotated[Path, typer.Option(help="The audit history store.")] = Path(".invguard/history.db"),
+    store: Annotated[Path | None, _ISTORE] = None,
+    config: Annotated[Path | None, _ICONFIG] = None,
+) -> None:
+    """Open an incident for every failed audit gate of the history not seen yet."""
+    from invguard.core.errors import InvguardError
+
+    s = _incidents(store, config)
+    try:
+        opened = s.open_from_history(history)
+    except InvguardError as e:
+        _fail(e)
+        return
+    for i in opened:
+        out.print(f"incident #{i.id} opened: {i.title}", highlight=False)
+    out.print(f"{len(opened)} incident(s) opened from {history}", highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``invguard`` script.
 

@@ -39,6 +39,7 @@ from invguard.guard.config import GuardConfig
 from invguard.guard.gate import KeylessGate
 from invguard.guard.keys import key_paths, open_keys
 from invguard.guard.metrics import GuardMetrics
+from invguard.guard.oncall import OnCall
 from invguard.guard.pipeline import INTERNAL, Observer, Outcome, Pipeline, Role, record_template
 from invguard.guard.ratelimit import Limits, MemoryLimiter, RedisLimiter
 from invguard.guard.upstream import build_model
@@ -114,6 +115,7 @@ class Guard:
             on_written=lambda n: self.metrics.audit_written.inc(n),
             on_failed=lambda n: self.metrics.audit_failures.inc(n),
         )
+        self.oncall = OnCall(cfg, self.registry)  # incidents, SLOs, webhook: off the request path
         self.store_inputs = cfg.audit.store_inputs
         self.hc_threshold = cfg.metrics.high_confidence_entropy
         self.openapi = openapi.build(
@@ -166,11 +168,13 @@ class Guard:
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         await self.audit.start()
         await self.model.start()
+        await self.oncall.start(self.audit.append)
         self.metrics.ready.set(1)
         try:
             yield
         finally:
             self.metrics.ready.set(0)
+            await self.oncall.close()
             await self.model.close()
             await self.limiter.close()
             await self.audit.close()

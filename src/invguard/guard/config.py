@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from invguard.core.errors import ConfigError
+from invguard.guard.incidents import IncidentsConfig
+from invguard.guard.slo import SLOConfig
 
 
 class _Strict(BaseModel):
@@ -144,6 +146,8 @@ class GuardConfig(_Strict):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    incidents: IncidentsConfig | None = None
+    slos: tuple[SLOConfig, ...] = ()
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -157,6 +161,13 @@ class GuardConfig(_Strict):
     def _check(self) -> GuardConfig:
         if not self.roles:
             raise ValueError("roles: define at least one role")
+        names = [s.name for s in self.slos]
+        if len(set(names)) != len(names):
+            raise ValueError(f"slos: names must be unique, got {names}")
+        if any(s.sli == "incident_resolution" for s in self.slos) and self.incidents is None:
+            raise ValueError(
+                "slos: sli incident_resolution needs an incident store (incidents: {store: ...})"
+            )
         for r in self.metrics.roles or ():
             if r not in self.roles:
                 raise ValueError(f"metrics.roles: {r!r} is not one of the roles {sorted(self.roles)}")
@@ -184,7 +195,15 @@ class GuardConfig(_Strict):
                 "hash_key": rel(self.audit.hash_key),
             }
         )
-        return self.model_copy(update={"model": model, "auth": auth, "audit": audit})
+        inc = self.incidents
+        if inc is not None:
+            webhook = inc.webhook
+            if webhook is not None:
+                webhook = webhook.model_copy(update={"secret_file": rel(webhook.secret_file)})
+            inc = inc.model_copy(
+                update={"store": rel(inc.store), "history": rel(inc.history), "webhook": webhook}
+            )
+        return self.model_copy(update={"model": model, "auth": auth, "audit": audit, "incidents": inc})
 
 
 def _format(e: ValidationError, where: str) -> str:

@@ -1,0 +1,193 @@
+"""The guard's on-call side, run beside the request path: incidents, SLOs, the webhook, the audit trail.
+
+:class:`OnCall` owns the incident store, the SLO evaluator and the webhook dispatcher of a guard
+config, and one background task that, every ``interval`` seconds:
+
+1. appends an audit-log record for every incident transition not yet logged (also those made by
+   ``invguard incidents ack`` in another process): ``route: "incident"``, ``decision`` the action
+   (``incident_opened``, ``incident_acknowledged``, ...), with the incident id, the actor and the
+   note;
+2. evaluates the privacy SLOs from the guard's counters and opens (or groups into) an incident
+   for each breach;
+3. opens an incident for each failed audit gate newly recorded in ``incidents.history``;
+4. posts the webhook's due events.
+
+Detections reach it through :meth:`OnCall.report`, which only queues: nothing here ever runs on
+the request path, and every store call runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from invguard.guard.incidents import Clock, Detection, IncidentCollector, IncidentStore
+from invguard.guard.slo import SLOEvaluator, counter_totals
+from invguard.guard.webhook import Transport, WebhookDispatcher
+
+log = logging.getLogger("invguard.guard.oncall")
+_QUEUE_MAX = 10_000
+
+AuditAppend = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class OnCall:
+    def __init__(
+        self,
+        cfg: Any,
+        registry: Any,
+        *,
+        model_version: str = "unversioned",
+        clock: Clock = time.time,
+        transport: Transport | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.interval = interval
+        self.model_name = cfg.model.name
+        self.model_version = model_version
+        inc = cfg.incidents
+        self.store: IncidentStore | None = None
+        self.webhook: WebhookDispatcher | None = None
+        if inc is not None:
+            self.store = IncidentStore(inc.store, clock=clock, group_window=inc.group_window_seconds)
+            registry.register(IncidentCollector(self.store))
+            if inc.webhook is not None:
+                from prometheus_client import Counter
+
+                deliveries = Counter(
+                    "invguard_webhook_deliveries",
+                    "Webhook delivery attempts by outcome (delivered, retry, gave_up).",
+                    ["outcome"],
+                    registry=registry,
+                )
+                self.webhook = WebhookDispatcher.from_config(
+                    self.store,
+                    inc.webhook,
+                    clock=clock,
+                    transport=transport,
+                    on_result=lambda o: deliveries.labels(o).inc(),
+                )
+        self.slo = (
+            SLOEvaluator(
+                cfg.slos,
+                lambda: counter_totals(registry),
+                clock=clock,
+                registry=registry,
+                incidents=self.store,
+            )
+            if cfg.slos
+            else None
+        )
+        self._queue: list[Detection] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._append: AuditAppend | None = None
+
+    # ------------------------------------------------------------------ feeding
+    def report(self, d: Detection) -> None:
+        """Queue a detection for the next tick (never blocks; drops beyond 10,000 pending)."""
+        if self.store is None:
+            return
+        if len(self._queue) < _QUEUE_MAX:
+            self._queue.append(d)
+        else:
+            log.warning("on-call queue full: detection %r dropped", d.title)
+
+    # ------------------------------------------------------------------ the loop
+    async def start(self, append: AuditAppend, *, background: bool = True) -> None:
+        """Begin the background loop (``background=False``: the caller calls :meth:`tick`)."""
+        self._append = append
+        if background and (self.store is not None or self.slo is not None):
+            self._stop.clear()
+            self._task = asyncio.create_task(self._run())
+
+    async def tick(self) -> None:
+        """One round of the background work (tests call it directly with an injected clock)."""
+        store = self.store
+        if store is not None:
+            pending, self._queue = self._queue, []
+            for d in pending:
+                await asyncio.to_thread(store.open, d)
+        if self.slo is not None:
+            for b in await asyncio.to_thread(self.slo.tick):
+                if store is not None:
+                    d = Detection(
+                        source="slo",
+                        detector=f"slo:{b.slo}",
+                        title=b.describe(),
+                        model=self.model_name,
+                        model_version=self.model_version,
+                        severity=b.severity,
+                        group=f"slo:{b.slo}",
+                        evidence={
+                            "burn_long": b.burn_long,
+                            "burn_short": b.burn_short,
+                            "threshold": b.threshold,
+                            "long_window_s": b.long_window,
+                            "short_window_s": b.short_window,
+                            "budget_remaining": b.budget_remaining,
+                        },
+                    )
+                    await asyncio.to_thread(store.open, d)
+        if store is not None and self.cfg.incidents.history:
+            try:
+                await asyncio.to_thread(
+                    store.open_from_history, self.cfg.incidents.history, model_version=self.model_version
+                )
+            except Exception as e:  # the history store is missing or busy: next tick
+                log.debug("history sync: %s", e)
+        if store is not None and self._append is not None:
+            await self._audit(store, self._append)
+        if self.webhook is not None:
+            await self.webhook.run_once()
+
+    async def _audit(self, store: IncidentStore, append: AuditAppend) -> None:
+        claimed = await asyncio.to_thread(store.claim_audit)
+        for i, t in enumerate(claimed):
+            rec = {
+                "client": None,
+                "role": None,
+                "route": "incident",
+                "status": None,
+                "decision": f"incident_{t.action}",
+                "policy": None,
+                "input_hmac": None,
+                "rows": 0,
+                "labels": None,
+                "entropy": None,
+                "incident": t.incident_id,
+                "actor": t.actor,
+                "note": t.note,
+                "at": t.at,
+            }
+            try:
+                await append(rec)
+            except Exception as e:  # the log cannot be written now: give the rest back for later
+                log.warning("incident transition not yet in the audit log (%s); will retry", e)
+                await asyncio.to_thread(store.unmark_audited, [x.id for x in claimed[i:]])
+                return
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.tick()
+            except Exception as e:  # never let the on-call loop die
+                log.warning("on-call tick failed: %s: %s", type(e).__name__, e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+            with contextlib.suppress(Exception):
+                await self.tick()  # the last transitions into the log before it closes
+        if self.webhook is not None:
+            await self.webhook.close()

@@ -1,0 +1,91 @@
+"""The guard's on-call loop: detections and SLO breaches become incidents, every transition (also
+one made from another process) lands in the verified audit log, and the webhook is posted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from prometheus_client import CollectorRegistry
+
+from invguard.guard import from_dict
+from invguard.guard.app import key_paths
+from invguard.guard.auditlog import AuditLog, load_public_key_hex, load_signing_key, verify
+from invguard.guard.incidents import Detection, IncidentStore
+from invguard.guard.metrics import GuardMetrics
+from invguard.guard.oncall import OnCall
+from tests.guard.conftest import base_config
+from tests.guard.test_incidents import Clock, probe
+from tests.guard.test_webhook import SECRET, Receiver
+
+
+def test_transitions_reach_the_audit_log_and_the_webhook(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOOK_SECRET", SECRET.decode())
+    doc = base_config(tmp_path)
+    doc["incidents"] = {
+        "store": str(tmp_path / "incidents.db"),
+        "webhook": {"url": "https://pager.example/hook", "secret_env": "HOOK_SECRET"},
+    }
+    doc["slos"] = [{"name": "m2", "sli": "high_confidence_rate", "objective": 0.95}]
+    cfg = from_dict(doc)
+    clock, rx, reg = Clock(), Receiver([]), CollectorRegistry()
+    metrics = GuardMetrics(reg)
+    oc = OnCall(cfg, reg, model_version="v1", clock=clock, transport=rx)
+    kp, _ = key_paths(cfg.audit.path, None, None)
+    kp.parent.mkdir(parents=True, exist_ok=True)
+    log_path = tmp_path / "audit.jsonl"
+
+    async def go():
+        audit = AuditLog(log_path, signing_key=load_signing_key(kp), checkpoint_every=10)
+        await audit.start()
+        await oc.start(audit.append, background=False)
+        oc.report(probe())
+        await oc.tick()
+        # an operator acknowledges from another process (the CLI): its own store handle
+        other = IncidentStore(tmp_path / "incidents.db", clock=clock)
+        other.acknowledge(1, "alice", "on it")
+        # a probe: 30 minutes of mostly confident answers breaches the M2 SLO
+        for _ in range(60):
+            clock.t += 60
+            for _ in range(50):
+                metrics.entropy.labels("partner").observe(0.01)
+            metrics.high_confidence.labels("partner").inc(45 if clock.t - 1_800_000_000 > 1800 else 0)
+            await oc.tick()
+        await oc.close()
+        await audit.close()
+
+    asyncio.run(go())
+    incs = {i.source: i for i in IncidentStore(tmp_path / "incidents.db").find(state=None)}
+    assert incs["detection"].state == "acknowledged" and incs["detection"].acked_by == "alice"
+    slo = incs["slo"]
+    assert slo.severity == "page" and slo.detector == "slo:m2" and slo.model_version == "v1"
+    assert slo.detections > 1 and "SLO m2 (high_confidence_rate)" in slo.title  # grouped while burning
+
+    rep = verify(log_path, public_key=load_public_key_hex(kp))
+    assert rep.ok, rep.summary()
+    recs = [json.loads(line) for line in log_path.read_text().splitlines()]
+    trail = [(r["decision"], r["incident"], r["actor"]) for r in recs if r.get("route") == "incident"]
+    assert trail == [
+        ("incident_opened", 1, "guard"),
+        ("incident_acknowledged", 1, "alice"),
+        ("incident_opened", 2, "guard"),
+    ]
+    types = [json.loads(b)["type"] for _, _, b in rx.got]
+    assert [t.rsplit(".", 1)[1] for t in types] == ["opened", "acknowledged", "opened"]
+    assert reg.get_sample_value("invguard_webhook_deliveries_total", {"outcome": "delivered"}) == 3
+    assert (
+        reg.get_sample_value("invguard_incidents_opened_total", {"model": "digits", "model_version": "v1"})
+        == 2
+    )
+
+
+def test_a_guard_without_an_incidents_section_runs_no_loop(tmp_path):
+    oc = OnCall(from_dict(base_config(tmp_path)), CollectorRegistry())
+
+    async def go():
+        await oc.start(lambda rec: asyncio.sleep(0))
+        assert oc._task is None
+        oc.report(Detection("manual", "x", "y", "digits"))  # ignored: no store
+        await oc.close()
+
+    asyncio.run(go())
