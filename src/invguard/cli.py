@@ -320,8 +320,26 @@ def log_verify(
     public_key: Annotated[
         Path | None, typer.Option(help="Pin the Ed25519 key the checkpoints must be signed with (PEM).")
     ] = None,
+    chain_key: Annotated[
+        Path | None,
+        typer.Option(help="The chain key (audit.chain_key): also checks records after the last checkpoint."),
+    ] = None,
     head: Annotated[
         Path | None, typer.Option(help="A saved head checkpoint (default: FILE.head if present).")
+    ] = None,
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A witness of the signed heads (file:PATH, redis://host:port/db#key, http(s)://...); "
+            "the log must not be behind or inconsistent with it. Repeatable."
+        ),
+    ] = None,
+    trusted: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Start at this saved signed checkpoint instead of the genesis (older files archived).",
+        ),
     ] = None,
     trust_embedded_key: Annotated[
         bool,
@@ -337,18 +355,23 @@ def log_verify(
         ),
     ] = False,
 ) -> None:
-    """Check the hash chain and the signed checkpoints; name the first bad record. Exit 1 if bad.
+    """Check the keyed hash chain, the signed checkpoints, the head and the witnesses; name the
+    first bad record and the exact range verified. Exit 1 if bad.
 
     Pin the guard's signing key with --public-key (required unless --trust-embedded-key)."""
     from invguard.core.errors import InvguardError
-    from invguard.guard.auditlog import load_public_key_hex, verify
+    from invguard.guard.auditlog import load_chain_key, load_public_key_hex, verify, witness_from_spec
 
     try:
         pk = load_public_key_hex(public_key) if public_key is not None else None
+        ck = load_chain_key(chain_key, create=False) if chain_key is not None else None
         rep = verify(
             file,
             public_key=pk,
+            chain_key=ck,
             head=head,
+            trusted=trusted,
+            witnesses=[witness_from_spec(w) for w in witness or ()],
             trust_embedded_key=trust_embedded_key,
             allow_missing_head=allow_missing_head,
         )

@@ -57,6 +57,13 @@ def audit_keys(audit_path) -> tuple[str, bytes]:
     return load_public_key_hex(kp), bytes.fromhex(hp.read_text().strip())
 
 
+def audit_chain_key(audit_path):
+    """The guard's default chain key for a log path."""
+    from invguard.guard.auditlog import chain_key_path, load_chain_key
+
+    return load_chain_key(chain_key_path(audit_path, None), create=False)
+
+
 def input_hmac(secret: bytes, body: bytes) -> str:
     import hashlib
     import hmac

@@ -15,6 +15,7 @@ from invguard.cli import app as cli
 from invguard.core.errors import ConfigError
 from invguard.guard.auditlog import (
     AuditLog,
+    ChainKey,
     MerkleAccumulator,
     head_path,
     leaf_hash,
@@ -24,6 +25,8 @@ from invguard.guard.auditlog import (
     segments,
     verify,
 )
+
+CK = ChainKey(b"k" * 32)  # the chain key of every log written here
 
 
 def test_merkle_matches_rfc6962_definition_and_known_vectors():
@@ -42,12 +45,19 @@ def test_merkle_matches_rfc6962_definition_and_known_vectors():
     assert merkle_root(leaves[:3]) == node(node(h[0], h[1]), h[2])
 
 
-def write_log(path, n, *, every=4, rotate=None, key=None, concurrent=True):
+def write_log(path, n, *, every=4, rotate=None, key=None, concurrent=True, witnesses=(), fields=None):
     key = key or load_signing_key(path.parent / "k.pem")
     batches = []
 
     async def main():
-        log = AuditLog(path, signing_key=key, checkpoint_every=every, rotate_bytes=rotate)
+        log = AuditLog(
+            path,
+            chain_key=CK,
+            signing_key=key,
+            checkpoint_every=every,
+            rotate_bytes=rotate,
+            witnesses=witnesses,
+        )
         orig = log._write_sync
 
         def counted(blob, head):
@@ -57,7 +67,10 @@ def write_log(path, n, *, every=4, rotate=None, key=None, concurrent=True):
         log._write_sync = counted
         await log.start()
         recs = [
-            {"client": f"c{i}", "role": "partner", "decision": "served", "labels": [i % 10]} for i in range(n)
+            fields(i)
+            if fields
+            else {"client": f"c{i}", "role": "partner", "decision": "served", "labels": [i % 10]}
+            for i in range(n)
         ]
         if concurrent:
             seqs = await asyncio.gather(*(log.append(r) for r in recs))
@@ -75,13 +88,20 @@ def test_group_commit_batches_concurrent_records_and_log_verifies(tmp_path):
     assert sorted(seqs) == list(range(1, 51))
     assert sum(batches) == 50
     assert len(batches) < 50  # concurrent requests share an fsync
-    rep = verify(log, public_key=public_hex(key))
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
     assert rep.ok, rep.problem
-    assert (rep.records, rep.checkpoints) == (50, 13)  # every 4 records, and one at close
+    assert (rep.records, rep.checkpoints) == (50, 14)  # the genesis, every 4 records, one at close
     assert rep.warnings == []
     lines = log.read_text().splitlines()
-    first = json.loads(lines[0])
+    genesis, first = json.loads(lines[0]), json.loads(lines[1])
+    assert (genesis["kind"], genesis["size"], genesis["opening"]) == ("checkpoint", 0, True)
     assert first["prev"] == "0" * 64 and first["seq"] == 1
+    assert first["hash"] == CK.digest(
+        first["prev"],
+        json.dumps(
+            {k: v for k, v in first.items() if k != "hash"}, sort_keys=True, separators=(",", ":")
+        ).encode(),
+    )
     assert json.loads(head_path(log).read_text())["size"] == 50
 
 
@@ -103,23 +123,27 @@ def _put(log, lines):
 def test_modified_byte_is_named(good_log):
     log, key = good_log
     lines = _lines(log)
-    # lines: records 1-4, checkpoint, records 5-8, checkpoint, ...: line 6 holds record seq 5
-    assert b'"client":"c4"' in lines[5]
-    lines[5] = lines[5].replace(b'"client":"c4"', b'"client":"c9"')
+    # lines: genesis, records 1-4, checkpoint, records 5-8, checkpoint, ...: line 7 holds record 5
+    assert b'"client":"c4"' in lines[6]
+    lines[6] = lines[6].replace(b'"client":"c4"', b'"client":"c9"')
     _put(log, lines)
-    rep = verify(log, public_key=public_hex(key))
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
     assert not rep.ok
-    assert rep.bad_seq == 5 and rep.bad_line == 6
+    assert rep.bad_seq == 5 and rep.bad_line == 7
     assert "hash does not match the record's content: the record was modified" in rep.problem
+    # without the chain key the record cannot be checked alone: the next signed checkpoint catches it
+    rep = verify(log, chain_key=None, public_key=public_hex(key))
+    assert not rep.ok and rep.bad_line == 11
+    assert "checkpoint Merkle root does not match the records before it" in rep.problem
 
 
 def test_deleted_line_is_detected(good_log):
     log, key = good_log
     lines = _lines(log)
-    del lines[2]  # record seq 3
+    del lines[3]  # record seq 3
     _put(log, lines)
-    rep = verify(log, public_key=public_hex(key))
-    assert not rep.ok and rep.bad_seq == 4 and rep.bad_line == 3
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
+    assert not rep.ok and rep.bad_seq == 4 and rep.bad_line == 4
     assert rep.records == 2
     assert "chain broken" in rep.problem
 
@@ -127,52 +151,52 @@ def test_deleted_line_is_detected(good_log):
 def test_swapped_lines_are_detected(good_log):
     log, key = good_log
     lines = _lines(log)
-    lines[1], lines[2] = lines[2], lines[1]
+    lines[2], lines[3] = lines[3], lines[2]
     _put(log, lines)
-    rep = verify(log, public_key=public_hex(key))
-    assert not rep.ok and rep.bad_line == 2 and rep.bad_seq == 3
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
+    assert not rep.ok and rep.bad_line == 3 and rep.bad_seq == 3
     assert "deleted, inserted or reordered" in rep.problem
 
 
 def test_inserted_record_is_detected(good_log):
     log, key = good_log
     lines = _lines(log)
-    forged = json.loads(lines[1])
+    forged = json.loads(lines[2])
     forged["client"] = "mallory"
-    lines.insert(2, json.dumps(forged, sort_keys=True, separators=(",", ":")).encode())
+    lines.insert(3, json.dumps(forged, sort_keys=True, separators=(",", ":")).encode())
     _put(log, lines)
-    rep = verify(log, public_key=public_hex(key))
-    assert not rep.ok and rep.bad_line == 3
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
+    assert not rep.ok and rep.bad_line == 4
     assert "modified" in rep.problem
 
 
 def test_truncation_after_a_checkpoint_is_detected_by_the_signed_head(good_log):
     log, key = good_log
     lines = _lines(log)
-    # 12 records, checkpoints after 4, 8 and 12: the head covers 12; keep only the first 9 lines
-    _put(log, lines[:9])
-    rep = verify(log, public_key=public_hex(key))
+    # 12 records, checkpoints after 4, 8 and 12: the head covers 12; keep the first 10 lines (to 8)
+    _put(log, lines[:10])
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
     assert not rep.ok
     assert "log truncated: the signed head checkpoint covers 12 records, the log holds only 8" in rep.problem
     # truncation in the middle of a line (not at a line end) is caught the same way
     log.write_bytes(b"\n".join(lines[:-1])[:-40])  # record 12 cut in the middle
-    rep = verify(log, public_key=public_hex(key))
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
     assert not rep.ok and "log truncated" in rep.problem
 
 
 def test_forged_checkpoint_and_wrong_key_are_detected(good_log, tmp_path):
     log, key = good_log
     other = public_hex(load_signing_key(tmp_path / "other.pem"))
-    rep = verify(log, public_key=other)
+    rep = verify(log, chain_key=CK, public_key=other)
     assert not rep.ok and "different key than the pinned one" in rep.problem
     lines = _lines(log)
-    cp = json.loads(lines[4])
+    cp = json.loads(lines[5])
     assert cp["kind"] == "checkpoint"
     cp["root"] = "00" * 32
-    lines[4] = json.dumps(cp, sort_keys=True, separators=(",", ":")).encode()
+    lines[5] = json.dumps(cp, sort_keys=True, separators=(",", ":")).encode()
     _put(log, lines)
-    rep = verify(log, public_key=public_hex(key))
-    assert not rep.ok and rep.bad_line == 5 and "Merkle root does not match" in rep.problem
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
+    assert not rep.ok and rep.bad_line == 6 and "Merkle root does not match" in rep.problem
 
 
 def test_rotation_keeps_the_chain_across_files(tmp_path):
@@ -180,11 +204,11 @@ def test_rotation_keeps_the_chain_across_files(tmp_path):
     _, _, key = write_log(log, 60, every=7, rotate=4096, concurrent=False)
     files = segments(log)
     assert len(files) >= 3
-    rep = verify(log, public_key=public_hex(key))
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
     assert rep.ok, rep.problem
     assert rep.records == 60 and len(rep.files) == len(files)
     files[1].unlink()  # a whole rotated file in the middle goes missing
-    rep = verify(log, public_key=public_hex(key))
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
     assert not rep.ok and f"{files[2]}:1: checkpoint says" in rep.problem
 
 
@@ -193,22 +217,22 @@ def test_restart_continues_the_chain_and_drops_a_torn_tail(tmp_path):
     _, _, key = write_log(log, 5, every=3)
     with open(log, "ab") as f:
         f.write(b'{"kind":"record","seq":6,"cli')  # a write cut by a crash, never acknowledged
-    rep = verify(log, public_key=public_hex(key))
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
     assert rep.ok and rep.records == 5
     assert "incomplete last line ignored" in rep.warnings[0]
     seqs, _, _ = write_log(log, 4, every=3, key=key)
     assert sorted(seqs) == [6, 7, 8, 9]
-    rep = verify(log, public_key=public_hex(key))
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
     assert rep.ok and rep.records == 9 and rep.warnings == []
 
 
 def test_guard_refuses_to_extend_a_tampered_log(good_log):
     log, key = good_log
     lines = _lines(log)
-    del lines[3]
+    del lines[4]  # a record covered by the checkpoint that follows it: signed evidence, not a tail
     _put(log, lines)
     with pytest.raises(ConfigError, match="does not verify"):
-        AuditLog(log, signing_key=key)
+        AuditLog(log, chain_key=CK, signing_key=key)
 
 
 def test_log_verify_cli(good_log, tmp_path):
@@ -217,13 +241,16 @@ def test_log_verify_cli(good_log, tmp_path):
     pub = tmp_path / "k.pem.pub"
     res = runner.invoke(cli, ["log", "verify", str(log), "--public-key", str(pub)])
     assert res.exit_code == 0, res.output
-    assert "OK: 12 records, 3 signed checkpoints verified" in res.output
+    assert (
+        f"OK: records seq 1-12 verified (12 records, 4 signed checkpoints, 1 file(s)); starting from the "
+        f"log's genesis; head {head_path(log)}: size 12"
+    ) in _flat(res)
     lines = _lines(log)
-    lines[6], lines[7] = lines[7], lines[6]
+    lines[7], lines[8] = lines[8], lines[7]
     _put(log, lines)
     res = runner.invoke(cli, ["log", "verify", str(log), "--public-key", str(pub)])
     assert res.exit_code == 1
-    assert "a.jsonl:7 (record seq 7): chain broken" in " ".join(res.output.split())
+    assert "a.jsonl:8 (record seq 7): chain broken" in " ".join(res.output.split())
     res = runner.invoke(cli, ["log", "verify", str(tmp_path / "missing.jsonl")])
     assert res.exit_code == 2 and "audit log not found" in " ".join(res.output.split())
 
@@ -239,14 +266,16 @@ def test_archiving_a_rotated_file_mid_run_loses_no_record(tmp_path):
     key = load_signing_key(tmp_path / "keys" / "k.pem")
     archive = tmp_path / "archive"
     archive.mkdir()
+    kept = archive / "kept.head"  # the signed head, saved when .1 was archived
 
     async def run(first, n):
-        w = AuditLog(log, signing_key=key, checkpoint_every=5, rotate_bytes=4096)
+        w = AuditLog(log, chain_key=CK, signing_key=key, checkpoint_every=5, rotate_bytes=4096)
         await w.start()
         for i in range(first, first + n):
             await w.append({"i": i, "pad": "x" * 200})
             if i == 29:
                 os.rename(f"{log}.1", archive / "r.jsonl.1")
+                kept.write_bytes(head_path(log).read_bytes())
         await w.close()
 
     asyncio.run(run(0, 60))
@@ -256,19 +285,29 @@ def test_archiving_a_rotated_file_mid_run_loses_no_record(tmp_path):
     )
     assert seqs == list(range(1, 61))  # every acknowledged record is still somewhere
     pub = public_hex(key)
-    rep = verify(log, public_key=pub)
+    rep = verify(log, chain_key=CK, public_key=pub)  # without a trusted start: the gap is named
+    start = json.loads(segments(log)[0].read_text().splitlines()[0])["size"]
+    assert not rep.ok and rep.problem == (
+        f"{segments(log)[0]}:1: the log starts mid-chain: its first file opens after record {start}, and "
+        f"records 1-{start} are not here; give the archived files, or pass --from <a saved signed "
+        "checkpoint> to trust a starting point"
+    )
+    rep = verify(log, chain_key=CK, public_key=pub, trusted=kept)
     assert rep.ok, rep.problem
-    assert rep.records == 60 and rep.start_size > 0
-    assert "earlier records whose files are not here (archived?)" in rep.warnings[0]
+    assert rep.records == 60 and rep.start_size == start
+    assert (
+        rep.summary().startswith(f"OK: records seq {start + 1}-60 verified ({60 - start} records, ")
+        and f"starting from the trusted checkpoint {kept} (records 1-{start} are not here)" in rep.summary()
+    )
     asyncio.run(run(60, 3))  # a restart reads only the live file, from its opening checkpoint
-    assert verify(log, public_key=pub).records == 63
+    assert verify(log, chain_key=CK, public_key=pub, trusted=kept).records == 63
     # the archived file, put back, verifies with the rest from the genesis
     os.rename(archive / "r.jsonl.1", f"{log}.1")
-    rep = verify(log, public_key=pub)
+    rep = verify(log, chain_key=CK, public_key=pub)
     assert rep.ok and rep.records == 63 and rep.start_size == 0, rep.problem
     # a forged opening checkpoint (another key) is refused
     other = load_signing_key(tmp_path / "keys" / "other.pem")
-    assert not verify(log, public_key=public_hex(other)).ok
+    assert not verify(log, chain_key=CK, public_key=public_hex(other)).ok
 
 
 def test_a_rotation_never_overwrites_an_existing_file(tmp_path):
@@ -288,17 +327,22 @@ def test_a_rotation_never_overwrites_an_existing_file(tmp_path):
     first = asyncio.run(main())
     assert (tmp_path / "r.jsonl.1").read_bytes() == first
     assert (tmp_path / "r.jsonl.2.gz").read_bytes() == b"an operator's archive"
-    rep = verify(log, public_key=public_hex(key))
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
     assert rep.ok and rep.records == 40, rep.problem
     # a restart numbers the next file after the highest existing one (compressed ones included)
-    w = AuditLog(log, signing_key=key)
+    w = AuditLog(log, chain_key=CK, signing_key=key)
     assert w._next_index == max(int(f.name.split(".")[2]) for f in tmp_path.glob("r.jsonl.*[0-9]*")) + 1
     asyncio.run(w.close())
 
 
 async def _append(log, key, n, **kw):
     w = AuditLog(
-        log, signing_key=key, checkpoint_every=kw.pop("every", 5), rotate_bytes=kw.pop("rotate", None), **kw
+        log,
+        chain_key=CK,
+        signing_key=key,
+        checkpoint_every=kw.pop("every", 5),
+        rotate_bytes=kw.pop("rotate", None),
+        **kw,
     )
     await w.start()
     for i in range(n):
@@ -313,7 +357,7 @@ def test_verify_compares_the_raw_bytes_of_every_line(good_log):
     # a duplicate key before the real one: json.loads keeps the last, the bytes differ
     lines[-2] = lines[-2].replace(b'{"client"', b'{"decision":"rate_limited","client"', 1)
     _put(log, lines)
-    rep = verify(log, public_key=pub)
+    rep = verify(log, chain_key=CK, public_key=pub)
     assert not rep.ok and rep.bad_seq == 12
     assert rep.problem.endswith(
         "the line is not the canonical serialisation of its content (duplicate keys, extra whitespace "
@@ -322,13 +366,13 @@ def test_verify_compares_the_raw_bytes_of_every_line(good_log):
     lines = _lines(log)
     lines[-2] = lines[-2].replace(b'{"decision":"rate_limited","client"', b'{ "client"', 1)
     _put(log, lines)
-    assert "not the canonical serialisation" in verify(log, public_key=pub).problem
+    assert "not the canonical serialisation" in verify(log, chain_key=CK, public_key=pub).problem
     lines = _lines(log)
     lines[-2] = lines[-2].replace(b'{ "client"', b'{"client"', 1)
-    lines[4] = lines[4].replace(b'{"frontier"', b'{ "frontier"', 1)  # a checkpoint with whitespace
+    lines[5] = lines[5].replace(b'{"chain"', b'{ "chain"', 1)  # a checkpoint with whitespace
     _put(log, lines)
-    rep = verify(log, public_key=pub)
-    assert not rep.ok and rep.bad_line == 5
+    rep = verify(log, chain_key=CK, public_key=pub)
+    assert not rep.ok and rep.bad_line == 6
     assert "the checkpoint is not in canonical form" in rep.problem
 
 
@@ -341,12 +385,12 @@ def test_a_record_missing_only_its_final_newline_is_kept(tmp_path):
     assert b'"kind":"checkpoint"' in lines[-1]
     _put(log, lines[:-1])  # drop the close checkpoint: record 6 is the last line
     log.write_bytes(log.read_bytes()[:-1])  # ... and its newline
-    rep = verify(log, public_key=pub, allow_missing_head=True)
+    rep = verify(log, chain_key=CK, public_key=pub, allow_missing_head=True)
     assert rep.ok and rep.records == 6 and rep.torn_tail is None
     assert "the last line lacks its final newline (the record is complete and counted" in rep.warnings[0]
     seqs, _, _ = write_log(log, 2, every=4, key=key, concurrent=False)  # a restart keeps record 6
     assert seqs == [7, 8]
-    rep = verify(log, public_key=pub)
+    rep = verify(log, chain_key=CK, public_key=pub)
     assert rep.ok and rep.records == 8 and rep.warnings == []
 
 
@@ -355,7 +399,7 @@ def test_a_missing_head_fails_verify_unless_allowed(good_log, tmp_path):
     pub = tmp_path / "k.pem.pub"
     runner = CliRunner()
     lines = _lines(log)
-    _put(log, lines[:7])  # truncated after the second record past a checkpoint, and the head deleted
+    _put(log, lines[:8])  # truncated after the second record past a checkpoint, and the head deleted
     head_path(log).unlink()
     res = runner.invoke(cli, ["log", "verify", str(log), "--public-key", str(pub)])
     assert res.exit_code == 1
@@ -364,7 +408,18 @@ def test_a_missing_head_fails_verify_unless_allowed(good_log, tmp_path):
         "cannot be detected; pass --head with a saved copy, or --allow-missing-head to accept this"
     ) in _flat(res)
     res = runner.invoke(cli, ["log", "verify", str(log), "--public-key", str(pub), "--allow-missing-head"])
-    assert res.exit_code == 0 and "OK: 6 records" in res.output
+    assert res.exit_code == 0 and _flat(res).startswith(
+        "OK: records seq 1-4 verified (4 records, 2 signed checkpoints, 1 file(s)); starting from the log's "
+        "genesis; records seq 5-6 after the last signed checkpoint are NOT verified (pass --chain-key to "
+        "check them)"
+    )
+    ck = tmp_path / "chain.key"
+    ck.write_text("6b" * 32)  # the tests' chain key, as the guard stores it
+    res = runner.invoke(
+        cli,
+        ["log", "verify", str(log), "--public-key", str(pub), "--allow-missing-head", "--chain-key", str(ck)],
+    )
+    assert res.exit_code == 0 and _flat(res).startswith("OK: records seq 1-6 verified (6 records,")
 
 
 def test_verify_needs_a_pinned_key_and_a_re_signed_log_fails_against_it(good_log, tmp_path):
@@ -385,7 +440,7 @@ def test_verify_needs_a_pinned_key_and_a_re_signed_log_fails_against_it(good_log
     records[1]["decision"] = "rate_limited"
 
     async def rewrite():
-        w = AuditLog(forged, signing_key=forger, checkpoint_every=4)
+        w = AuditLog(forged, chain_key=ChainKey(os.urandom(32)), signing_key=forger, checkpoint_every=4)
         await w.start()
         for r in records:
             await w.append({k: v for k, v in r.items() if k not in ("kind", "seq", "time", "prev", "hash")})
@@ -395,7 +450,13 @@ def test_verify_needs_a_pinned_key_and_a_re_signed_log_fails_against_it(good_log
     res = runner.invoke(cli, ["log", "verify", str(forged), "--trust-embedded-key"])
     assert res.exit_code == 0 and "a re-signed log passes this check" in _flat(res)
     res = runner.invoke(cli, ["log", "verify", str(forged), "--public-key", str(pub)])
-    assert res.exit_code == 1 and "checkpoint is signed by a different key than the pinned one" in _flat(res)
+    assert res.exit_code == 1
+    assert "f.jsonl.head:1: head checkpoint signed by a different key than the pinned one" in _flat(res)
+    res = runner.invoke(
+        cli, ["log", "verify", str(forged), "--public-key", str(pub), "--head", str(head_path(log))]
+    )
+    assert res.exit_code == 1
+    assert "f.jsonl:1: checkpoint signed by a different key than the pinned one" in _flat(res)
 
 
 def test_checkpoints_on_a_timer_and_private_file_modes(tmp_path):
@@ -404,10 +465,10 @@ def test_checkpoints_on_a_timer_and_private_file_modes(tmp_path):
 
     async def main():
         w = await _append(log, key, 2, every=1000, checkpoint_seconds=0.05)
-        assert not head_path(log).exists()
+        assert json.loads(head_path(log).read_text())["size"] == 0  # the genesis
         for _ in range(100):
             await asyncio.sleep(0.02)
-            if head_path(log).exists():
+            if json.loads(head_path(log).read_text())["size"]:
                 break
         size = json.loads(head_path(log).read_text())["size"]
         w._file.close()  # no close checkpoint: the timer alone wrote the head
@@ -419,7 +480,7 @@ def test_checkpoints_on_a_timer_and_private_file_modes(tmp_path):
     assert asyncio.run(main()) == 2
     for f in (log, head_path(log), tmp_path / "k.pem"):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
-    assert verify(log, public_key=public_hex(key)).ok
+    assert verify(log, chain_key=CK, public_key=public_hex(key)).ok
 
 
 def test_a_failed_head_write_after_the_records_are_on_disk_does_not_fail_them(tmp_path):
@@ -429,7 +490,7 @@ def test_a_failed_head_write_after_the_records_are_on_disk_does_not_fail_them(tm
     key = load_signing_key(tmp_path / "k.pem")
 
     async def main():
-        w = AuditLog(log, signing_key=key, checkpoint_every=2)
+        w = AuditLog(log, chain_key=CK, signing_key=key, checkpoint_every=2)
         await w.start()
         real = w._write_head
         fails = {"n": 1}
@@ -443,14 +504,14 @@ def test_a_failed_head_write_after_the_records_are_on_disk_does_not_fail_them(tm
         w._write_head = flaky
         seqs = [await w.append({"i": i}) for i in range(2)]
         assert w.degraded is not None and "head checkpoint or rotation failed" in w.degraded
-        assert w.broken is None and not head_path(log).exists()
+        assert w.broken is None and json.loads(head_path(log).read_text())["size"] == 0
         seqs.append(await w.append({"i": 2}))
         assert w.degraded is None and json.loads(head_path(log).read_text())["size"] == 3
         await w.close()
         return seqs
 
     assert asyncio.run(main()) == [1, 2, 3]
-    assert verify(log, public_key=public_hex(key)).ok
+    assert verify(log, chain_key=CK, public_key=public_hex(key)).ok
 
 
 def test_records_arriving_during_a_write_form_the_next_batch_and_close_waits_for_it(tmp_path):
@@ -461,7 +522,9 @@ def test_records_arriving_during_a_write_form_the_next_batch_and_close_waits_for
 
     log = tmp_path / "a.jsonl"
     key = load_signing_key(tmp_path / "k.pem")
-    w = AuditLog(log, signing_key=key, checkpoint_every=1000, io_thread_ms=0.0)  # always the I/O thread
+    w = AuditLog(
+        log, chain_key=CK, signing_key=key, checkpoint_every=1000, io_thread_ms=0.0
+    )  # always the I/O thread
     threads: list[str] = []
     blobs: list[int] = []
     real = w._write_sync
@@ -489,32 +552,34 @@ def test_records_arriving_during_a_write_form_the_next_batch_and_close_waits_for
     assert seqs == list(range(1, 12))
     assert blobs == [1, 10, 0]  # the two batches, then the closing checkpoint
     assert threads[0].startswith("audit-io") and threads[1].startswith("audit-io")
-    rep = verify(log, public_key=public_hex(key))
+    rep = verify(log, chain_key=CK, public_key=public_hex(key))
     assert rep.ok, rep.problem
     assert rep.records == 11
     assert [json.loads(ln)["i"] for ln in log.read_text().splitlines() if '"record"' in ln] == list(range(11))
 
 
 def test_a_slow_fsync_moves_the_writes_to_the_io_thread(tmp_path, monkeypatch):
+    """The switch reads the fsync time from the injected clock: each fsync "takes" 5 ms here, so
+    the moving average passes the 0.5 ms threshold after the first batch, exactly."""
     import threading
-    import time
 
-    from invguard.guard import auditlog
+    from invguard.guard.auditlog import writer
 
     real_fsync = os.fsync
     where: list[str] = []
+    now = [0.0]
 
     def slow_fsync(fd):
         where.append(threading.current_thread().name)
-        time.sleep(0.005)
+        now[0] += 0.005
         real_fsync(fd)
 
-    monkeypatch.setattr(auditlog.os, "fsync", slow_fsync)
+    monkeypatch.setattr(writer.os, "fsync", slow_fsync)
     log = tmp_path / "a.jsonl"
     key = load_signing_key(tmp_path / "k.pem")
 
     async def main():
-        w = AuditLog(log, signing_key=key, checkpoint_every=1000)  # io_thread_ms 0.5 by default
+        w = AuditLog(log, chain_key=CK, signing_key=key, checkpoint_every=1000, perf_clock=lambda: now[0])
         await w.start()
         for i in range(8):
             where.append(f"record {i}")
@@ -527,4 +592,32 @@ def test_a_slow_fsync_moves_the_writes_to_the_io_thread(tmp_path, monkeypatch):
     batches = [where[where.index(f"record {i}") + 1] for i in range(8)]
     assert batches[0] == "MainThread"  # the average starts at 0: the first batch is written inline
     assert all(t.startswith("audit-io") for t in batches[1:])  # then 5 ms fsyncs move to the thread
-    assert verify(log, public_key=public_hex(key)).ok
+    assert verify(log, chain_key=CK, public_key=public_hex(key)).ok
+
+
+def test_a_fast_fsync_stays_on_the_loop(tmp_path, monkeypatch):
+    import threading
+
+    from invguard.guard.auditlog import writer
+
+    real_fsync = os.fsync
+    where: list[str] = []
+    now = [0.0]
+
+    def fast_fsync(fd):
+        where.append(threading.current_thread().name)
+        now[0] += 0.0004  # 0.4 ms: below the 0.5 ms switch, whatever the real disk does
+        real_fsync(fd)
+
+    monkeypatch.setattr(writer.os, "fsync", fast_fsync)
+    key = load_signing_key(tmp_path / "k.pem")
+
+    async def main():
+        w = AuditLog(tmp_path / "a.jsonl", chain_key=CK, signing_key=key, perf_clock=lambda: now[0])
+        await w.start()
+        for i in range(8):
+            await w.append({"i": i})
+        await w.close()
+
+    asyncio.run(main())
+    assert set(where) == {"MainThread"}

@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from invguard.guard import openapi
-from invguard.guard.auditlog import AuditLog, AuditLogError
+from invguard.guard.auditlog import AuditLog, AuditLogError, witness_from_spec
 from invguard.guard.auth import Authenticator, KeyRecord, KeyStore
 from invguard.guard.codec import ENCODER, V1, V2, BadInput, InputCodec, read_body
 from invguard.guard.config import GuardConfig
@@ -102,18 +102,21 @@ class Guard:
             self.limiter = RedisLimiter(cfg.ratelimit.redis_url, cfg.ratelimit.prefix)
         else:
             self.limiter = MemoryLimiter()
-        keys = open_keys(cfg.audit.path, cfg.audit.signing_key, cfg.audit.hash_key)
+        keys = open_keys(cfg.audit.path, cfg.audit.signing_key, cfg.audit.hash_key, cfg.audit.chain_key)
         self.warnings: list[str] = list(keys.warnings)
         self._hkey = keys.hmac_key
         self.audit = AuditLog(
             cfg.audit.path,
             signing_key=keys.signing_key,
+            chain_key=keys.chain_key,
+            witnesses=[witness_from_spec(w) for w in cfg.audit.witnesses],
             checkpoint_every=cfg.audit.checkpoint_every,
             checkpoint_seconds=cfg.audit.checkpoint_seconds,
             rotate_bytes=cfg.audit.rotate_bytes,
             fsync=cfg.audit.fsync,
             on_written=lambda n: self.metrics.audit_written.inc(n),
             on_failed=lambda n: self.metrics.audit_failures.inc(n),
+            on_tail_rejected=lambda n: self.metrics.audit_tail_rejected.inc(n),
         )
         self.oncall = OnCall(cfg, self.registry)  # incidents, SLOs, webhook: off the request path
         self.store_inputs = cfg.audit.store_inputs

@@ -120,6 +120,10 @@ class AuditConfig(_Strict):
     checkpoint_seconds: float | None = Field(default=5.0, gt=0)
     signing_key: str | None = None  # default: <log dir>/../<log name>.ed25519.pem
     hash_key: str | None = None  # default: <log dir>/../<log name>.hmac-key
+    chain_key: str | None = None  # the record chain's HMAC key; default: beside the signing key
+    # where every signed head is also published: file:<path on another mount>,
+    # redis://host:port/db#key or an http(s):// endpoint (see invguard.guard.auditlog.witness)
+    witnesses: tuple[str, ...] = ()
     rotate_bytes: int | None = Field(default=None, ge=4096)
     fsync: bool = True
 
@@ -193,6 +197,11 @@ class GuardConfig(_Strict):
                 "path": rel(self.audit.path),
                 "signing_key": rel(self.audit.signing_key),
                 "hash_key": rel(self.audit.hash_key),
+                "chain_key": rel(self.audit.chain_key),
+                "witnesses": tuple(
+                    w if "://" in w else "file:" + str(rel(w.removeprefix("file:")))
+                    for w in self.audit.witnesses
+                ),
             }
         )
         inc = self.incidents

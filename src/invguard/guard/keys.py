@@ -1,4 +1,5 @@
-"""The guard's key files: the audit log's Ed25519 signing key and the HMAC secret of ``input_hmac``.
+"""The guard's key files: the audit log's Ed25519 signing key, its chain key and the HMAC secret of
+``input_hmac``.
 
 Both are created on first use. By default they live in ``<log dir>-keys/``, beside (never inside)
 the log's directory, so that whoever can rewrite the log does not also find the key that signs it;
@@ -8,14 +9,12 @@ a configured path inside the log's directory is accepted with a warning.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from invguard.core.errors import ConfigError
-from invguard.guard.auditlog import load_signing_key
+from invguard.guard.auditlog import ChainKey, chain_key_path, load_signing_key
+from invguard.guard.auditlog.signing import read_secret
 
 log = logging.getLogger("invguard.guard")
 
@@ -31,36 +30,31 @@ def key_paths(audit_path: str, signing_key: str | None, hash_key: str | None) ->
     )
 
 
-def read_secret(path: Path, where: str = "audit.hash_key") -> bytes:
-    """A 32-byte secret stored as hex (mode 0600), created if missing."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except ValueError:
-        raise ConfigError(f"{where}: {path} does not hold a hex secret") from None
-
-
 @dataclass(frozen=True)
 class GuardKeys:
     """What the audit log signs with, the HMAC secret, and the warnings about where they sit."""
 
     signing_key: Any
+    chain_key: ChainKey
     hmac_key: bytes
     key_path: Path
     hmac_path: Path
     warnings: tuple[str, ...]
 
 
-def open_keys(audit_path: str, signing_key: str | None, hash_key: str | None) -> GuardKeys:
-    """Load (or create) the signing key and the HMAC secret of an audit log config."""
+def open_keys(
+    audit_path: str, signing_key: str | None, hash_key: str | None, chain_key: str | None = None
+) -> GuardKeys:
+    """Load (or create) the signing key, the chain key and the HMAC secret of an audit log config."""
     key_path, hkey_path = key_paths(audit_path, signing_key, hash_key)
+    ckey_path = chain_key_path(audit_path, chain_key)
     warnings: list[str] = []
     log_dir = Path(audit_path).resolve().parent
-    for what, kp in (("audit.signing_key", key_path), ("audit.hash_key", hkey_path)):
+    for what, kp in (
+        ("audit.signing_key", key_path),
+        ("audit.hash_key", hkey_path),
+        ("audit.chain_key", ckey_path),
+    ):
         if kp.resolve().parent == log_dir:
             msg = (
                 f"{what} {kp} is inside the audit log's directory: whoever can rewrite the log can "
@@ -70,5 +64,6 @@ def open_keys(audit_path: str, signing_key: str | None, hash_key: str | None) ->
             log.warning(msg)
     if key_path.parent.name.endswith("-keys"):
         key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    hkey = read_secret(hkey_path)
-    return GuardKeys(load_signing_key(key_path), hkey, key_path, hkey_path, tuple(warnings))
+    hkey = read_secret(hkey_path, "audit.hash_key")
+    ckey = ChainKey(read_secret(ckey_path, "audit.chain_key"))
+    return GuardKeys(load_signing_key(key_path), ckey, hkey, key_path, hkey_path, tuple(warnings))

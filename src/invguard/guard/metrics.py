@@ -73,6 +73,11 @@ class GuardMetrics:
             "M7: audit records that could not be written (their requests got no prediction).",
             registry=registry,
         )
+        self.audit_tail_rejected = Counter(
+            "invguard_guard_audit_tail_rejected_lines",
+            "M7: unsigned log lines that failed the keyed chain at start-up and were quarantined.",
+            registry=registry,
+        )
         self.upstream_errors = Counter(
             "invguard_guard_upstream_errors",
             "Upstream model server failures (unreachable, timeout, error status, malformed answer).",

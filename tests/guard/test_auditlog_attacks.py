@@ -1,0 +1,287 @@
+"""The audit log against the attacker it exists for: someone who can write to the log's directory
+(but not to the key directory, nor to a witness). Each test performs the attack on a real log and
+asserts the exact message a user sees."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from invguard.cli import app as cli
+from invguard.core.errors import ConfigError
+from invguard.guard.auditlog import (
+    AuditLog,
+    ChainKey,
+    FileWitness,
+    HttpWitness,
+    RedisWitness,
+    WitnessError,
+    canonical,
+    head_path,
+    load_signing_key,
+    public_hex,
+    verify,
+    witness_app,
+)
+from tests.guard.test_auditlog import CK, write_log
+from tests.servers import serve
+
+
+def _lines(log):
+    return log.read_bytes().split(b"\n")[:-1]
+
+
+def _flat(res):
+    return " ".join(res.output.split())
+
+
+def _cli(*args):
+    return CliRunner().invoke(cli, ["log", "verify", *map(str, args)])
+
+
+@pytest.fixture()
+def chain_file(tmp_path):
+    p = tmp_path / "keys" / "chain.key"
+    p.parent.mkdir(exist_ok=True)
+    p.write_text("6b" * 32)  # CK's secret, as the guard stores it
+    return p
+
+
+def test_deleting_the_oldest_records_up_to_each_checkpoint_is_named(tmp_path, chain_file):
+    log = tmp_path / "guard.jsonl"
+    _, _, key = write_log(log, 12, concurrent=False)  # genesis, 1-4, cp, 5-8, cp, 9-12, cp
+    pub, pem = public_hex(key), tmp_path / "k.pem.pub"
+    original = log.read_bytes()
+    checkpoints = [i for i, x in enumerate(_lines(log)) if b'"kind":"checkpoint"' in x]
+    assert checkpoints == [0, 5, 10, 15]
+    for i in checkpoints[1:]:
+        log.write_bytes(original)
+        g = tmp_path / "g"
+        subprocess.run(["sh", "-c", f"tail -n +{i + 1} {log} > {g} && mv {g} {log}"], check=True)
+        size = json.loads(_lines(log)[0])["size"]
+        expected = (
+            f"{log}:1: the log does not start at its genesis: the first line is a checkpoint of {size} "
+            "records that opens no file; the lines before it were deleted"
+        )
+        rep = verify(log, public_key=pub, chain_key=CK)
+        assert not rep.ok and rep.problem == expected
+        res = _cli(log, "--public-key", pem, "--chain-key", chain_file)
+        assert res.exit_code == 1 and f"FAILED after 0 good records: {expected}" in _flat(res)
+        with pytest.raises(ConfigError) as e:  # the guard refuses to continue the sequence
+            AuditLog(log, signing_key=key, chain_key=CK)
+        assert expected in str(e.value)
+    log.write_bytes(original)
+    subprocess.run(
+        ["sh", "-c", f"tail -n +4 {log} > {tmp_path / 'g'} && mv {tmp_path / 'g'} {log}"], check=True
+    )
+    rep = verify(log, public_key=pub, chain_key=CK)
+    assert rep.problem == (
+        f"{log}:1 (record seq 3): the log does not start at its genesis: the first line is record seq 3; the "
+        "lines before it were deleted"
+    )
+
+
+def test_deleting_the_oldest_rotated_files_is_named_and_a_kept_checkpoint_is_trusted_explicitly(
+    tmp_path, chain_file
+):
+    log = tmp_path / "r.jsonl"
+    write_log(log, 60, every=7, rotate=4096, concurrent=False)
+    (tmp_path / "saved.head").write_bytes(head_path(log).read_bytes())
+    first = tmp_path / "r.jsonl.1"
+    opened = json.loads((tmp_path / "r.jsonl.2").read_text().splitlines()[0])["size"]
+    first.unlink()  # the whole oldest file deleted
+    res = _cli(log, "--public-key", tmp_path / "k.pem.pub", "--chain-key", chain_file)
+    assert res.exit_code == 1
+    assert (
+        f"{tmp_path / 'r.jsonl.2'}:1: the log starts mid-chain: its first file opens after record {opened}, "
+        f"and records 1-{opened} are not here; give the archived files, or pass --from <a saved signed "
+        "checkpoint> to trust a starting point"
+    ) in _flat(res)
+    res = _cli(
+        log,
+        "--public-key",
+        tmp_path / "k.pem.pub",
+        "--chain-key",
+        chain_file,
+        "--from",
+        tmp_path / "saved.head",
+    )
+    assert res.exit_code == 0, res.output
+    assert _flat(res).startswith(f"OK: records seq {opened + 1}-60 verified ({60 - opened} records,")
+    assert (
+        f"starting from the trusted checkpoint {tmp_path / 'saved.head'} (records 1-{opened} are not here)"
+        in _flat(res)
+    )
+
+
+def _cut_to(log, size):
+    """The rollback: keep the log up to its checkpoint of ``size`` and put that checkpoint in the head."""
+    lines = _lines(log)
+    i = next(i for i, x in enumerate(lines) if b'"kind":"checkpoint"' in x and json.loads(x)["size"] == size)
+    log.write_bytes(b"\n".join(lines[: i + 1]) + b"\n")
+    head_path(log).write_bytes(lines[i])
+    return lines[i]
+
+
+def test_a_rollback_with_a_rewritten_head_is_caught_by_a_witness(tmp_path, chain_file):
+    log = tmp_path / "logs" / "guard.jsonl"
+    log.parent.mkdir()
+    wpath = tmp_path / "other-mount" / "guard.head"
+    key = load_signing_key(tmp_path / "k.pem")
+    _, _, _ = write_log(log, 12, key=key, concurrent=False, witnesses=[FileWitness(wpath)])
+    assert json.loads(wpath.read_text())["size"] == 12  # every signed head was published
+    pub = tmp_path / "k.pem.pub"
+    cp8 = _cut_to(log, 8)
+    # without a witness the rollback is invisible: the log and its head agree (README: threat model)
+    res = _cli(log, "--public-key", pub, "--chain-key", chain_file)
+    assert res.exit_code == 0 and _flat(res).startswith("OK: records seq 1-8 verified (8 records,")
+    res = _cli(log, "--public-key", pub, "--chain-key", chain_file, "--witness", f"file:{wpath}")
+    expected = (
+        f"{log}:0: rolled back: the witness file:{wpath} holds a signed head of 12 records, the log holds "
+        "only 8"
+    )
+    assert res.exit_code == 1 and f"FAILED after 8 good records: {expected}" in _flat(res)
+    # the guard refuses to restart on it (it would sign the shorter history)
+    with pytest.raises(ConfigError) as e:
+        AuditLog(log, signing_key=key, chain_key=CK, witnesses=[FileWitness(wpath)])
+    assert expected in str(e.value)
+    # and the witness never goes backwards
+    with pytest.raises(WitnessError) as e:
+        FileWitness(wpath).publish(json.loads(cp8))
+    assert str(e.value) == (
+        f"file:{wpath} refused a head of 8 records: it holds a signed head of 12 (never backwards)"
+    )
+
+
+def test_a_witness_older_than_the_log_is_fine_and_a_forked_one_is_caught(tmp_path, chain_file):
+    log = tmp_path / "a.jsonl"
+    key = load_signing_key(tmp_path / "k.pem")
+    write_log(log, 12, key=key, concurrent=False)
+    cp8 = next(json.loads(x) for x in _lines(log) if b'"size":8' in x and b'"kind":"checkpoint"' in x)
+    old = tmp_path / "w-old.head"
+    old.write_bytes(canonical(cp8))
+    rep = verify(log, public_key=public_hex(key), chain_key=CK, witnesses=[FileWitness(old)])
+    assert rep.ok and f"witness file:{old}: size 8" in rep.summary()
+    # another history of the same size, signed with the same key: the witness holds its root
+    other = tmp_path / "b.jsonl"
+    write_log(other, 12, key=key, concurrent=False, fields=lambda i: {"client": f"other{i}"})
+    fork = tmp_path / "w-fork.head"
+    fork.write_bytes(head_path(other).read_bytes())
+    rep = verify(log, public_key=public_hex(key), chain_key=CK, witnesses=[FileWitness(fork)])
+    assert not rep.ok and rep.problem == (
+        f"{log}:15: inconsistent with the witness file:{fork}: the log's first 12 records do not hash to the "
+        "Merkle root it holds (the log was rewritten)"
+    )
+    # a witnessed head not signed by the pinned key is refused outright
+    forged = {**cp8, "size": 99}
+    (tmp_path / "w-bad.head").write_bytes(canonical(forged))
+    rep = verify(
+        log, public_key=public_hex(key), chain_key=CK, witnesses=[FileWitness(tmp_path / "w-bad.head")]
+    )
+    assert not rep.ok and rep.problem.endswith("witness checkpoint signature is invalid")
+
+
+def _crash(w: AuditLog) -> None:
+    """What a SIGKILL leaves: the records on disk, no closing checkpoint."""
+    w._file.close()
+    w._file = None
+    for t in (w._task, w._publisher):
+        if t is not None:
+            t.cancel()
+    if w._timer is not None:
+        w._timer.cancel()
+    w._io.shutdown(wait=True)
+
+
+def test_a_forged_tail_after_a_crash_is_quarantined_reported_and_never_signed(tmp_path, chain_file):
+    log = tmp_path / "a.jsonl"
+    key = load_signing_key(tmp_path / "k.pem")
+
+    async def run():
+        w = AuditLog(log, signing_key=key, chain_key=CK, checkpoint_every=1000)
+        await w.start()
+        for i in range(10):
+            await w.append({"client": f"c{i}", "decision": "served"})
+        _crash(w)
+
+    asyncio.run(run())
+    lines = _lines(log)
+    assert len(lines) == 11  # the genesis and ten unsigned records
+    # the attacker rewrites records 7-10 (another client) and re-chains them: without our chain key
+    attacker = ChainKey(os.urandom(32))
+    prev = json.loads(lines[6])["hash"]
+    forged = []
+    for x in lines[7:]:
+        doc = {k: v for k, v in json.loads(x).items() if k != "hash"}
+        doc["client"], doc["prev"] = "mallory", prev
+        body = canonical(doc)
+        prev = attacker.digest(prev, body)
+        forged.append(body[:-1] + b',"hash":"' + prev.encode() + b'"}')
+    log.write_bytes(b"\n".join(lines[:7] + forged) + b"\n")
+    rep = verify(log, public_key=public_hex(key), chain_key=CK)
+    assert not rep.ok and rep.problem == (
+        f"{log}:8 (record seq 7): hash does not match the record's content: the record was modified (or "
+        "written without the chain key)"
+    )
+    counted = []
+    w = AuditLog(log, signing_key=key, chain_key=CK, on_tail_rejected=counted.append)
+    assert counted == [4]
+    quarantine = tmp_path / "a.jsonl.rejected.1"
+    assert w.rejected_tail == quarantine and quarantine.read_bytes() == b"\n".join(forged) + b"\n"
+    assert b"mallory" not in log.read_bytes()
+    after = [json.loads(x) for x in _lines(log)]
+    assert [d["kind"] for d in after[-2:]] == ["record", "checkpoint"]
+    assert after[-2]["event"] == "tail_rejected" and after[-2]["seq"] == 7
+    assert after[-2]["quarantine"] == "a.jsonl.rejected.1" and after[-2]["quarantined_lines"] == 4
+    assert after[-2]["problem"] == rep.problem and after[-1]["size"] == 7
+    rep = verify(log, public_key=public_hex(key), chain_key=CK)
+    assert rep.ok and rep.records == 7 and rep.verified_through == 7, rep.problem
+    asyncio.run(w.close())
+
+
+def test_witnesses_never_go_backwards_file_redis_and_http(tmp_path, redis_url):
+    key = load_signing_key(tmp_path / "k.pem")
+    log = tmp_path / "a.jsonl"
+    store = tmp_path / "http-witness.head"
+    app = witness_app(store, public_hex(key))
+    with serve(app) as url:
+        witnesses = [
+            FileWitness(tmp_path / "w.head"),
+            RedisWitness(redis_url, "test:witness"),
+            HttpWitness(url),
+        ]
+        write_log(log, 12, key=key, concurrent=False, witnesses=witnesses)
+        heads = [json.loads(x) for x in _lines(log) if b'"kind":"checkpoint"' in x]
+        other = load_signing_key(tmp_path / "other.pem")
+        write_log(tmp_path / "b.jsonl", 12, key=key, concurrent=False, fields=lambda i: {"x": i})
+        fork = json.loads(head_path(tmp_path / "b.jsonl").read_text())
+        for w in witnesses:
+            assert w.read() == heads[-1], w.name
+            with pytest.raises(WitnessError) as e:
+                w.publish(heads[2])
+            assert "refused a head of 8 records: it holds a signed head of 12 (never backwards)" in str(
+                e.value
+            )
+            with pytest.raises(WitnessError) as e:
+                w.publish(fork)
+            assert "refused a head of 12 records with another root than the one it holds" in str(e.value)
+        # the HTTP witness also checks the signature against its pinned key
+        write_log(tmp_path / "c.jsonl", 20, key=other, concurrent=False)
+        with pytest.raises(WitnessError) as e:
+            HttpWitness(url).publish(json.loads(head_path(tmp_path / "c.jsonl").read_text()))
+        assert str(e.value) == f"{url} answered 400 the head's signed by a different key than the pinned one"
+        res = _cli(
+            log,
+            "--public-key",
+            tmp_path / "k.pem.pub",
+            "--witness",
+            url,
+            "--witness",
+            f"{redis_url}#test:witness",
+        )
+        assert res.exit_code == 0 and f"witness {url}: size 12" in _flat(res), res.output
