@@ -11,6 +11,7 @@ witness) can and cannot do undetected is stated in the README ("Audit log: threa
 
 from invguard.guard.auditlog.format import CHAIN, GENESIS, ChainKey, canonical, head_path, segments
 from invguard.guard.auditlog.merkle import MerkleAccumulator, leaf_hash, merkle_root, node_hash
+from invguard.guard.auditlog.report import VerifyReport
 from invguard.guard.auditlog.signing import (
     chain_key_path,
     load_chain_key,
@@ -19,7 +20,7 @@ from invguard.guard.auditlog.signing import (
     public_hex,
     read_secret,
 )
-from invguard.guard.auditlog.verify import VerifyReport, read_checkpoint, read_head, scan, verify
+from invguard.guard.auditlog.verify import read_checkpoint, read_head, scan, verify
 from invguard.guard.auditlog.witness import (
     FileWitness,
     HttpWitness,

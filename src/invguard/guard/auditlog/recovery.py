@@ -89,10 +89,10 @@ def recover(
             fh.flush()
             os.fsync(fh.fileno())
     if rep.missing_newline is not None:
-        with open(rep.missing_newline, "ab") as fh:
-            fh.write(b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        with open(rep.missing_newline, "ab") as fa:
+            fa.write(b"\n")
+            fa.flush()
+            os.fsync(fa.fileno())
     return Recovered(rep.records, rep.last_hash, rep.records - rep.last_checkpoint_size, acc, rejected)
 
 
