@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from invguard.guard import from_dict
 from invguard.guard.app import key_paths
-from invguard.guard.auditlog import AuditLog, load_public_key_hex, load_signing_key, verify
+from invguard.guard.auditlog import AuditLog, ChainKey, load_public_key_hex, load_signing_key, verify
 from invguard.guard.incidents import Detection, IncidentStore
 from invguard.guard.metrics import GuardMetrics
 from invguard.guard.oncall import OnCall
@@ -34,9 +34,10 @@ def test_transitions_reach_the_audit_log_and_the_webhook(tmp_path, monkeypatch):
     kp, _ = key_paths(cfg.audit.path, None, None)
     kp.parent.mkdir(parents=True, exist_ok=True)
     log_path = tmp_path / "audit.jsonl"
+    chain = ChainKey(b"k" * 32)
 
     async def go():
-        audit = AuditLog(log_path, signing_key=load_signing_key(kp), checkpoint_every=10)
+        audit = AuditLog(log_path, signing_key=load_signing_key(kp), chain_key=chain, checkpoint_every=10)
         await audit.start()
         await oc.start(audit.append, background=False)
         oc.report(probe())
@@ -61,7 +62,7 @@ def test_transitions_reach_the_audit_log_and_the_webhook(tmp_path, monkeypatch):
     assert slo.severity == "page" and slo.detector == "slo:m2" and slo.model_version == "v1"
     assert slo.detections > 1 and "SLO m2 (high_confidence_rate)" in slo.title  # grouped while burning
 
-    rep = verify(log_path, public_key=load_public_key_hex(kp))
+    rep = verify(log_path, public_key=load_public_key_hex(kp), chain_key=chain)
     assert rep.ok, rep.summary()
     recs = [json.loads(line) for line in log_path.read_text().splitlines()]
     trail = [(r["decision"], r["incident"], r["actor"]) for r in recs if r.get("route") == "incident"]
