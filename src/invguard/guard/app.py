@@ -16,6 +16,7 @@ ASGI path; service routes, unknown routes and wrong methods by Starlette.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -37,7 +38,7 @@ from invguard.guard.auth import Authenticator, KeyRecord, KeyStore
 from invguard.guard.codec import ENCODER, V1, V2, BadInput, InputCodec, read_body
 from invguard.guard.config import GuardConfig
 from invguard.guard.gate import KeylessGate
-from invguard.guard.keys import key_paths, open_keys
+from invguard.guard.keys import detect_salt_path, key_paths, open_keys, read_secret
 from invguard.guard.metrics import GuardMetrics
 from invguard.guard.oncall import OnCall
 from invguard.guard.pipeline import INTERNAL, Observer, Outcome, Pipeline, Role, record_template
@@ -65,6 +66,9 @@ class Guard:
         model: Any = None,
         limiter: Any = None,
         observer: Observer | None = None,
+        events: Any = None,
+        detect_state: Any = None,
+        clock: Any = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -135,6 +139,9 @@ class Guard:
         self._m_requests: dict[tuple[str, int, str], Any] = {}
         self._m_latency: dict[str, Any] = {}
         self._m_children: dict[tuple[Any, ...], Any] = {}
+        self.detection: Any = None
+        if observer is None and cfg.detection.enabled:
+            observer = self.detection = self._build_detection(events, detect_state, clock)
         self.pipeline = Pipeline(
             model=self.model,
             model_name=self.model_name,
@@ -156,6 +163,8 @@ class Guard:
                 Route("/readyz", self.readyz, methods=["GET"]),
                 Route("/metrics", self.metrics_endpoint, methods=["GET"]),
                 Route("/openapi.json", self.openapi_endpoint, methods=["GET"]),
+                Route("/admin/flagged", self.admin_flagged, methods=["GET"]),
+                Route("/admin/flagged/{client}/lift", self.admin_lift, methods=["POST"]),
                 # the prediction routes are answered by __call__; listed so a GET is a 405, not a 404
                 Route(V1, _served_by_fast_path, methods=["POST"]),
                 Route(V2, _served_by_fast_path, methods=["POST"]),
@@ -166,6 +175,28 @@ class Guard:
         self.starlette.router.redirect_slashes = False  # a 307 to a Host-derived URL, unaudited
         self.app = self
 
+    def _build_detection(self, events: Any, state: Any, clock: Any) -> Any:
+        from invguard.guard.detect.engine import Detection
+
+        dc = self.cfg.detection
+        secret = read_secret(detect_salt_path(self.cfg.audit.path, dc.salt_key), "detection.salt_key")
+        det = Detection(
+            dc,
+            input_shape=self.input_shape,
+            secret=secret,
+            roles=self.roles,
+            limiter=self.limiter,
+            registry=self.registry,
+            audit=self.audit.append,
+            events=events,
+            state=state,
+            model_name=self.model_name,
+            **({"clock": clock} if clock is not None else {}),
+        )
+        for line in det.report():
+            log.info(line)
+        return det
+
     # ------------------------------------------------------------------ lifecycle
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
@@ -173,14 +204,30 @@ class Guard:
         await self.model.start()
         await self.oncall.start(self.audit.append)
         self.metrics.ready.set(1)
+        expiry = asyncio.create_task(self._expire_loop()) if self.detection is not None else None
         try:
             yield
         finally:
             self.metrics.ready.set(0)
             await self.oncall.close()
+            if expiry is not None:
+                expiry.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await expiry
+                await self.detection.close()
             await self.model.close()
             await self.limiter.close()
             await self.audit.close()
+
+    async def _expire_loop(self) -> None:
+        """Record expired mitigations about once a second (their effect ends on time regardless:
+        the state stores each mitigation with its expiry)."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.detection.expire()
+            except Exception:
+                log.exception("detection: recording expired mitigations failed")
 
     # ------------------------------------------------------------------ plumbing
     def _decode(self, route: str, body: bytes) -> tuple[Any, str | None]:
@@ -308,6 +355,50 @@ class Guard:
         outcome = Outcome(500, dict(INTERNAL), rec)
         return _response(await self._finish(_template(request.url.path), time.perf_counter(), outcome))
 
+    async def _admin(self, request: Request, route: str) -> tuple[Any, Outcome | None]:
+        """The admin principal, or the outcome refusing the request (401 / 403 / 404)."""
+        rec = record_template(self._hkey, None)
+        if self.detection is None:
+            return None, Outcome(404, {"code": "not_found", "error": "detection is not enabled"}, rec)
+        problem = await self.auth.refresh()
+        if problem is not None:
+            return None, Outcome(503, {"code": "auth_unavailable", "error": problem}, rec)
+        principal, reason = self.auth.authenticate(request.scope["headers"])
+        if principal is None:
+            rec["decision"] = "unauthorized"
+            return None, Outcome(401, {"code": "unauthorized", "error": reason}, rec, keyless=True)
+        rec["client"], rec["role"] = principal.client_id, principal.role
+        admins = self.cfg.detection.admin_roles
+        if principal.role not in admins:
+            rec["decision"] = "forbidden"
+            msg = f"role {principal.role!r} may not use {route} (detection.admin_roles: {sorted(admins)})"
+            return None, Outcome(403, {"code": "forbidden", "error": msg}, rec)
+        rec["decision"] = "served"
+        return principal, Outcome(200, {}, rec)
+
+    async def admin_flagged(self, request: Request) -> Response:
+        t0, route = time.perf_counter(), "/admin/flagged"
+        principal, o = await self._admin(request, route)
+        assert o is not None
+        if principal is not None:
+            o.doc = {"flagged": await self.detection.flagged()}
+        return _response(await self._finish(route, t0, o, _peer(request.scope)))
+
+    async def admin_lift(self, request: Request) -> Response:
+        t0, route = time.perf_counter(), "/admin/flagged/{client}/lift"
+        principal, o = await self._admin(request, route)
+        assert o is not None
+        if principal is not None:
+            client = request.path_params["client"]
+            o.record["target"] = client
+            m = await self.detection.lift(client, by=principal.client_id)
+            if m is None:
+                o.status, o.record["decision"] = 404, "rejected"
+                o.doc = {"code": "not_mitigated", "error": f"client {client!r} has no mitigation in force"}
+            else:
+                o.doc = {"lifted": client, "mitigation": m}
+        return _response(await self._finish(route, t0, o, _peer(request.scope)))
+
     async def healthz(self, request: Request) -> Response:
         return _json({"status": "ok"})
 
@@ -321,6 +412,8 @@ class Guard:
             problems.append("model not ready")
         if not await self.limiter.ping():
             problems.append("rate-limit backend unreachable")
+        if self.detection is not None and not await self.detection.state.ping():
+            problems.append("detection state backend unreachable")
         if problems:
             return _json({"status": "not ready", "problems": problems}, 503)
         return _json({"status": "ready"})

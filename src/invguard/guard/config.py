@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from invguard.core.errors import ConfigError
 from invguard.guard.incidents import IncidentsConfig
 from invguard.guard.slo import SLOConfig
+from invguard.guard.detect.config import DetectionConfig
 
 
 class _Strict(BaseModel):
@@ -152,6 +153,7 @@ class GuardConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     incidents: IncidentsConfig | None = None
     slos: tuple[SLOConfig, ...] = ()
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -180,6 +182,13 @@ class GuardConfig(_Strict):
                 raise ValueError(
                     f"auth.keys[{k.id}].role {k.role!r} is not one of the roles {sorted(self.roles)}"
                 )
+        for where, names in (
+            ("detection.roles", list(self.detection.roles)),
+            ("detection.admin_roles", list(self.detection.admin_roles)),
+        ):
+            for r in names:
+                if r not in self.roles:
+                    raise ValueError(f"{where}: {r!r} is not one of the roles {sorted(self.roles)}")
         return self
 
     def resolve(self, base: Path) -> GuardConfig:
@@ -212,7 +221,12 @@ class GuardConfig(_Strict):
             inc = inc.model_copy(
                 update={"store": rel(inc.store), "history": rel(inc.history), "webhook": webhook}
             )
-        return self.model_copy(update={"model": model, "auth": auth, "audit": audit, "incidents": inc})
+        detection = self.detection.model_copy(
+            update={"calibration": rel(self.detection.calibration), "salt_key": rel(self.detection.salt_key)}
+        )
+        return self.model_copy(
+            update={"model": model, "auth": auth, "audit": audit, "incidents": inc, "detection": detection}
+        )
 
 
 def _format(e: ValidationError, where: str) -> str:
@@ -236,6 +250,8 @@ def from_dict(doc: Any, where: str = "guard config", base: Path | None = None) -
 
     for name, role in cfg.roles.items():
         parse(role.policy, f"{where}: roles.{name}.policy")
+    for name, rd in cfg.detection.roles.items():
+        parse(rd.tighten_policy, f"{where}: detection.roles.{name}.tighten_policy")
     return cfg.resolve(base) if base is not None else cfg
 
 

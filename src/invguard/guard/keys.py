@@ -67,3 +67,11 @@ def open_keys(
     hkey = read_secret(hkey_path, "audit.hash_key")
     ckey = ChainKey(read_secret(ckey_path, "audit.chain_key"))
     return GuardKeys(load_signing_key(key_path), ckey, hkey, key_path, hkey_path, tuple(warnings))
+
+
+def detect_salt_path(audit_path: str, salt_key: str | None) -> Path:
+    """The secret salting detection's fingerprints (default beside the other keys)."""
+    if salt_key:
+        return Path(salt_key)
+    p = Path(audit_path)
+    return p.parent.with_name(p.parent.name + "-keys") / (p.name + ".detect-salt")

@@ -284,7 +284,14 @@ class Pipeline:
 
     async def observe(self, ex: Exchange) -> Outcome | None:
         assert self.observer is not None
-        verdict = await self.observer.observe(ex)
+        try:
+            verdict = await self.observer.observe(ex)
+        except Exception as e:  # the detection state is unreachable: fail closed, never serve unwatched
+            log.warning("detection failed on %s: %s: %s", ex.route, type(e).__name__, e)
+            await self._refund(ex)
+            ex.record["decision"] = "rejected"
+            msg = f"the detection backend is unavailable ({type(e).__name__}); try later"
+            return _error(ex, 503, "detection_unavailable", msg, headers=ex.headers)
         if verdict is None:
             return None
         if verdict.status is not None:
