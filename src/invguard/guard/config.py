@@ -14,9 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from invguard.core.errors import ConfigError
+from invguard.guard.detect.config import DetectionConfig
 from invguard.guard.incidents import IncidentsConfig
 from invguard.guard.slo import SLOConfig
-from invguard.guard.detect.config import DetectionConfig
 
 
 class _Strict(BaseModel):
