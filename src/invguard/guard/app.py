@@ -34,11 +34,12 @@ from starlette.routing import Route
 
 from invguard.guard import openapi
 from invguard.guard.auditlog import AuditLog, AuditLogError, witness_from_spec
+from invguard.guard.auditlog.signing import read_secret
 from invguard.guard.auth import Authenticator, KeyRecord, KeyStore
 from invguard.guard.codec import ENCODER, V1, V2, BadInput, InputCodec, read_body
 from invguard.guard.config import GuardConfig
 from invguard.guard.gate import KeylessGate
-from invguard.guard.keys import detect_salt_path, key_paths, open_keys, read_secret
+from invguard.guard.keys import detect_salt_path, key_paths, open_keys
 from invguard.guard.metrics import GuardMetrics
 from invguard.guard.oncall import OnCall
 from invguard.guard.pipeline import INTERNAL, Observer, Outcome, Pipeline, Role, record_template
