@@ -36,12 +36,14 @@ def test_gate_metric_names_may_contain_dots():
             "metrics": {"tpr_at_fpr_0.001": {"value": 0.004, "low": 0.001, "high": 0.02}},
         }
     ]
-    value = evaluate([g], attacks)[0]
-    assert value.status == "pass" and value.observed == 0.004
-    high = GateConfig(metric="membership.lira.tpr_at_fpr_0.001", threshold=0.01, bound="high")
-    out = evaluate([high], attacks)[0]
-    assert out.status == "fail" and out.message == (
-        "membership.lira.tpr_at_fpr_0.001 (high end of the 95% CI) = 0.02 violates <= 0.01"
+    out = evaluate([g], attacks)[0]
+    # decided on the upper end of the CI by default: 0.02 straddles 0.01 -> inconclusive, not a pass
+    assert out.status == "inconclusive" and out.observed == 0.004 and out.decided_on == "high"
+    est = GateConfig(metric="membership.lira.tpr_at_fpr_0.001", threshold=0.01, on="estimate")
+    out = evaluate([est], attacks)[0]
+    assert out.status == "pass" and out.message == (
+        "membership.lira.tpr_at_fpr_0.001 = 0.004 [0.001, 0.02] satisfies <= 0.01 "
+        "(decided on the estimate, as the gate asks; its 95% CI straddles the threshold)"
     )
 
 
@@ -59,12 +61,14 @@ def test_gates_that_cannot_be_checked_fail_and_severity_decides_blocking():
     assert out[1].message == "cannot check: attack inversion.blackbox did not run"
     assert [o.blocking for o in out] == [False, True]
     v = verdict(out)
-    assert v["passed"] is False and v["gates_blocking_failed"] == 1
-    assert (
-        v["summary"]
-        == "1 of 2 gates failed: inversion.blackbox.attack_accuracy <= 0.2 (high, not checkable)."
+    assert v["passed"] is False and v["gates_blocking_failed"] == 1 and v["status"] == "fail"
+    assert v["headline"] == (
+        "FAIL: 0 of 2 gates pass; 2 not checkable, 1 of them non-blocking "
+        "(inversion.whitebox.attack_accuracy <= 0.2; inversion.blackbox.attack_accuracy <= 0.2); no findings"
     )
-    assert verdict(out[:1])["summary"].startswith("Passed with warnings: 1 non-blocking gate did not pass")
+    assert verdict(out[:1])["headline"].startswith(
+        "PASS: 0 of 1 gate pass; 1 not checkable, 1 of them non-blocking"
+    )
 
 
 def _results(model="m", acc=0.5, finished=None, passed=True, attacks=("inversion.whitebox",)):
@@ -166,7 +170,7 @@ def test_results_schema_is_enforced(passing_run):
             "verdict.passed: 'yes' is not of type 'boolean'",
             "gates.0: 'status' is a required property",
             "attacks.0.status: 'fine' is not one of "
-            "['ok', 'not_applicable', 'error', 'target_error', 'crashed']",
+            "['ok', 'not_applicable', 'budget_exhausted', 'error', 'target_error', 'crashed']",
         ]
     )
 

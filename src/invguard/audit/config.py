@@ -19,6 +19,7 @@ and the line it is on (``attacks[1].params.steps (line 14): ...``), and raises `
     gates:
       - "inversion.whitebox.attack_accuracy <= 0.2"
       - {metric: membership.lira.tpr_at_fpr_0.001, op: "<=", threshold: 0.01, severity: high}
+      - {metric: membership.threshold.auc, threshold: 0.6, on: estimate}   # the point estimate
 """
 
 from __future__ import annotations
@@ -245,14 +246,21 @@ class GateConfig(_Strict):
     op: Literal["<=", "<", ">=", ">", "=="] = "<="
     threshold: float
     severity: Literal["low", "medium", "high", "critical"] = "high"
-    bound: Literal["value", "low", "high"] = Field(
-        "value", description="compare the point estimate or an end of its 95% CI"
+    on: Literal["bound", "estimate"] = Field(
+        "bound",
+        description="bound: decide on the conservative end of the 95% CI (a straddling interval is "
+        "inconclusive); estimate: decide on the point estimate",
     )
     description: str = ""
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "bound" in v:
+            raise ValueError(
+                "bound is no longer a gate field: a gate decides on the conservative end of the 95% CI "
+                "by default (on: bound); write on: estimate to decide on the point estimate"
+            )
         return _parse_gate(v)
 
     @field_validator("metric")
@@ -274,8 +282,8 @@ class GateConfig(_Strict):
 
     @property
     def expression(self) -> str:
-        b = "" if self.bound == "value" else f" ({self.bound} end of CI)"
-        return f"{self.metric}{b} {self.op} {self.threshold:g}"
+        on = " (on the estimate)" if self.on == "estimate" else ""
+        return f"{self.metric} {self.op} {self.threshold:g}{on}"
 
 
 _OPS = ("<=", ">=", "==", "<", ">")

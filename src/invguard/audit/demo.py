@@ -7,6 +7,7 @@ two CPU cores; they are smaller than a real audit's.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ def write_demo_config(out_dir: Path, seed: int) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "audit.yaml"
     text = "# The audit `invguard demo` ran; copy it and point `target` and `data` at your own model.\n"
-    text += yaml.safe_dump(demo_config(seed=seed, out_dir=out_dir), sort_keys=False)
+    # a JSON round trip shares no objects, so the YAML has no anchors (&id001) for a reader to decode
+    text += yaml.safe_dump(json.loads(json.dumps(demo_config(seed=seed, out_dir=out_dir))), sort_keys=False)
     path.write_text(text)
     return path

@@ -8,31 +8,43 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from invguard.report.html import fmt, fmt_metric
+from invguard.report.html import fmt, fmt_metric, recommendation_text, verdict_of
 
-_STYLE = {"pass": "green", "fail": "red", "error": "red", "ok": "green", "not_applicable": "yellow"}
+_STYLE = {
+    "pass": "green",
+    "fail": "red",
+    "error": "red",
+    "inconclusive": "yellow",
+    "ok": "green",
+    "not_applicable": "yellow",
+    "budget_exhausted": "yellow",
+}
 
 
 def print_summary(results: dict[str, Any], paths: dict[str, Path], console: Console) -> None:
-    v = results["verdict"]
-    head = "[bold green]PASS[/]" if v["passed"] else "[bold red]FAIL[/]"
-    console.print(f"{head} {results['audit']['name']}: {v['summary']}", highlight=False)
+    v = verdict_of(results)
+    colour = _STYLE.get(v["status"], "red")
+    console.print(f"[bold {colour}]{v['headline']}[/]", highlight=False)
+    for f in v["findings"]:
+        console.print(f"  [bold]{f['severity']}[/] {f['title']} ({f['attack']})", highlight=False)
     if results.get("gates"):
         t = Table(title="gates", title_justify="left")
-        for c in ("result", "gate", "observed", "95% CI", "severity"):
-            t.add_column(c)
+        for c in ("result", "gate", "observed", "95% CI", "severity", "why"):
+            t.add_column(c, overflow="fold")
         for g in results["gates"]:
             ci = (
                 ""
                 if g.get("low") is None or g.get("high") is None
                 else f"[{fmt(g['low'])}, {fmt(g['high'])}]"
             )
+            why = g["message"] + (f"; {g['settle']}" if g.get("settle") else "")
             t.add_row(
                 f"[{_STYLE.get(g['status'], 'red')}]{g['status']}[/]",
                 g["gate"],
                 fmt(g.get("observed")),
                 ci,
                 g["severity"] + ("" if g["blocking"] else " (non-blocking)"),
+                why,
             )
         console.print(t)
     t = Table(title="attacks", title_justify="left")
@@ -58,16 +70,9 @@ def print_summary(results: dict[str, Any], paths: dict[str, Path], console: Cons
             str(a.get("queries_used", "—")),
         )
     console.print(t)
-    rec = sweep.get("recommended") if sweep else None
-    if sweep:
-        if rec:
-            cost = "" if rec.get("utility_cost") is None else f", utility cost {fmt(rec['utility_cost'])}"
-            console.print(
-                f"recommended exposure: [bold]{rec['exposure']}[/] (utility {fmt(rec.get('utility'))}{cost})",
-                highlight=False,
-            )
-        else:
-            console.print("[yellow]no listed exposure passes every gate[/]")
+    rec = recommendation_text(sweep)
+    if rec:
+        console.print(rec, highlight=False)
     timings = results["provenance"]["timings"]
     console.print(
         f"wall time {results['audit']['wall_time_s']:.1f} s (data {timings.get('data_s', 0):.1f} s, target "

@@ -50,6 +50,30 @@ def _as_images(a: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def grid_selection(entry: dict[str, Any], max_items: int = 10) -> tuple[list[int], str]:
+    """Which reconstructions the grid shows (the first of each class, classes in order, at most
+    ``max_items``) and a caption saying so."""
+    rec = entry.get("arrays", {}).get("reconstructions")
+    n = int(rec["shape"][0]) if rec and rec.get("shape") else 0
+    classes = _array(entry, "reconstruction_classes")
+    if classes is None or classes.shape[0] != n:
+        pick = list(range(min(n, max_items)))
+        return pick, f"reconstructions 1-{len(pick)} of {n}"
+    first: dict[int, int] = {}
+    for i, c in enumerate(classes.astype(int).tolist()):
+        first.setdefault(c, i)
+    order = sorted(first)
+    shown = order[:max_items]
+    pick = [first[c] for c in shown]
+    per = n // max(1, len(order))
+    what = "one reconstruction per class" + (f" (of {per} per class)" if per > 1 else "")
+    if len(shown) == len(order):
+        span = f"all {len(order)} classes"
+    else:
+        span = f"classes {', '.join(map(str, shown))} of {len(order)} (the rest are in results.json)"
+    return pick, f"{what}, {span}"
+
+
 def reconstruction_grid(entry: dict[str, Any], max_items: int = 10) -> str | None:
     """Reconstructions (top row) beside the nearest private training member of each (bottom row)."""
     rec = _array(entry, "reconstructions")
@@ -61,7 +85,13 @@ def reconstruction_grid(entry: dict[str, Any], max_items: int = 10) -> str | Non
     near = _array(entry, "nearest_private")
     near_imgs = None if near is None else _as_images(near)
     classes = _array(entry, "reconstruction_classes")
-    n = min(max_items, imgs.shape[0])
+    pick, _ = grid_selection(entry, max_items)
+    imgs = imgs[pick]
+    if near_imgs is not None and near_imgs.shape[0] == rec.shape[0]:
+        near_imgs = near_imgs[pick]
+    if classes is not None and classes.shape[0] == rec.shape[0]:
+        classes = classes[pick]
+    n = len(pick)
     rows = 2 if near_imgs is not None else 1
     plt = _plt()
     fig, axes = plt.subplots(rows, n, figsize=(1.15 * n, 1.35 * rows + 0.2), squeeze=False)
@@ -166,15 +196,16 @@ def sweep_chart(sweep: dict[str, Any], gates: list[dict[str, Any]]) -> str | Non
         for g in gates:
             if g.get("attack") == attack and g.get("metric") == metric:
                 ax.axhline(g["threshold"], color=c, ls=":", lw=1)
+                # x in axes coordinates, so the label sits inside the plot's right edge
                 ax.text(
-                    len(exposures) - 0.5,
+                    0.99,
                     g["threshold"],
-                    f"gate {g['op']} {g['threshold']:g} ",
+                    f"gate {g['op']} {g['threshold']:g}",
                     color=c,
                     fontsize=7,
                     va="bottom",
                     ha="right",
-                    clip_on=True,
+                    transform=ax.get_yaxis_transform(),
                 )
     util = [e.get("utility") for e in sweep.get("exposures", [])]
     if any(u is not None for u in util):

@@ -46,6 +46,67 @@ def fmt_metric(m: dict[str, Any] | None) -> str:
     return f"{v} [{fmt(m['low'])}, {fmt(m['high'])}]"
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:g}%"
+
+
+def metric_meaning(name: str, description: str = "") -> str:
+    """What a metric says about the model's training data, in a reader's words."""
+    if name.startswith("tpr_at_fpr_"):
+        try:
+            alpha = _pct(float(name.rsplit("_", 1)[1]))
+        except ValueError:
+            alpha = name.rsplit("_", 1)[1]
+        return (
+            f"The share of the training records an attacker can pick out while wrongly accusing only "
+            f"{alpha} of people who were not in the training set."
+        )
+    meanings = {
+        "lift_over_prior": "How much better the attack's reconstructions are recognised than what public "
+        "data alone gives: what the model gives away about each class beyond public knowledge "
+        "(0 = nothing).",
+        "attack_accuracy": "The share of the attack's reconstructions that an independent classifier "
+        "recognises as the intended class: how recognisable the private classes become.",
+        "auc": "How well the attack separates training records from others, over every threshold "
+        "(0.5 = a coin toss, 1 = perfectly).",
+        "advantage": "The best gap between members caught and non-members falsely accused (TPR - FPR): "
+        "0 means membership stays hidden.",
+        "balanced_accuracy": "How often the attack's member / non-member call is right, with both "
+        "groups weighed equally (0.5 = guessing).",
+        "knn_distance": "How close the reconstructions come to a real training record (smaller = closer "
+        "to someone's actual data).",
+    }
+    return meanings.get(name, description)
+
+
+def verdict_of(results: dict[str, Any]) -> dict[str, Any]:
+    """The verdict's status (pass / fail / inconclusive), headline and findings, also for results
+    written before the headline existed (schema 1.0)."""
+    v = results["verdict"]
+    status = v.get("status") or ("pass" if v.get("passed") else "fail")
+    return {
+        "status": status,
+        "word": status.upper(),
+        "headline": v.get("headline") or f"{status.upper()}: {v.get('summary', '')}",
+        "gates_summary": v.get("gates_summary") or v.get("summary", ""),
+        "findings_summary": v.get("findings_summary") or "",
+        "findings": list(v.get("findings") or []),
+    }
+
+
+def recommendation_text(sweep: dict[str, Any] | None) -> str | None:
+    """The recommended exposure in one sentence, with its utility cost and the caveat, for every
+    report that states it; None when there is no sweep."""
+    if not sweep:
+        return None
+    rec = sweep.get("recommended")
+    if not rec:
+        return f"No listed exposure passes every gate. {sweep.get('note') or ''}".strip()
+    cost = "" if rec.get("utility_cost") is None else f", utility cost {fmt(rec['utility_cost'])}"
+    caveat = f" {rec['caveat']}" if rec.get("caveat") else ""
+    return f"Recommended exposure: {rec['exposure']} (utility {fmt(rec.get('utility'))}{cost}).{caveat}"
+
+
 def _when(ts: float | None) -> str:
     if ts is None:
         return "—"
@@ -116,6 +177,7 @@ def _attack_view(a: dict[str, Any], deltas: dict[str, Any]) -> dict[str, Any]:
         "metrics": metrics,
         "findings": a.get("findings", []),
         "grid": figures.reconstruction_grid(a) if ok else None,
+        "grid_caption": figures.grid_selection(a)[1] if ok else "",
         "roc": figures.roc_curve(a) if ok else None,
         "sweep_fig": sweep_fig,
         "tables": tables,
@@ -129,11 +191,19 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
     hist = results.get("history") or {}
     deltas = hist.get("deltas", {}) if isinstance(hist, dict) else {}
     gates = []
+    main = {a["attack"]: a for a in results.get("attacks", []) if not a.get("sweep")}
+    explained: set[str] = set()
     for g in results.get("gates", []):
+        full = f"{g['attack']}.{g['metric']} = "
+        msg = str(g["message"])
+        why = msg.split(": ", 1)[1] if msg.startswith(full) and ": " in msg else msg
         d = deltas.get(g["attack"], {}).get("as deployed", {}).get(g["metric"])
+        desc = (main.get(g["attack"], {}).get("metrics", {}).get(g["metric"]) or {}).get("description", "")
         gates.append(
             {
                 **g,
+                "meaning": "(as above)" if g["metric"] in explained else metric_meaning(g["metric"], desc),
+                "why": why,
                 "observed_text": fmt(g.get("observed")),
                 "ci": ""
                 if g.get("low") is None or g.get("high") is None
@@ -142,6 +212,7 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
                 "delta_class": _delta_class(None if d is None else d["change"], g["op"] in ("<=", "<")),
             }
         )
+        explained.add(g["metric"])
     attacks = [_attack_view(a, deltas) for a in results.get("attacks", [])]
     sweep = results.get("exposure_sweep")
     sweep_view = None
@@ -171,13 +242,21 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
             "exposures": sweep.get("exposures", []),
             "recommended": sweep.get("recommended"),
             "note": sweep.get("note"),
+            "text": recommendation_text(sweep),
         }
     prov = results.get("provenance", {})
-    config_text = prov.get("config_text") or json.dumps(prov.get("config", {}), indent=2)
+    config_text = prov.get("config_text") or _yaml(prov.get("config", {}))
     prev = hist.get("previous") if isinstance(hist, dict) else None
+    figs = [
+        {"attack": a["attack"], "kind": "grid", "src": a["grid"], "caption": a["grid_caption"]}
+        for a in attacks
+        if a["grid"]
+    ] + [{"attack": a["attack"], "kind": "roc", "src": a["roc"], "caption": ""} for a in attacks if a["roc"]]
     return {
         "r": results,
         "audit": results["audit"],
+        "v": verdict_of(results),
+        "figures": figs,
         "verdict": results["verdict"],
         "target": results["target"],
         "data": results.get("data", {}),
@@ -194,6 +273,12 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
         "fmt": fmt,
         "fmt_metric": fmt_metric,
     }
+
+
+def _yaml(doc: Any) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(doc, sort_keys=False))
 
 
 def render(results: dict[str, Any]) -> str:

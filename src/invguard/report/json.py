@@ -20,7 +20,7 @@ from typing import Any
 from invguard.core.errors import ConfigError
 
 RESULTS_FORMAT = "invguard-audit-results"
-RESULTS_VERSION = "1.0"
+RESULTS_VERSION = "1.1"
 
 
 def schema() -> dict[str, Any]:
@@ -44,6 +44,41 @@ def _versions() -> dict[str, str]:
 def _row_metric(metrics: dict[str, Any], name: str) -> dict[str, Any] | None:
     m = metrics.get(name)
     return None if m is None else {"value": m.get("value"), "low": m.get("low"), "high": m.get("high")}
+
+
+_STATUS_RANK = {"fail": 0, "error": 1, "inconclusive": 2, "pass": 3}
+
+
+def _row_status(row: dict[str, Any]) -> str:
+    """A sweep row's worst gate status (``pass`` when it has no gate or none applies)."""
+    return min((g["status"] for g in row["gates"]), key=lambda s: _STATUS_RANK.get(s, 1), default="pass")
+
+
+def _worst_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The attack that fares worst at one exposure: by its gates, then by the share of its gates'
+    threshold its metric reaches (``<=`` gates), in the order the attacks were listed."""
+
+    def key(r: dict[str, Any]) -> tuple[int, float]:
+        reach = 0.0
+        for g in r["gates"]:
+            m = r["metrics"].get(g.get("metric", ""), {}) or {}
+            v, t = m.get("value"), g.get("threshold")
+            if isinstance(v, (int, float)) and isinstance(t, (int, float)) and g.get("op") in ("<=", "<"):
+                reach = max(reach, v / t if t else float(v > 0))
+        return _STATUS_RANK.get(_row_status(r), 1), -reach
+
+    ran = [r for r in rows if r["status"] == "ok"]
+    return min(ran, key=key) if ran else None
+
+
+def _caveat(cfg: Any) -> str:
+    """What the recommendation does not cover: the gates on attacks the sweep did not run."""
+    swept = set(cfg.exposures.attacks)
+    others = sorted({g.attack for g in cfg.gates} - swept)
+    base = f"It weighs only the attacks swept ({', '.join(sorted(swept))})"
+    if not others:
+        return base + "; attacks outside the sweep were not weighed."
+    return base + f"; the gates on {', '.join(others)} were checked as deployed only and still apply."
 
 
 def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[str, Any]:
@@ -86,7 +121,7 @@ def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[s
                             "status": "pass",
                             "message": "not applicable: " + str(o.get("error")),
                         }
-                    )
+                    )  # an attack this exposure cannot run is no leak through it
                     continue
                 oc = evaluate_one(
                     g,
@@ -94,12 +129,24 @@ def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[s
                     status=o.get("status", "ok"),
                     error=o.get("error"),
                     fail_on=fail_on,
+                    info=o.get("info"),
                 )
-                row["gates"].append({"gate": g.expression, "status": oc.status, "message": oc.message})
+                row["gates"].append(
+                    {
+                        "gate": g.expression,
+                        "metric": g.metric_name,
+                        "op": g.op,
+                        "threshold": g.threshold,
+                        "status": oc.status,
+                        "message": oc.message,
+                    }
+                )
                 if oc.status != "pass" and oc.blocking:
                     problems.append(f"{g.expression}: {oc.message}")
             rows.append(row)
         access = next((o.get("access") for o in here if o.get("access")), None)
+        mine = [r for r in rows if r["exposure"] == label]
+        worst = _worst_row(mine)
         exposures.append(
             {
                 "exposure": label,
@@ -110,6 +157,9 @@ def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[s
                 "argmax_agreement": util.get("argmax_agreement"),
                 "passes_gates": not problems,
                 "problems": problems,
+                "attacks_run": [r["attack_used"] for r in mine if r["status"] == "ok"],
+                "worst_attack": None if worst is None else worst["attack_used"],
+                "worst_status": None if worst is None else _row_status(worst),
             }
         )
     recommended = None
@@ -124,11 +174,12 @@ def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[s
                 "utility": e["utility"],
                 "baseline_utility": base,
                 "utility_cost": cost,
-                "reason": "the least restrictive exposure (in the order listed) that passes every gate"
+                "reason": "the least restrictive exposure (in the order listed) that passes every gate "
+                "the sweep checks"
                 if i
-                else "even the least restrictive exposure listed passes every gate the sweep evaluates, so "
-                "the sweep found no reason to restrict the output (gates on attacks outside the sweep still "
-                "apply; add exposures or gates that separate them to learn more)",
+                else "even the least restrictive exposure listed passes every gate the sweep checks, so "
+                "the sweep found no reason to restrict the output",
+                "caveat": _caveat(cfg),
             }
             break
     return {
@@ -155,7 +206,7 @@ def build_results(
     config_text: str | None,
 ) -> dict[str, Any]:
     """Assemble the results document from the job outputs (see the schema for every field)."""
-    from invguard.audit.gates import GateOutcome, evaluate, evaluate_one, verdict
+    from invguard.audit.gates import GateOutcome, evaluate, evaluate_one, notable_findings, verdict
 
     attacks = [o for o in outputs if not o.get("sweep")]
     sweep_outs = [o for o in outputs if o.get("sweep")]
@@ -174,6 +225,7 @@ def build_results(
             status="ok" if first is None else first.get("status", "ok"),
             error=None if first is None else first.get("error"),
             fail_on=cfg.fail_on,
+            info=None if first is None else first.get("info"),
         )
         if first is not None:
             oc = GateOutcome(**{**oc.to_json(), "message": f"{oc.message} (at exposure {first['exposure']})"})
@@ -202,7 +254,7 @@ def build_results(
             "seed": cfg.seed,
             "fail_on": cfg.fail_on,
         },
-        "verdict": verdict(outcomes),
+        "verdict": verdict(outcomes, notable_findings(attacks)),
         "target": {
             "kind": target.kind,
             "name": target.name,

@@ -1,9 +1,11 @@
 """JUnit XML: one testcase per gate, so any CI shows a failing gate as a failing test.
 
-A violated gate is a ``<failure>``; a gate that could not be checked (its attack failed or did not
-report the metric) is an ``<error>``; a non-blocking gate that did not pass is reported as a
-``<skipped>`` test with the reason, so it is visible without failing the build. Attacks that
-crashed are added as errored testcases of their own.
+A violated gate is a ``<failure>`` (type ``GateFailed[severity]``), an inconclusive one too (type
+``GateInconclusive``: its CI straddles the threshold, so it is not a pass); a gate that could not be
+checked (its attack failed or did not report the metric) is an ``<error>``; a non-blocking gate that
+did not pass is reported as a ``<skipped>`` test with the reason, so it is visible without failing
+the build. Attacks that crashed are added as errored testcases of their own. The verdict's headline
+and the findings are suite properties (``finding.N``) and the suite's ``<system-out>``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from invguard.report.html import verdict_of
+
 
 def render(results: dict[str, Any]) -> str:
     gates = results.get("gates", [])
     suite_name = f"invguard audit: {results['audit']['name']}"
     crashed = [a for a in results.get("attacks", []) if a.get("status") in ("crashed", "error")]
-    failures = sum(1 for g in gates if g["status"] == "fail" and g["blocking"])
+    failures = sum(1 for g in gates if g["status"] in ("fail", "inconclusive") and g["blocking"])
     errors = sum(1 for g in gates if g["status"] == "error" and g["blocking"]) + len(crashed)
     skipped = sum(1 for g in gates if g["status"] != "pass" and not g["blocking"])
     root = ET.Element(
@@ -37,13 +41,19 @@ def render(results: dict[str, Any]) -> str:
         skipped=str(skipped),
         time=f"{results['audit'].get('wall_time_s', 0.0):.3f}",
     )
+    v = verdict_of(results)
     props = ET.SubElement(suite, "properties")
-    for k, v in (
+    items = [
         ("target", results["target"]["name"]),
         ("config_hash", results["provenance"]["config_hash"]),
-        ("verdict", results["verdict"]["summary"]),
-    ):
-        ET.SubElement(props, "property", name=k, value=str(v))
+        ("verdict", v["headline"]),
+    ]
+    items += [
+        (f"finding.{i}", f"{f['severity']}: {f['title']} ({f['attack']}): {f.get('detail', '')}")
+        for i, f in enumerate(v["findings"], 1)
+    ]
+    for k, val in items:
+        ET.SubElement(props, "property", name=k, value=str(val))
     times = {a["attack"]: a.get("wall_time_s") or 0.0 for a in results.get("attacks", [])}
     for g in gates:
         tc = ET.SubElement(
@@ -64,6 +74,9 @@ def render(results: dict[str, Any]) -> str:
         elif g["status"] == "fail":
             f = ET.SubElement(tc, "failure", message=g["message"], type=f"GateFailed[{g['severity']}]")
             f.text = detail
+        elif g["status"] == "inconclusive":
+            f = ET.SubElement(tc, "failure", message=g["message"], type="GateInconclusive")
+            f.text = detail + (f"\n{g['settle']}" if g.get("settle") else "")
         else:
             e = ET.SubElement(tc, "error", message=g["message"], type="GateNotCheckable")
             e.text = detail
@@ -73,6 +86,13 @@ def render(results: dict[str, Any]) -> str:
         )
         e = ET.SubElement(tc, "error", message=str(a.get("error")), type=str(a.get("status")))
         e.text = a.get("traceback") or str(a.get("error"))
+    out = ET.SubElement(suite, "system-out")
+    out.text = "\n".join(
+        [
+            v["headline"],
+            *(f"{f['severity']}: {f['title']} ({f['attack']}): {f.get('detail', '')}" for f in v["findings"]),
+        ]
+    )
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 

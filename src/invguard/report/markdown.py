@@ -6,24 +6,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from invguard.report.html import fmt, fmt_metric
+from invguard.report.html import fmt, fmt_metric, recommendation_text, verdict_of
 
-_ICON = {"pass": "✅", "fail": "❌", "error": "⚠️"}
+_ICON = {"pass": "✅", "fail": "❌", "error": "⚠️", "inconclusive": "❔"}
 
 
 def render(results: dict[str, Any], *, report_link: str | None = None) -> str:
-    v = results["verdict"]
-    word = "✅ PASS" if v["passed"] else "❌ FAIL"
+    v = verdict_of(results)
+    icon = _ICON.get(v["status"], "?")
     lines = [
-        f"### {word} — invguard privacy audit of `{results['audit']['name']}`",
+        f"### {icon} {v['word']} — invguard privacy audit of `{results['audit']['name']}`",
         "",
-        v["summary"],
+        v["headline"],
         "",
     ]
+    for f in v["findings"]:
+        lines.append(f"- **{f['severity']}**: {f['title']} (`{f['attack']}`): {f.get('detail', '')}")
+    if v["findings"]:
+        lines.append("")
     hist = results.get("history") or {}
     deltas = hist.get("deltas", {}) if isinstance(hist, dict) else {}
     if results.get("gates"):
-        lines += ["| | gate | observed | 95% CI | change | severity |", "|---|---|---|---|---|---|"]
+        lines += ["| | gate | observed | 95% CI | change | severity | why |", "|---|---|---|---|---|---|---|"]
         for g in results["gates"]:
             d = deltas.get(g["attack"], {}).get("as deployed", {}).get(g["metric"])
             ci = (
@@ -34,20 +38,13 @@ def render(results: dict[str, Any], *, report_link: str | None = None) -> str:
             change = "" if d is None else f"{d['change']:+.3f}"
             lines.append(
                 f"| {_ICON.get(g['status'], '?')} | `{g['gate']}` | {fmt(g.get('observed'))} | {ci} | "
-                f"{change} | {g['severity']}{'' if g['blocking'] else ' (non-blocking)'} |"
+                f"{change} | {g['severity']}{'' if g['blocking'] else ' (non-blocking)'} | "
+                f"{_cell(g['message'] + ('; ' + g['settle'] if g.get('settle') else ''))} |"
             )
         lines.append("")
-    sweep = results.get("exposure_sweep")
-    if sweep:
-        rec = sweep.get("recommended")
-        if rec:
-            cost = "" if rec.get("utility_cost") is None else f", utility cost {fmt(rec['utility_cost'])}"
-            lines.append(
-                f"**Recommended exposure:** `{rec['exposure']}` (utility {fmt(rec.get('utility'))}{cost})."
-            )
-        else:
-            lines.append(f"**No listed exposure passes every gate.** {sweep.get('note') or ''}")
-        lines.append("")
+    rec = recommendation_text(results.get("exposure_sweep"))
+    if rec:
+        lines += [rec, ""]
     lines += [
         "<details><summary>Attacks</summary>",
         "",
@@ -67,6 +64,10 @@ def render(results: dict[str, Any], *, report_link: str | None = None) -> str:
         + "</sub>"
     )
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def write(results: dict[str, Any], path: Path, *, report_link: str | None = None) -> Path:
