@@ -132,3 +132,11 @@ def test_an_inconclusive_blocking_gate_means_the_audit_does_not_pass():
         "INCONCLUSIVE: 0 of 1 gate pass; 1 inconclusive (inversion.blackbox.lift_over_prior <= 0.2); "
         "no findings"
     )
+
+
+def test_an_unquoted_on_key_in_yaml_is_the_gate_field():
+    import yaml
+
+    raw = yaml.safe_load("metric: membership.threshold.auc\nthreshold: 0.6\non: estimate\n")
+    assert True in raw  # YAML 1.1 reads `on` as a boolean key
+    assert GateConfig.model_validate(raw).on == "estimate"

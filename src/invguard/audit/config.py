@@ -256,6 +256,8 @@ class GateConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict) and True in v:  # YAML 1.1 reads an unquoted `on:` key as true
+            v = {("on" if k is True else k): x for k, x in v.items()}
         if isinstance(v, dict) and "bound" in v:
             raise ValueError(
                 "bound is no longer a gate field: a gate decides on the conservative end of the 95% CI "
