@@ -38,7 +38,12 @@ __all__ = ["ATTACKS", "Attack", "AttackOutput", "Case", "Evidence", "Finding", "
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 # attack families; each module registers its attacks on import
-_FAMILIES = ("invguard.attacks.inversion", "invguard.attacks.membership", "invguard.attacks.attribute")
+_FAMILIES = (
+    "invguard.attacks.inversion",
+    "invguard.attacks.membership",
+    "invguard.attacks.attribute",
+    "invguard.attacks.gradient",
+)
 
 
 def _load_all() -> None:
