@@ -285,3 +285,43 @@ def test_witnesses_never_go_backwards_file_redis_and_http(tmp_path, redis_url):
             f"{redis_url}#test:witness",
         )
         assert res.exit_code == 0 and f"witness {url}: size 12" in _flat(res), res.output
+
+
+def test_a_restarted_guard_quarantines_a_forged_tail_and_counts_it(tmp_path, torch_model):
+    """The guard's own start-up: its log (written with its keys) crashed with an unsigned tail, the
+    tail rewritten as another client's; constructing the guard quarantines it and meters it."""
+    from prometheus_client import generate_latest
+
+    from invguard.guard import from_dict
+    from invguard.guard.app import Guard
+    from invguard.guard.keys import open_keys
+    from tests.guard.conftest import base_config
+
+    cfg = base_config(tmp_path, audit={"checkpoint_every": 1000})
+    log = tmp_path / "audit.jsonl"
+    keys = open_keys(str(log), None, None)
+
+    async def run():
+        w = AuditLog(log, signing_key=keys.signing_key, chain_key=keys.chain_key, checkpoint_every=1000)
+        await w.start()
+        for i in range(5):
+            await w.append({"client": "partner-client", "decision": "served", "i": i})
+        _crash(w)
+
+    asyncio.run(run())
+    lines = _lines(log)
+    attacker = ChainKey(os.urandom(32))
+    prev = json.loads(lines[3])["hash"]
+    for i in (4, 5):
+        doc = {k: v for k, v in json.loads(lines[i]).items() if k != "hash"}
+        doc["client"], doc["prev"] = "someone-else", prev
+        prev = attacker.digest(prev, canonical(doc))
+        lines[i] = canonical({**doc, "hash": prev})
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    guard = Guard(from_dict(cfg), model=torch_model)
+    assert "invguard_guard_audit_tail_rejected_lines_total 2.0" in generate_latest(guard.registry).decode()
+    assert (tmp_path / "audit.jsonl.rejected.1").read_bytes().count(b"someone-else") == 2
+    assert b"someone-else" not in log.read_bytes()
+    rep = verify(log, public_key=public_hex(keys.signing_key), chain_key=keys.chain_key)
+    assert rep.ok and rep.records == 4 and rep.verified_through == 4, rep.problem
+    asyncio.run(guard.audit.close())

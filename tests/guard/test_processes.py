@@ -15,10 +15,11 @@ import numpy as np
 from typer.testing import CliRunner
 
 from invguard.cli import app as cli
-from invguard.guard.auditlog import verify
+from invguard.guard.auditlog import FileWitness, segments, verify
 from tests.guard.conftest import (
     KEYS,
     ROOT,
+    audit_chain_key,
     audit_keys,
     input_hmac,
     spawn_guard,
@@ -86,16 +87,15 @@ def test_two_guard_processes_share_limits_through_redis(tmp_path, sklearn_model_
         assert sorted(served) == ["default", "default", "partner", "partner", "partner"]
 
 
-def test_sigkill_under_load_loses_no_acknowledged_request(tmp_path, sklearn_model_file):
-    cfg = write_sklearn_config(tmp_path, sklearn_model_file, audit={"checkpoint_every": 25})
-    port = free_port()
-    proc = start_guard_process(cfg, port)
+def _load_and_kill(proc: subprocess.Popen, port: int, n: int, seed: int) -> list[bytes]:
+    """8 clients post until ``n`` requests were answered 200, then the guard is SIGKILLed under the
+    load; returns the acknowledged bodies."""
     acked: list[bytes] = []
     lock = threading.Lock()
     enough = threading.Event()
 
-    def client(seed: int) -> None:
-        rng = np.random.default_rng(seed)
+    def client(s: int) -> None:
+        rng = np.random.default_rng(s)
         while True:
             body = json.dumps({"inputs": rng.random((1, 1, 8, 8)).round(6).tolist()}).encode()
             try:
@@ -105,14 +105,14 @@ def test_sigkill_under_load_loses_no_acknowledged_request(tmp_path, sklearn_mode
             if status == 200:
                 with lock:
                     acked.append(body)
-                    if len(acked) >= 150:
+                    if len(acked) >= n:
                         enough.set()
 
-    threads = [threading.Thread(target=client, args=(s,), daemon=True) for s in range(8)]
+    threads = [threading.Thread(target=client, args=(seed * 100 + s,), daemon=True) for s in range(8)]
     for t in threads:
         t.start()
     try:
-        assert enough.wait(timeout=60), "the guard did not answer 150 requests"
+        assert enough.wait(timeout=60), f"the guard did not answer {n} requests"
         os.kill(proc.pid, signal.SIGKILL)  # mid-load: requests are in flight
         proc.wait(timeout=10)
     finally:
@@ -120,18 +120,39 @@ def test_sigkill_under_load_loses_no_acknowledged_request(tmp_path, sklearn_mode
             proc.kill()
     for t in threads:
         t.join(timeout=15)
-    pub, secret = audit_keys(tmp_path / "audit.jsonl")
-    rep = verify(tmp_path / "audit.jsonl", public_key=pub)
-    assert rep.ok, rep.problem
-    acked_macs = {input_hmac(secret, b) for b in acked}
-    logged = {
-        json.loads(line)["input_hmac"]
-        for line in (tmp_path / "audit.jsonl").read_text().splitlines()
-        if line.endswith("}") and '"decision":"served"' in line
-    }
-    missing = acked_macs - logged
-    assert not missing, f"{len(missing)} acknowledged requests are not in the log"
-    assert rep.records >= len(acked) >= 150
+    return acked
+
+
+def test_sigkill_under_load_loses_no_acknowledged_request_across_restarts_rotation_and_a_witness(
+    tmp_path, sklearn_model_file
+):
+    """Three kill/restart cycles under load, with rotation and a witness: after each, every
+    acknowledged request is in the log and the log verifies (chain key, pinned key, witness)."""
+    witness = tmp_path / "other-mount" / "guard.head"
+    cfg = write_sklearn_config(
+        tmp_path,
+        sklearn_model_file,
+        audit={"checkpoint_every": 25, "rotate_bytes": 40_000, "witnesses": [f"file:{witness}"]},
+    )
+    log = tmp_path / "audit.jsonl"
+    acked: list[bytes] = []
+    for cycle in range(3):
+        port = free_port()
+        acked += _load_and_kill(start_guard_process(cfg, port), port, 60, cycle)
+        pub, secret = audit_keys(log)
+        rep = verify(log, public_key=pub, chain_key=audit_chain_key(log), witnesses=[FileWitness(witness)])
+        assert rep.ok, rep.problem
+        logged = {
+            json.loads(line)["input_hmac"]
+            for f in segments(log)
+            for line in f.read_text().splitlines()
+            if line.endswith("}") and '"decision":"served"' in line
+        }
+        missing = {input_hmac(secret, b) for b in acked} - logged
+        assert not missing, f"cycle {cycle}: {len(missing)} acknowledged requests are not in the log"
+        assert rep.records >= len(acked)
+    assert len(segments(log)) >= 3  # it rotated
+    assert json.loads(witness.read_text())["size"] > 0
 
 
 def test_keys_commands_and_serve_errors(tmp_path):
