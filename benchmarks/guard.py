@@ -6,7 +6,10 @@
     with fsync group commit and signed checkpoints;
 (c) the guard proxying to (a) over its pooled aiohttp client (KServe v2);
 (d) for reference, a proxy with no controls at all (uvicorn + the same pooled aiohttp client to
-    (a)): the ceiling of any proxy in Python here, against which (c) is read.
+    (a)): the ceiling of any proxy in Python here, against which (c) is read;
+(e) the guard of (b) with its audit log's record chain unkeyed (plain SHA-256 instead of
+    HMAC-SHA-256) and no witness: (b)/(e) is the cost of the keyed chain and of publishing every
+    signed head to a witness (a file on another directory), goal >= 0.9.
 
 Each server runs in its own process; the load generator runs in another process on loopback:
 ``wrk`` (C, one thread, a small Lua script for the POST body and headers, each run bounded by
@@ -149,6 +152,31 @@ def run_plain_proxy(upstream: str, port: int) -> None:
     uvicorn.run(plain_proxy_app(upstream), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+# ------------------------------------------------------------------------------------- (e) unkeyed guard
+class _Sha256Chain:
+    """The record chain without a key (what the log used before the chain was keyed): the baseline."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+
+    def digest(self, prev: str, body: bytes) -> str:
+        import hashlib
+
+        return hashlib.sha256(bytes.fromhex(prev) + body).hexdigest()
+
+
+def run_guard_unkeyed(config: str, port: int) -> None:
+    import uvicorn
+
+    from invguard.guard import load
+    from invguard.guard.app import Guard
+
+    guard = Guard(load(config))
+    guard.audit.chain_key = _Sha256Chain(guard.audit.chain_key.key_id)  # type: ignore[assignment]
+    guard.audit.witnesses = []
+    uvicorn.run(guard.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 # ------------------------------------------------------------------------------------- load generator
 async def _load(url: str, n: int, concurrency: int, seconds: float) -> dict[str, float]:
     import aiohttp
@@ -276,7 +304,9 @@ def _wait(port: int, proc: subprocess.Popen[bytes], path: str = "/openapi.json")
     raise RuntimeError(f"server on port {port} did not start")
 
 
-def _guard_config(tmp: Path, name: str, model: dict, upstream_port: int | None = None) -> Path:
+def _guard_config(
+    tmp: Path, name: str, model: dict, upstream_port: int | None = None, witness: bool = True
+) -> Path:
     import yaml
 
     from invguard.guard.auth import hash_key
@@ -311,6 +341,8 @@ def _guard_config(tmp: Path, name: str, model: dict, upstream_port: int | None =
             "fsync": True,
             "signing_key": str(tmp / "keys" / f"{name}.pem"),
             "hash_key": str(tmp / "keys" / f"{name}.hmac"),
+            "chain_key": str(tmp / "keys" / f"{name}.chain"),
+            "witnesses": [f"file:{tmp / 'witness' / f'{name}.head'}"] if witness else [],
         },
     }
     p = tmp / f"{name}.yaml"
@@ -335,6 +367,7 @@ def main() -> None:
     ap.add_argument("--bare", nargs=2, metavar=("MODEL", "PORT"), help=argparse.SUPPRESS)
     ap.add_argument("--load", nargs=1, metavar="URL", help=argparse.SUPPRESS)
     ap.add_argument("--plain-proxy", nargs=2, metavar=("UPSTREAM", "PORT"), help=argparse.SUPPRESS)
+    ap.add_argument("--guard-unkeyed", nargs=2, metavar=("CONFIG", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare:
         run_bare(args.bare[0], int(args.bare[1]))
@@ -342,12 +375,15 @@ def main() -> None:
     if args.plain_proxy:
         run_plain_proxy(args.plain_proxy[0], int(args.plain_proxy[1]))
         return
+    if args.guard_unkeyed:
+        run_guard_unkeyed(args.guard_unkeyed[0], int(args.guard_unkeyed[1]))
+        return
     if args.load:
         run_load(args.load[0], args.requests, args.concurrency, args.seconds)
         return
 
     from invguard import data, models
-    from invguard.guard.auditlog import load_public_key_hex, verify
+    from invguard.guard.auditlog import FileWitness, load_chain_key, load_public_key_hex, verify
     from invguard.models.train import fit
 
     use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk") is not None)
@@ -381,11 +417,18 @@ def main() -> None:
             subprocess.Popen([sys.executable, __file__, "--plain-proxy", upstream, str(pd)], env=ENV)
         )
         _wait(pd, procs[-1], "/v1/models/digits/predict")
+        pe = _free_port()
+        ce = _guard_config(tmp, "e", local, witness=False)
+        procs.append(
+            subprocess.Popen([sys.executable, __file__, "--guard-unkeyed", str(ce), str(pe)], env=ENV)
+        )
+        _wait(pe, procs[-1])
         targets = {
             "(a) bare Starlette": f"http://127.0.0.1:{pa}/v1/models/digits/predict",
             "(b) guard, in-process, all controls": f"http://127.0.0.1:{pb}/v1/models/digits/predict",
             "(c) guard, proxy to (a)": f"http://127.0.0.1:{pc}/v1/models/digits/predict",
             "(d) plain aiohttp proxy to (a)": f"http://127.0.0.1:{pd}/v1/models/digits/predict",
+            "(e) guard (b), unkeyed chain, no witness": f"http://127.0.0.1:{pe}/v1/models/digits/predict",
         }
         # two interleaved rounds; each setup keeps its best round (other load on the machine only
         # ever slows a run down). Throughput at --concurrency, latency at concurrency 1.
@@ -424,7 +467,7 @@ def main() -> None:
             f"{label:38s} {r['rps']:7.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f}   "
             f"{lat['p50_ms']:7.2f} {lat['p99_ms']:7.2f} {int(r['errors'] + lat['errors']):6d}"
         )
-    (a, b, c, d), (la, lb, _, _) = results.values(), latency.values()
+    (a, b, c, d, e), (la, lb, _, _, le) = results.values(), latency.values()
     print(f"(b)/(a) throughput: {b['rps'] / a['rps']:.2f}  (goal >= 0.50)")
     print(f"(b)-(a) p50 overhead at concurrency 1: {lb['p50_ms'] - la['p50_ms']:.2f} ms  (goal <= 1 ms)")
     print(
@@ -436,8 +479,17 @@ def main() -> None:
         f"the guard's controls cost {(1 / c['rps'] - 1 / d['rps']) * 1e6:.0f} us per proxied request; "
         f"(c) >= 3000 req/s would leave them {max(0.0, (1 / 3000 - 1 / d['rps']) * 1e6):.0f} us"
     )
+    print(
+        f"(b)/(e) throughput, keyed chain and witness vs neither: {b['rps'] / e['rps']:.2f}  (goal >= 0.90); "
+        f"concurrency 1 p50: {lb['p50_ms']:.2f} vs {le['p50_ms']:.2f} ms"
+    )
     for name in ("b", "c"):
-        rep = verify(tmp / f"{name}.jsonl", public_key=load_public_key_hex(tmp / "keys" / f"{name}.pem"))
+        rep = verify(
+            tmp / f"{name}.jsonl",
+            public_key=load_public_key_hex(tmp / "keys" / f"{name}.pem"),
+            chain_key=load_chain_key(tmp / "keys" / f"{name}.chain", create=False),
+            witnesses=[FileWitness(tmp / "witness" / f"{name}.head")],
+        )
         print(f"audit log ({name}): {rep.summary()}")
 
 

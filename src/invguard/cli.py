@@ -263,6 +263,9 @@ def keys_add(
     role: Annotated[str, typer.Option(help="The role the key grants (a role of guard.yaml).")],
     store: Annotated[Path, _STORE] = Path("keys.db"),
     key_id: Annotated[str | None, typer.Option("--id", help="A name for the key (default: random).")] = None,
+    owner: Annotated[
+        str | None, typer.Option(help="Who holds the key (budgets with scope: owner are shared per owner).")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="guard.yaml: refuse roles it does not define.")
     ] = None,
@@ -280,11 +283,12 @@ def keys_add(
                 raise ConfigError(
                     f"keys add: role {role!r} is not defined in {config}; its roles are {roles}"
                 )
-        key, rec = KeyStore(store).add(role, key_id)
+        key, rec = KeyStore(store).add(role, key_id, owner)
     except InvguardError as e:
         _fail(e)
         return
-    console.print(f"key {rec.id!r} for role {rec.role!r} added to {store} (shown once, store it now):")
+    held = f" held by {rec.owner!r}" if rec.owner else ""
+    console.print(f"key {rec.id!r} for role {rec.role!r}{held} added to {store} (shown once, store it now):")
     out.print(key, highlight=False, soft_wrap=True)
 
 
@@ -295,7 +299,8 @@ def keys_list(store: Annotated[Path, _STORE] = Path("keys.db")) -> None:
 
     for r in KeyStore(store).list():
         state = "revoked" if r.revoked else "active"
-        out.print(f"{r.id}\t{r.role}\t{r.created}\t{state}\tsha256:{r.sha256[:12]}", highlight=False)
+        line = f"{r.id}\t{r.role}\t{r.created}\t{state}\tsha256:{r.sha256[:12]}\towner:{r.owner or '-'}"
+        out.print(line, highlight=False)
 
 
 @keys_app.command("revoke")

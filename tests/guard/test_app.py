@@ -4,7 +4,6 @@ path (audited, never a score), limits, metrics, key revocation, proxy mode, fail
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 
 import numpy as np
@@ -388,13 +387,13 @@ def test_keys_from_the_sqlite_store_and_revocation_on_a_running_guard(make_guard
     store = KeyStore(tmp_path / "keys.db")
     key, _ = store.add("partner", "acme")
     cfg = base_config(tmp_path, auth={"key_store": str(store.path)})
-    url, _ = make_guard(cfg)
+    url, guard = make_guard(cfg)
     body = {"inputs": x[:1].tolist()}
     s, _, raw = call(url, "/v1/models/digits/predict", body, key)
     assert s == 200 and "scores" in json.loads(raw)
     assert key.encode() not in store.path.read_bytes()
     store.revoke("acme")
-    time.sleep(1.1)  # the guard re-reads the store at most once a second
+    guard.auth.clock = lambda: 1e9  # a second later (the guard re-reads the store at most once a second)
     s, _, raw = call(url, "/v1/models/digits/predict", body, key)
     assert s == 401 and json.loads(raw)["error"] == "invalid or revoked API key"
 
@@ -531,18 +530,20 @@ def test_a_revoked_key_is_refused_even_when_a_reload_fails_once(make_guard, tmp_
     url, guard = make_guard(base_config(tmp_path, auth={"key_store": str(store.path)}))
     body = {"inputs": x[:1].tolist()}
     assert call(url, "/v1/models/digits/predict", body, key)[0] == 200
-    real_list = guard.auth.store.list
+    real_read = guard.auth.store.read
     fails = {"n": 1}
+    now = [1e9]
+    guard.auth.clock = lambda: now[0]
 
     def flaky():
         if fails["n"]:
             fails["n"] -= 1
             raise sqlite3.OperationalError("database is locked")
-        return real_list()
+        return real_read()
 
-    guard.auth.store.list = flaky
+    guard.auth.store.read = flaky
     store.revoke("acme")
-    time.sleep(1.1)
+    now[0] += 1.0
     s, _, raw = call(url, "/v1/models/digits/predict", body, key)
     assert s == 503  # fail closed, never the stale (revoked) key
     assert json.loads(raw) == {
@@ -550,7 +551,7 @@ def test_a_revoked_key_is_refused_even_when_a_reload_fails_once(make_guard, tmp_
         "error": "the key store cannot be read (OperationalError); try later",
     }
     assert records(guard)[-1]["status"] == 503
-    time.sleep(1.1)  # the failed read did not mark the change as seen: it is read again
+    now[0] += 1.0  # the failed read did not mark the change as seen: it is read again
     s, _, raw = call(url, "/v1/models/digits/predict", body, key)
     assert s == 401 and json.loads(raw)["error"] == "invalid or revoked API key"
 

@@ -120,3 +120,55 @@ def test_refunded_rows_can_be_spent_again_and_a_batch_larger_than_the_budget_nev
         "send smaller batches"
     )
     assert never_fits(Limits(burst=1, per_second=1, day=5), 5) is None
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_the_remaining_burst_counts_down_exactly(backend, request):
+    """burst 20: r = 19 after the first request, 0 after the twentieth (it was 18 after the first:
+    float rounding of epoch seconds in the GCRA). Time is integer microseconds in both backends."""
+
+    async def main():
+        if backend == "memory":
+            lim = MemoryLimiter(Clock(1_764_000_000.123457))  # a real epoch: the low bits matter
+        else:
+            lim = RedisLimiter(request.getfixturevalue("redis_url"), prefix="test-countdown")
+        limits = Limits(burst=20, per_second=0.01)  # T = 100 s: Redis's clock moving does not count
+        outs = [await lim.acquire("c", limits, 1) for _ in range(21)]
+        await lim.close()
+        return outs, limits
+
+    outs, limits = run(main())
+    assert [o.burst_remaining for o in outs] == [*range(19, -1, -1), 0]
+    assert [o.outcome for o in outs] == ["served"] * 20 + ["rate_limited"]
+    assert dict(outs[0].headers(limits))["RateLimit"].startswith('"burst";r=19;t=100')
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_budget_shared_per_owner_or_per_role_is_enforced_atomically(backend, request):
+    """One actor with many keys gets one budget (scope owner); scope role shares it across the role."""
+
+    async def main():
+        if backend == "memory":
+            lim = MemoryLimiter(Clock(DAY * 20_000 + 5.0))
+        else:
+            lim = RedisLimiter(request.getfixturevalue("redis_url"), prefix=f"test-scope-{backend}")
+        owner = Limits(burst=100, per_second=100, day=10, scope="owner")
+        keys = [f"acme-{i}" for i in range(4)]
+        outs = await asyncio.gather(
+            *(lim.acquire(k, owner, 1, budget_key=owner.budget_key(k, "acme", "partner")) for k in keys * 5)
+        )
+        alone = await lim.acquire("solo", owner, 1, budget_key=owner.budget_key("solo", None, "partner"))
+        role = Limits(burst=100, per_second=100, day=3, scope="role")
+        shared = [
+            await lim.acquire(k, role, 1, budget_key=role.budget_key(k, None, "free"))
+            for k in ("x", "y", "z", "w")
+        ]
+        await lim.close()
+        return outs, alone, shared
+
+    outs, alone, shared = run(main())
+    assert sum(o.allowed for o in outs) == 10  # 4 keys x 5 requests, one budget of 10 rows
+    assert {o.outcome for o in outs if not o.allowed} == {"budget_exhausted"}
+    assert alone.allowed and alone.day_used == 1  # a key without an owner keeps its own budget
+    assert [s.outcome for s in shared] == ["served"] * 3 + ["budget_exhausted"]
+    assert Limits(1, 1, scope="key").budget_key("k", "acme", "r") == "k"

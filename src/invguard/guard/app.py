@@ -92,11 +92,11 @@ class Guard:
                 name,
                 pol,
                 pol.label(),
-                Limits(rc.rate.burst, rc.rate.per_second, rc.budget.day, rc.budget.week),
+                Limits(rc.rate.burst, rc.rate.per_second, rc.budget.day, rc.budget.week, rc.budget.scope),
             )
         store = KeyStore(cfg.auth.key_store) if cfg.auth.key_store else None
         self.auth = Authenticator(
-            [KeyRecord(k.id, k.sha256, k.role) for k in cfg.auth.keys],
+            [KeyRecord(k.id, k.sha256, k.role, owner=k.owner) for k in cfg.auth.keys],
             self.roles,
             header=cfg.auth.header,
             store=store,

@@ -5,23 +5,31 @@ once when created. A presented key is hashed, the hash is looked up, and the sto
 compared with :func:`hmac.compare_digest`, so neither the comparison nor the lookup depends on the
 secret in a way an attacker can exploit (the index is the SHA-256 of the key, not the key).
 
-The guard re-reads the SQLite store when its modification time changes (checked at most once per
-second), so ``invguard keys revoke`` takes effect on a running guard without a restart. The read
-runs in a worker thread (never blocking the event loop); the modification time is marked seen only
-after a successful read, and while a changed store cannot be read the guard refuses keys from it
-(503, fail closed) rather than keep serving a key that may have been revoked.
+A key may name an **owner** (``invguard keys add --owner acme``): a role's budget can then be
+shared by every key of one owner (``budget.scope: owner``), so one actor does not get N budgets
+from N keys.
+
+The guard re-reads the SQLite store when it changed, checked at most once per ``check_every``
+seconds of the injected clock. Change is detected by a **revision counter** in the store, bumped
+by triggers on every insert, update and delete (whoever writes, in any journal mode: a WAL commit
+leaves the main file's mtime alone), together with the file's identity (a replaced file). The
+check and the read run in a worker thread; every request that arrives while one is in flight waits
+for it, and the new key set is built whole and then swapped in, so no request is ever answered
+with the list from before a change the guard has started to read. While a changed store cannot be
+read the guard refuses keys from it (503, fail closed). Every connection is closed after use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,10 +50,11 @@ def new_key() -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated client: its key id and its role."""
+    """An authenticated client: its key id, its role and the key's owner (if any)."""
 
     client_id: str
     role: str
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,29 @@ class KeyRecord:
     role: str
     created: str = ""
     revoked: bool = False
+    owner: str | None = None
+
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, "
+    "role TEXT NOT NULL, created TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0, owner TEXT)",
+    "CREATE TABLE IF NOT EXISTS revision (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO revision (id, n) VALUES (0, 0)",
+    *(
+        f"CREATE TRIGGER IF NOT EXISTS keys_{op.lower()} AFTER {op} ON keys "
+        "BEGIN UPDATE revision SET n = n + 1 WHERE id = 0; END"
+        for op in ("INSERT", "UPDATE", "DELETE")
+    ),
+)
+_NAME = "letters, digits, '_', '-', '.' or '@' (no ':')"
+
+
+def _valid_name(v: str) -> bool:
+    return bool(v) and len(v) <= 64 and all(c.isalnum() or c in "_-.@" for c in v)
+
+
+Version = tuple[int, int, int]  # (device, inode, revision) of a key store
+Records = list[KeyRecord]
 
 
 class KeyStore:
@@ -63,44 +95,78 @@ class KeyStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection with the schema in place, committed on success and always closed."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path, timeout=2.0)
-        con.execute(
-            "CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, "
-            "role TEXT NOT NULL, created TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)"
-        )
-        return con
+        try:
+            with con:
+                columns = {r[1] for r in con.execute("PRAGMA table_info(keys)")}
+                if columns and "owner" not in columns:
+                    con.execute("ALTER TABLE keys ADD COLUMN owner TEXT")  # a store from before owners
+                for stmt in _SCHEMA:
+                    con.execute(stmt)
+            with con:
+                yield con
+        finally:
+            con.close()
 
-    def add(self, role: str, key_id: str | None = None) -> tuple[str, KeyRecord]:
+    def add(self, role: str, key_id: str | None = None, owner: str | None = None) -> tuple[str, KeyRecord]:
         """Create a key for ``role``; returns ``(key, record)``. The key itself is not stored."""
         if not role or not role.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"keys add: role must be a name like 'partner', got {role!r}")
+        for what, v in (("--id", key_id), ("--owner", owner)):
+            if v is not None and not _valid_name(v):
+                raise ConfigError(f"keys add: {what} must be 1-64 {_NAME}, got {v!r}")
         key = new_key()
         rec = KeyRecord(
             id=key_id or "key-" + secrets.token_hex(4),
             sha256=hash_key(key),
             role=role,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
+            owner=owner,
         )
         with self._connect() as con:
             try:
                 con.execute(
-                    "INSERT INTO keys (id, sha256, role, created, revoked) VALUES (?, ?, ?, ?, 0)",
-                    (rec.id, rec.sha256, rec.role, rec.created),
+                    "INSERT INTO keys (id, sha256, role, created, revoked, owner) VALUES (?, ?, ?, ?, 0, ?)",
+                    (rec.id, rec.sha256, rec.role, rec.created, rec.owner),
                 )
             except sqlite3.IntegrityError:
                 raise ConfigError(f"{self.path}: a key with id {rec.id!r} already exists") from None
         return key, rec
 
     def list(self) -> list[KeyRecord]:
+        return self.read()[1]
+
+    def read(self) -> tuple[Version | None, Records]:
+        """``(version, records)`` read in one transaction; the version is :meth:`version`'s."""
         if not self.path.exists():
-            return []
+            return None, []
         with self._connect() as con:
+            con.execute("BEGIN")
+            (n,) = con.execute("SELECT n FROM revision WHERE id = 0").fetchone()
             rows = con.execute(
-                "SELECT id, sha256, role, created, revoked FROM keys ORDER BY created, id"
+                "SELECT id, sha256, role, created, revoked, owner FROM keys ORDER BY created, id"
             ).fetchall()
-        return [KeyRecord(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+        st = os.stat(self.path)
+        return (st.st_dev, st.st_ino, int(n)), [
+            KeyRecord(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows
+        ]
+
+    def version(self) -> Version | None:
+        """The store's identity and revision: changes with every write, in any journal mode."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        con = sqlite3.connect(self.path, timeout=2.0)
+        try:
+            row = con.execute("SELECT n FROM revision WHERE id = 0").fetchone()
+        finally:
+            con.close()
+        return st.st_dev, st.st_ino, int(row[0]) if row else -1
 
     def revoke(self, key_id: str) -> None:
         with self._connect() as con:
@@ -119,59 +185,61 @@ class Authenticator:
         *,
         header: str = "X-API-Key",
         store: KeyStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        check_every: float = 1.0,
     ) -> None:
         self.header_name = header
         self.header = header.lower().encode("latin-1")
         self.roles = frozenset(roles)
         self._static = [e for e in entries if not e.revoked]
         self.store = store
+        self.clock = clock
+        self.check_every = check_every
         self._index: dict[str, KeyRecord] = {}
-        self._mtime: float | None = None
-        self._checked = 0.0
+        self._version: tuple[int, int, int] | None = None
+        self._checked: float | None = None
         self.failure: str | None = None  # the store changed but could not be read: fail closed
         self._reloading: asyncio.Future[None] | None = None
         self._rebuild(self._read_store())
 
-    def _mtime_now(self) -> float | None:
-        assert self.store is not None
-        try:
-            return os.path.getmtime(self.store.path)
-        except OSError:
-            return None
-
-    def _read_store(self) -> tuple[float | None, list[KeyRecord]]:
-        """Read the store; the mtime is taken before the read, so a change during it is seen next time."""
+    def _read_store(self) -> tuple[tuple[int, int, int] | None, list[KeyRecord]]:
         if self.store is None:
             return None, []
-        mtime = self._mtime_now()
-        return mtime, [r for r in self.store.list() if not r.revoked]
+        version, records = self.store.read()
+        return version, [r for r in records if not r.revoked]
 
-    def _rebuild(self, read: tuple[float | None, list[KeyRecord]]) -> None:
-        mtime, stored = read
-        self._index = {r.sha256: r for r in [*self._static, *stored]}
-        self._mtime = mtime  # only after a successful read
+    def _rebuild(self, read: tuple[tuple[int, int, int] | None, list[KeyRecord]]) -> None:
+        version, stored = read
+        self._index = {r.sha256: r for r in [*self._static, *stored]}  # built whole, then swapped in
+        self._version = version  # only after a successful read
         self.failure = None
 
+    def _reload_if_changed(self) -> None:
+        """In a worker thread: read the store if its version moved (or the last read failed)."""
+        assert self.store is not None
+        if self.failure is None and self.store.version() == self._version:
+            return
+        read = self._read_store()
+        self._rebuild(read)
+
     async def refresh(self) -> str | None:
-        """Re-read the store if it changed (checked at most once a second, read in a worker thread).
-        Returns None, or why keys cannot be trusted right now (the caller answers 503)."""
+        """Re-read the store if it changed (checked at most once per ``check_every``, in a worker
+        thread; a request arriving meanwhile waits for that check). Returns None, or why keys
+        cannot be trusted right now (the caller answers 503)."""
         if self.store is None:
             return None
-        now = time.monotonic()
-        if now - self._checked < 1.0:
-            return self.failure
         if self._reloading is not None:
             await asyncio.shield(self._reloading)
             return self.failure
+        now = self.clock()
+        if self._checked is not None and now - self._checked < self.check_every:
+            return self.failure
         self._checked = now
-        if self._mtime_now() == self._mtime and self.failure is None:
-            return None
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reloading = fut
         try:
-            read = await asyncio.to_thread(self._read_store)
-            self._rebuild(read)
-        except Exception as e:  # locked, half-copied, unreadable: fail closed, retry next second
+            await asyncio.to_thread(self._reload_if_changed)
+        except Exception as e:  # locked, half-copied, unreadable: fail closed, retry at the next check
             self.failure = f"the key store cannot be read ({type(e).__name__}); try later"
         finally:
             self._reloading = None
@@ -214,4 +282,4 @@ class Authenticator:
             return None, "invalid or revoked API key"
         if rec.role not in self.roles:
             return None, f"the key's role {rec.role!r} is not configured on this guard"
-        return Principal(rec.id, rec.role), ""
+        return Principal(rec.id, rec.role, rec.owner), ""

@@ -77,10 +77,13 @@ class RateConfig(_Strict):
 
 
 class BudgetConfig(_Strict):
-    """Query budgets (rows answered) per client per UTC calendar day and ISO week; None = unlimited."""
+    """Query budgets (rows answered) per UTC calendar day and ISO week; None = unlimited. ``scope``
+    says whose budget it is: each key's (``key``), shared by the keys of one owner (``owner``; a key
+    without an owner keeps its own), or shared by the whole role (``role``)."""
 
     day: int | None = Field(default=None, ge=0)
     week: int | None = Field(default=None, ge=0)
+    scope: Literal["key", "owner", "role"] = "key"
 
 
 class RoleConfig(_Strict):
@@ -95,6 +98,7 @@ class KeyEntry(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     role: str
+    owner: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
 
 
 class AuthConfig(_Strict):

@@ -71,7 +71,8 @@ class Exchange:
     x: np.ndarray | None = None
     rid: str | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
-    charged: tuple[str, Limits, int] | None = None  # (client, limits, rows) once the budget is charged
+    budget_key: str | None = None  # whose budget: the key's, its owner's or the role's (budget.scope)
+    charged: tuple[str, Limits, int] | None = None  # (budget key, limits, rows) once the budget is charged
     policy: OutputPolicy | None = None  # the policy answering: the role's, unless a mitigation swapped it
 
 
@@ -228,6 +229,7 @@ class Pipeline:
             )
         role = self.roles[principal.role]
         ex.client, ex.role, ex.policy = principal.client_id, role, role.policy
+        ex.budget_key = role.limits.budget_key(principal.client_id, principal.owner, role.name)
         rec = ex.record
         rec["client"], rec["role"], rec["policy"] = principal.client_id, role.name, role.policy_label
         if self.store_inputs:
@@ -259,7 +261,7 @@ class Pipeline:
         role, rec = ex.role, ex.record
         rows = 0 if ex.x is None else int(ex.x.shape[0])
         try:
-            decision = await self.limiter.acquire(ex.client, role.limits, rows)
+            decision = await self.limiter.acquire(ex.client, role.limits, rows, budget_key=ex.budget_key)
         except Exception as e:  # the shared limiter is down: fail closed, never serve unmetered
             self.metrics.limiter_errors.inc()
             rec["decision"] = "rejected"
@@ -279,7 +281,7 @@ class Pipeline:
             assert err is not None
             return _error(ex, err.status, err.code, str(err), headers=ex.headers)
         if rows:
-            ex.charged = (ex.client, role.limits, rows)
+            ex.charged = (ex.budget_key or ex.client, role.limits, rows)
         return None
 
     async def observe(self, ex: Exchange) -> Outcome | None:

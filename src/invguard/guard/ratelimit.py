@@ -39,6 +39,8 @@ from typing import Any
 
 DAY = 86400
 WEEK = 7 * DAY
+US = 1_000_000  # the GCRA's time unit: integer microseconds
+SCOPES = ("key", "owner", "role")
 
 SERVED = "served"
 RATE_LIMITED = "rate_limited"
@@ -47,16 +49,31 @@ BUDGET_EXHAUSTED = "budget_exhausted"
 
 @dataclass(frozen=True)
 class Limits:
-    """A role's limits: GCRA ``burst``/``per_second`` and optional row budgets per day and week."""
+    """A role's limits: GCRA ``burst``/``per_second`` (per key) and optional row budgets per day
+    and week, shared per key, per owner or per role (``scope``)."""
 
     burst: int
     per_second: float
     day: int | None = None
     week: int | None = None
+    scope: str = "key"
 
     @property
     def interval(self) -> float:
         return 1.0 / self.per_second
+
+    @functools.cached_property
+    def interval_us(self) -> int:
+        return max(1, round(US / self.per_second))
+
+    def budget_key(self, client_id: str, owner: str | None, role: str) -> str:
+        """Whose budget a request is charged to: the key's own, its owner's, or the whole role's
+        (a key without an owner keeps its own budget under ``owner``)."""
+        if self.scope == "role":
+            return f"role:{role}"
+        if self.scope == "owner" and owner:
+            return f"owner:{owner}"
+        return client_id
 
     @functools.cached_property
     def policy_header(self) -> str:
@@ -126,30 +143,43 @@ def week_id(now: float) -> int:
     return int((now + 3 * DAY) // WEEK)
 
 
-def gcra_step(state: dict[str, Any], now: float, limits: Limits, rows: int) -> Decision:
-    """One GCRA + budget decision; mutates ``state`` (keys tat, d, du, w, wu) only if served."""
-    T = limits.interval
+def gcra_step(
+    state: dict[str, Any],
+    now: float,
+    limits: Limits,
+    rows: int,
+    budget: dict[str, Any] | None = None,
+) -> Decision:
+    """One GCRA + budget decision; mutates ``state`` (the cell: ``tat``) and ``budget`` (``d``,
+    ``du``, ``w``, ``wu``; default: ``state`` itself) only if served.
+
+    Time is kept in integer microseconds (``tat`` too), so the remaining burst counts down exactly:
+    float epoch seconds lose the low bits that ``(tau - (tat - now)) / T`` needs."""
+    b = state if budget is None else budget
+    now_us = round(now * US)
+    T = limits.interval_us
     tau = limits.burst * T
-    tat = max(float(state.get("tat", now)), now)
+    tat = max(int(state.get("tat", now_us)), now_us)
     d, w = day_id(now), week_id(now)
-    du = int(state.get("du", 0)) if state.get("d") == d else 0
-    wu = int(state.get("wu", 0)) if state.get("w") == w else 0
+    du = int(b.get("du", 0)) if b.get("d") == d else 0
+    wu = int(b.get("wu", 0)) if b.get("w") == w else 0
     new_tat = tat + T
     allow_at = new_tat - tau
-    if now < allow_at:
-        rem = max(0, math.floor((tau - (tat - now)) / T + 1e-9))
-        return Decision(RATE_LIMITED, allow_at - now, rem, tat - now, du, wu, now)
+    if now_us < allow_at:
+        rem = max(0, (tau - (tat - now_us)) // T)
+        return Decision(RATE_LIMITED, (allow_at - now_us) / US, rem, (tat - now_us) / US, du, wu, now)
     waits = []
     if limits.day is not None and du + rows > limits.day:
         waits.append(DAY - (now % DAY))
     if limits.week is not None and wu + rows > limits.week:
         waits.append(WEEK - ((now + 3 * DAY) % WEEK))
     if waits:
-        rem = max(0, math.floor((tau - (tat - now)) / T + 1e-9))
-        return Decision(BUDGET_EXHAUSTED, max(waits), rem, tat - now, du, wu, now)
-    state.update(tat=new_tat, d=d, du=du + rows, w=w, wu=wu + rows)
-    rem = max(0, math.floor((tau - (new_tat - now)) / T + 1e-9))
-    return Decision(SERVED, 0.0, rem, new_tat - now, du + rows, wu + rows, now)
+        rem = max(0, (tau - (tat - now_us)) // T)
+        return Decision(BUDGET_EXHAUSTED, max(waits), rem, (tat - now_us) / US, du, wu, now)
+    state["tat"] = new_tat
+    b.update(d=d, du=du + rows, w=w, wu=wu + rows)
+    rem = max(0, (tau - (new_tat - now_us)) // T)
+    return Decision(SERVED, 0.0, rem, (new_tat - now_us) / US, du + rows, wu + rows, now)
 
 
 class MemoryLimiter:
@@ -159,12 +189,15 @@ class MemoryLimiter:
         self._state: dict[str, dict[str, Any]] = {}
         self._clock = clock
 
-    async def acquire(self, client: str, limits: Limits, rows: int) -> Decision:
+    async def acquire(
+        self, client: str, limits: Limits, rows: int, budget_key: str | None = None
+    ) -> Decision:
         state = self._state.setdefault(client, {})
-        return gcra_step(state, float(self._clock()), limits, rows)
+        budget = state if budget_key in (None, client) else self._state.setdefault(str(budget_key), {})
+        return gcra_step(state, float(self._clock()), limits, rows, budget)
 
-    async def refund(self, client: str, limits: Limits, rows: int) -> None:
-        state = self._state.get(client)
+    async def refund(self, budget_key: str, limits: Limits, rows: int) -> None:
+        state = self._state.get(budget_key)
         if state is not None:
             refund_step(state, float(self._clock()), rows)
 
@@ -176,41 +209,43 @@ class MemoryLimiter:
 
 
 _LUA = """
-local key = KEYS[1]
 local T = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local rows = tonumber(ARGV[3])
 local dlim = tonumber(ARGV[4])
 local wlim = tonumber(ARGV[5])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local day = math.floor(now / 86400)
-local week = math.floor((now + 259200) / 604800)
-local s = redis.call('HMGET', key, 'tat', 'd', 'du', 'w', 'wu')
-local tat = tonumber(s[1]) or now
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local sec = tonumber(t[1])
+local day = math.floor(sec / 86400)
+local week = math.floor((sec + 259200) / 604800)
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat')) or now
 if tat < now then tat = now end
+local s = redis.call('HMGET', KEYS[2], 'd', 'du', 'w', 'wu')
 local du = 0
-if tonumber(s[2]) == day then du = tonumber(s[3]) end
+if tonumber(s[1]) == day then du = tonumber(s[2]) end
 local wu = 0
-if tonumber(s[4]) == week then wu = tonumber(s[5]) end
+if tonumber(s[3]) == week then wu = tonumber(s[4]) end
 local tau = burst * T
 local new_tat = tat + T
 local allow_at = new_tat - tau
-local f = function(x) return string.format('%.6f', x) end
+local f = function(x) return string.format('%.0f', x) end
 if now < allow_at then
   return {'rate_limited', f(allow_at - now), f(tat - now), du, wu, f(now)}
 end
 local wait = -1
-if dlim >= 0 and du + rows > dlim then wait = 86400 - (now % 86400) end
+if dlim >= 0 and du + rows > dlim then wait = (86400 - (sec % 86400)) * 1000000 - tonumber(t[2]) end
 if wlim >= 0 and wu + rows > wlim then
-  local ww = 604800 - ((now + 259200) % 604800)
+  local ww = (604800 - ((sec + 259200) % 604800)) * 1000000 - tonumber(t[2])
   if ww > wait then wait = ww end
 end
 if wait >= 0 then
   return {'budget_exhausted', f(wait), f(tat - now), du, wu, f(now)}
 end
-redis.call('HSET', key, 'tat', f(new_tat), 'd', day, 'du', du + rows, 'w', week, 'wu', wu + rows)
-redis.call('EXPIRE', key, 691200)
+redis.call('HSET', KEYS[1], 'tat', f(new_tat))
+redis.call('HSET', KEYS[2], 'd', day, 'du', du + rows, 'w', week, 'wu', wu + rows)
+redis.call('EXPIRE', KEYS[1], 691200)
+redis.call('EXPIRE', KEYS[2], 691200)
 return {'served', '0', f(new_tat - now), du + rows, wu + rows, f(now)}
 """
 
@@ -241,11 +276,13 @@ class RedisLimiter:
         self._script = self._redis.register_script(_LUA)
         self._refund = self._redis.register_script(_LUA_REFUND)
 
-    async def acquire(self, client: str, limits: Limits, rows: int) -> Decision:
+    async def acquire(
+        self, client: str, limits: Limits, rows: int, budget_key: str | None = None
+    ) -> Decision:
         res = await self._script(
-            keys=[f"{self.prefix}:{client}"],
+            keys=[f"{self.prefix}:{client}", f"{self.prefix}:{budget_key or client}"],
             args=[
-                repr(limits.interval),
+                limits.interval_us,
                 limits.burst,
                 rows,
                 -1 if limits.day is None else limits.day,
@@ -253,13 +290,13 @@ class RedisLimiter:
             ],
         )
         outcome = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
-        retry, reset, du, wu, now = float(res[1]), float(res[2]), int(res[3]), int(res[4]), float(res[5])
-        T = limits.interval
-        rem = max(0, math.floor((limits.burst * T - reset) / T + 1e-9))
-        return Decision(outcome, retry, rem, reset, du, wu, now)
+        retry_us, reset_us, du, wu, now_us = int(res[1]), int(res[2]), int(res[3]), int(res[4]), int(res[5])
+        T = limits.interval_us
+        rem = max(0, (limits.burst * T - reset_us) // T)
+        return Decision(outcome, retry_us / US, rem, reset_us / US, du, wu, now_us / US)
 
-    async def refund(self, client: str, limits: Limits, rows: int) -> None:
-        await self._refund(keys=[f"{self.prefix}:{client}"], args=[rows])
+    async def refund(self, budget_key: str, limits: Limits, rows: int) -> None:
+        await self._refund(keys=[f"{self.prefix}:{budget_key}"], args=[rows])
 
     async def ping(self) -> bool:
         try:
