@@ -44,7 +44,12 @@ class MLP(nn.Module):
 
 @ARCHITECTURES.register("cnn")
 class SmallCNN(nn.Module):
-    """Two conv blocks and a linear head; works for 8x8 and 28x28 images."""
+    """Two conv blocks and a linear head; works for 8x8 and 28x28 images.
+
+    ``norm``: ``None`` (no normalisation), ``"group"`` (GroupNorm after each convolution: per-sample,
+    so DP-SGD can train it) or ``"batch"`` (BatchNorm: mixes the samples of a batch, which DP-SGD
+    refuses).
+    """
 
     def __init__(
         self,
@@ -52,6 +57,7 @@ class SmallCNN(nn.Module):
         num_classes: int,
         channels: tuple[int, int] = (16, 32),
         hidden: int = 64,
+        norm: str | None = None,
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
@@ -62,11 +68,23 @@ class SmallCNN(nn.Module):
         c_in, h, w = input_shape
         c1, c2 = channels
         pool = 2 if min(h, w) >= 16 else 1
+        if norm not in (None, "group", "batch"):
+            raise ValueError(f"norm must be None, 'group' or 'batch', got {norm!r}")
+
+        def normed(c: int) -> list[nn.Module]:
+            if norm == "group":
+                return [nn.GroupNorm(min(8, c), c)]
+            if norm == "batch":
+                return [nn.BatchNorm2d(c)]
+            return []
+
         self.features = nn.Sequential(
             nn.Conv2d(c_in, c1, 3, padding=1),
+            *normed(c1),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 3, padding=1),
+            *normed(c2),
             nn.ReLU(),
             nn.MaxPool2d(pool),
         )
