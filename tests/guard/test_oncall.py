@@ -90,3 +90,62 @@ def test_a_guard_without_an_incidents_section_runs_no_loop(tmp_path):
         await oc.close()
 
     asyncio.run(go())
+
+
+def test_detection_events_become_grouped_incidents_with_their_mitigations(tmp_path):
+    from invguard.guard.detect.events import DetectionEvent, EventBus, MitigationEvent
+
+    doc = base_config(tmp_path)
+    doc["incidents"] = {"store": str(tmp_path / "incidents.db"), "group_window_seconds": 600}
+    clock = Clock()
+    oc = OnCall(from_dict(doc), CollectorRegistry(), model_version="v2", clock=clock)
+    bus = EventBus()
+    bus.subscribe(oc)
+    t = clock.t
+
+    def det(i, client, linked=(), action="none"):
+        return DetectionEvent(
+            id=f"d{i}",
+            time=t + i,
+            detector="knn",
+            model="digits",
+            client=client,
+            role="partner",
+            score=0.9,
+            threshold=0.5,
+            queries=40 + i,
+            linked=linked,
+            action=action,
+            evidence={"seqs": (10 + i, 11 + i), "fingerprints": [f"fp{i}"]},
+        )
+
+    async def go():
+        await oc.start(lambda rec: asyncio.sleep(0), background=False)
+        bus.emit(det(1, "acme"))
+        bus.emit(det(2, "acme-2", linked=("acme",), action="block"))  # same cluster: grouped, escalated
+        bus.emit(
+            MitigationEvent(
+                id="m1",
+                time=t + 3,
+                change="applied",
+                client="acme-2",
+                action="block",
+                until=t + 600,
+                detection="d2",
+            )
+        )
+        bus.emit(det(3, "zeta"))  # another cluster
+        await oc.tick()
+        await oc.close()
+
+    asyncio.run(go())
+    assert bus.failures == 0
+    acme, zeta = sorted(IncidentStore(tmp_path / "incidents.db").find(state=None), key=lambda i: i.id)
+    assert acme.clients == ("acme", "acme-2") and acme.detections == 2 and acme.severity == "page"
+    assert acme.evidence["detections"] == ["d1", "d2"] and acme.evidence["seqs"] == [11, 12, 13]
+    assert acme.model_version == "v2" and acme.first_seen == t + 1 and acme.last_seen == t + 2
+    assert [(m["action"], m.get("change")) for m in acme.mitigations] == [
+        ("block", None),
+        ("block", "applied"),
+    ]
+    assert zeta.clients == ("zeta",) and zeta.severity == "ticket"

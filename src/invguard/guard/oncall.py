@@ -12,8 +12,12 @@ config, and one background task that, every ``interval`` seconds:
 3. opens an incident for each failed audit gate newly recorded in ``incidents.history``;
 4. posts the webhook's due events.
 
-Detections reach it through :meth:`OnCall.report`, which only queues: nothing here ever runs on
-the request path, and every store call runs in a thread.
+Detections reach it as the detection package's typed events (:meth:`OnCall.emit`: an
+:class:`~invguard.guard.detect.events.EventSink`) or as :class:`~invguard.guard.incidents.Detection`
+(:meth:`OnCall.report`); both only queue: nothing here ever runs on the request path, and every
+store call runs in a thread. A detection event becomes an incident of its detector for the client
+and the clients linked to it (grouped with an open incident of the same cluster); a mitigation
+event is recorded on the client's active incident.
 """
 
 from __future__ import annotations
@@ -90,14 +94,58 @@ class OnCall:
         self._append: AuditAppend | None = None
 
     # ------------------------------------------------------------------ feeding
-    def report(self, d: Detection) -> None:
-        """Queue a detection for the next tick (never blocks; drops beyond 10,000 pending)."""
+    def report(self, d: Detection | Any) -> None:
+        """Queue a detection (or a detection-package event) for the next tick (never blocks; drops
+        beyond 10,000 pending)."""
         if self.store is None:
             return
         if len(self._queue) < _QUEUE_MAX:
             self._queue.append(d)
         else:
-            log.warning("on-call queue full: detection %r dropped", d.title)
+            log.warning("on-call queue full: %r dropped", getattr(d, "title", getattr(d, "id", d)))
+
+    emit = report  # the EventSink interface of invguard.guard.detect.events
+
+    def _from_event(self, ev: Any) -> Detection:
+        """A detection event as an incident's detection."""
+        mitigations = (
+            [{"action": ev.action, "until": ev.until, "detection": ev.id, "client": ev.client}]
+            if ev.action != "none"
+            else []
+        )
+        return Detection(
+            source="detection",
+            detector=ev.detector,
+            title=f"{ev.detector} flagged client {ev.client} "
+            f"(score {ev.score:.4g}, threshold {ev.threshold:.4g})",
+            model=ev.model,
+            model_version=self.model_version,
+            severity="page" if ev.action in ("throttle", "block") else "ticket",
+            clients=(ev.client, *ev.linked),
+            keys=(ev.client, *ev.linked),
+            evidence={
+                "detections": [ev.id],
+                "scores": [ev.score],
+                "threshold": ev.threshold,
+                "queries": ev.queries,
+                "role": ev.role,
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in ev.evidence.items()},
+            },
+            mitigations=mitigations,
+            first_seen=ev.time,
+            last_seen=ev.time,
+        )
+
+    def _apply(self, store: IncidentStore, item: Any) -> None:
+        if isinstance(item, Detection):
+            store.open(item)
+        elif getattr(item, "type", None) == "invguard.detection":
+            store.open(self._from_event(item))
+        elif getattr(item, "type", None) == "invguard.mitigation":
+            active = store.find(state="active", client=item.client, limit=1)
+            if active:
+                m = {"change": item.change, "action": item.action, "until": item.until, "client": item.client}
+                store.add_mitigation(active[0].id, m | {"detection": item.detection}, item.by or "guard")
 
     # ------------------------------------------------------------------ the loop
     async def start(self, append: AuditAppend, *, background: bool = True) -> None:
@@ -112,8 +160,8 @@ class OnCall:
         store = self.store
         if store is not None:
             pending, self._queue = self._queue, []
-            for d in pending:
-                await asyncio.to_thread(store.open, d)
+            for item in pending:
+                await asyncio.to_thread(self._apply, store, item)
         if self.slo is not None:
             for b in await asyncio.to_thread(self.slo.tick):
                 if store is not None:
