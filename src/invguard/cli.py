@@ -635,6 +635,39 @@ def incidents_sync_history(
     out.print(f"{len(opened)} incident(s) opened from {history}", highlight=False)
 
 
+ops_app = typer.Typer(help="Operations files that ship with the guard.", no_args_is_help=True)
+app.add_typer(ops_app, name="ops")
+
+
+@ops_app.command("export")
+def ops_export(
+    out_dir: Annotated[Path, typer.Argument(help="Where to write prometheus/, grafana/ and runbooks/.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="guard.yaml: its slos (default: M2 and audit fidelity).")
+    ] = None,
+    runbook_base: Annotated[
+        str | None,
+        typer.Option(help="URL where the runbooks are served (default: file:// URL of DIR/runbooks)."),
+    ] = None,
+) -> None:
+    """Write Prometheus rules, three Grafana dashboards and the runbooks."""
+    from invguard.core.errors import InvguardError
+    from invguard.guard.ops import export
+
+    try:
+        slos: Any = ()
+        if config is not None:
+            from invguard.guard import load
+
+            slos = load(config).slos
+        files = export(out_dir, slos=slos, runbook_base=runbook_base)
+    except InvguardError as e:
+        _fail(e)
+        return
+    for f in files:
+        out.print(f"wrote {f}", highlight=False)
+
+
 def main() -> None:
     """Entry point of the ``invguard`` script.
 

@@ -178,7 +178,7 @@ def test_collector_exports_m8(store):
     assert reg.get_sample_value("invguard_incident_time_to_resolve_seconds_sum", lbl) == 100
     assert reg.get_sample_value("invguard_incident_time_to_resolve_seconds_count", lbl) == 1
     assert reg.get_sample_value("invguard_incidents_opened_total", lbl) == 2
-    act = {**lbl, "state": "open", "severity": "page"}
+    act = {**lbl, "state": "open", "severity": "page", "source": "detection"}
     assert reg.get_sample_value("invguard_incidents_active", act) == 1
     assert reg.get_sample_value("invguard_incidents_oldest_active_age_seconds", act) == 100
 

@@ -606,8 +606,9 @@ class IncidentStore:
         now = self.clock()
         with self._connect() as con:
             active = con.execute(
-                "SELECT model, model_version, state, severity, COUNT(*), MIN(opened_at) FROM incidents "
-                "WHERE state != 'resolved' GROUP BY model, model_version, state, severity"
+                "SELECT model, model_version, state, severity, source, COUNT(*), MIN(opened_at) "
+                "FROM incidents "
+                "WHERE state != 'resolved' GROUP BY model, model_version, state, severity, source"
             ).fetchall()
             totals = con.execute(
                 "SELECT model, model_version, COUNT(*), "
@@ -616,7 +617,7 @@ class IncidentStore:
                 "FROM incidents GROUP BY model, model_version"
             ).fetchall()
         return {
-            "active": [(m, v, s, sev, n, now - oldest) for m, v, s, sev, n, oldest in active],
+            "active": [(m, v, s, sev, src, n, now - oldest) for m, v, s, sev, src, n, oldest in active],
             "totals": totals,
         }
 
@@ -771,7 +772,7 @@ class IncidentCollector:
     """Prometheus collector reading the store at scrape time (so every worker, and a CLI ack,
     show the same figures):
 
-    - ``invguard_incidents_active{model,model_version,state,severity}``: unresolved incidents;
+    - ``invguard_incidents_active{model,model_version,state,severity,source}``: unresolved incidents;
     - ``invguard_incidents_oldest_active_age_seconds{...}``: age of the oldest of them;
     - ``invguard_incidents_opened_total{model,model_version}``;
     - M8: ``invguard_incident_time_to_resolve_seconds`` and ``..._time_to_acknowledge_seconds``
@@ -788,7 +789,7 @@ class IncidentCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
         g = self.store.gauges()
-        labels = ["model", "model_version", "state", "severity"]
+        labels = ["model", "model_version", "state", "severity", "source"]
         active = GaugeMetricFamily(
             "invguard_incidents_active", "Unresolved privacy incidents.", labels=labels
         )
@@ -797,9 +798,9 @@ class IncidentCollector:
             "Age of the oldest unresolved incident.",
             labels=labels,
         )
-        for m, v, s, sev, n, a in g["active"]:
-            active.add_metric([m, v, s, sev], n)
-            age.add_metric([m, v, s, sev], a)
+        for m, v, s, sev, src, n, a in g["active"]:
+            active.add_metric([m, v, s, sev, src], n)
+            age.add_metric([m, v, s, sev, src], a)
         opened = CounterMetricFamily(
             "invguard_incidents_opened", "Privacy incidents opened.", labels=["model", "model_version"]
         )

@@ -39,6 +39,78 @@ _QUEUE_MAX = 10_000
 AuditAppend = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
+class AuditHistoryCollector:
+    """The latest audit run of every model in an audit history store, for the executive dashboard:
+    ``invguard_audit_passed{model}``, ``invguard_audit_finished_timestamp_seconds{model}`` and
+    ``invguard_audit_metric_value{model,attack,exposure,metric}`` (read at scrape time)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def latest(self) -> list[dict[str, Any]]:
+        """Per model: the latest run's verdict, time, summary and metrics (empty if no store yet)."""
+        import sqlite3
+        from pathlib import Path
+
+        if not Path(self.path).is_file():
+            return []
+        con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
+        try:
+            runs = con.execute(
+                "SELECT r.id, r.model, r.finished_at, r.passed, r.summary FROM runs r WHERE r.id = "
+                "(SELECT id FROM runs WHERE model = r.model ORDER BY finished_at DESC, id DESC LIMIT 1) "
+                "ORDER BY r.model"
+            ).fetchall()
+            out = []
+            for rid, model, fin, passed, summary in runs:
+                metrics = con.execute(
+                    "SELECT attack, exposure, metric, value FROM metrics "
+                    "WHERE run_id = ? AND value IS NOT NULL",
+                    (rid,),
+                ).fetchall()
+                out.append(
+                    {
+                        "model": model,
+                        "finished_at": fin,
+                        "passed": bool(passed),
+                        "summary": summary,
+                        "metrics": metrics,
+                    }
+                )
+            return out
+        except sqlite3.DatabaseError as e:
+            log.warning("audit history %s unreadable: %s", self.path, e)
+            return []
+        finally:
+            con.close()
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        passed = GaugeMetricFamily(
+            "invguard_audit_passed", "1 if the model's latest audit passed every gate.", labels=["model"]
+        )
+        when = GaugeMetricFamily(
+            "invguard_audit_finished_timestamp_seconds",
+            "When the model's latest audit finished.",
+            labels=["model"],
+        )
+        value = GaugeMetricFamily(
+            "invguard_audit_metric_value",
+            "A metric of the model's latest audit run.",
+            labels=["model", "attack", "exposure", "metric"],
+        )
+        for run in self.latest():
+            passed.add_metric([run["model"]], float(run["passed"]))
+            when.add_metric([run["model"]], run["finished_at"])
+            for attack, exposure, metric, v in run["metrics"]:
+                value.add_metric([run["model"], attack, exposure, metric], v)
+        yield from (passed, when, value)
+
+
 class OnCall:
     def __init__(
         self,
@@ -55,12 +127,23 @@ class OnCall:
         self.interval = interval
         self.model_name = cfg.model.name
         self.model_version = model_version
+        from prometheus_client import Gauge
+
+        # the info metric dashboards and rules join on to label every series with the model served
+        Gauge(
+            "invguard_guard_model_info",
+            "The model this guard serves (always 1; join on job and instance for its labels).",
+            ["model", "model_version"],
+            registry=registry,
+        ).labels(self.model_name, model_version).set(1)
         inc = cfg.incidents
         self.store: IncidentStore | None = None
         self.webhook: WebhookDispatcher | None = None
         if inc is not None:
             self.store = IncidentStore(inc.store, clock=clock, group_window=inc.group_window_seconds)
             registry.register(IncidentCollector(self.store))
+            if inc.history:
+                registry.register(AuditHistoryCollector(inc.history))
             if inc.webhook is not None:
                 from prometheus_client import Counter
 
