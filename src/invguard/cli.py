@@ -391,6 +391,90 @@ def log_verify(
     out.print(rep.summary(), highlight=False)
 
 
+@log_app.command("timeline")
+def log_timeline(
+    file: Annotated[Path, typer.Argument(help="The audit log (its rotated files are read too).")],
+    client: Annotated[list[str] | None, typer.Option(help="A client id (repeatable).")] = None,
+    input_hmac: Annotated[
+        str | None, typer.Option(help="Every client that sent this input (its HMAC).")
+    ] = None,
+    incident: Annotated[int | None, typer.Option(help="The timeline behind this incident.")] = None,
+    incidents: Annotated[Path | None, typer.Option(help="The incident store, for --incident.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="guard.yaml, for --incident.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--from", help="Start time, ISO 8601 (2026-12-01T23:00:00Z).")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--to", help="End time, ISO 8601.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    public_key: Annotated[
+        Path | None, typer.Option(help="Pin the Ed25519 key of the checkpoints (PEM).")
+    ] = None,
+    chain_key: Annotated[
+        Path | None, typer.Option(help="The chain key: verifies records after the last checkpoint.")
+    ] = None,
+    head: Annotated[Path | None, typer.Option(help="A saved head checkpoint (default: FILE.head).")] = None,
+    trusted: Annotated[
+        Path | None, typer.Option(help="Start at this saved signed checkpoint (older files archived).")
+    ] = None,
+    trust_embedded_key: Annotated[
+        bool, typer.Option("--trust-embedded-key", help="Accept the key written in the log.")
+    ] = False,
+    allow_missing_head: Annotated[
+        bool, typer.Option("--allow-missing-head", help="Accept a log without a head.")
+    ] = False,
+) -> None:
+    """Replay a client's requests from the verified log (refused if the range does not verify)."""
+    from invguard.core.errors import ConfigError, InvguardError
+    from invguard.guard import timeline as tl
+    from invguard.guard.auditlog import load_chain_key, load_public_key_hex
+
+    try:
+        if fmt not in ("table", "csv", "json"):
+            raise ConfigError(f"--format must be table, csv or json, got {fmt!r}")
+        q: dict[str, Any] = {"clients": list(client or ()), "input_hmac": input_hmac}
+        if incident is not None:
+            from invguard.guard.incidents import IncidentStore, open_store
+
+            store = IncidentStore(incidents) if incidents is not None else open_store(None, config)
+            q.update(tl.for_incident(store, incident))
+            q["clients"] += list(client or ())
+        if since is not None:
+            q["since"] = tl.parse_time(since, "--from")
+        if until is not None:
+            q["until"] = tl.parse_time(until, "--to")
+        t = tl.build(
+            file,
+            public_key=load_public_key_hex(public_key) if public_key is not None else None,
+            chain_key=load_chain_key(chain_key, create=False) if chain_key is not None else None,
+            head=head,
+            trusted=trusted,
+            trust_embedded_key=trust_embedded_key,
+            allow_missing_head=allow_missing_head,
+            **q,
+        )
+    except InvguardError as e:
+        _fail(e)
+        return
+    console.print(f"verified: {t.verified}", highlight=False)
+    for w in t.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if fmt == "json":
+        sys.stdout.write(t.to_json() + "\n")
+    elif fmt == "csv":
+        sys.stdout.write(t.to_csv())
+    else:
+        from rich.table import Table
+
+        table = Table(
+            title=f"{len(t.entries)} records of {', '.join(t.clients) or 'no client'}", title_justify="left"
+        )
+        for c in tl.COLUMNS:
+            table.add_column(c, overflow="fold")
+        for entry in t.entries:
+            table.add_row(*("" if v is None else str(v) for v in entry.row()))
+        out.print(table)
+
+
 # ----------------------------------------------------------------------------------------- incidents
 
 incidents_app = typer.Typer(
@@ -643,7 +727,8 @@ app.add_typer(ops_app, name="ops")
 def ops_export(
     out_dir: Annotated[Path, typer.Argument(help="Where to write prometheus/, grafana/ and runbooks/.")],
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="guard.yaml: its slos (default: M2 and audit fidelity).")
+        Path | None,
+        typer.Option("--config", "-c", help="guard.yaml: its slos (default: M2, audit fidelity)."),
     ] = None,
     runbook_base: Annotated[
         str | None,

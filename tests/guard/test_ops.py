@@ -193,15 +193,18 @@ def test_alerts_fire_on_synthetic_series_and_stay_quiet_otherwise(exported, tmp_
             "input_series": [
                 {"series": INFO, "values": "1+0x60"},
                 {
-                    "series": 'invguard_incidents_oldest_active_age_seconds{model="digits", model_version="v1", state="open", severity="page", source="detection"}',
+                    "series": "invguard_incidents_oldest_active_age_seconds"
+                    '{model="digits", model_version="v1", state="open", severity="page", source="detection"}',
                     "values": "0+600x60",
                 },
                 {
-                    "series": f'invguard_guard_requests_total{{{g}, route="/v1", status="200", role="partner"}}',
+                    "series": "invguard_guard_requests_total"
+                    f'{{{g}, route="/v1", status="200", role="partner"}}',
                     "values": "0+10000x60",
                 },
                 {
-                    "series": f'invguard_guard_limit_violations_total{{{g}, role="partner", kind="rate_limited"}}',
+                    "series": "invguard_guard_limit_violations_total"
+                    f'{{{g}, role="partner", kind="rate_limited"}}',
                     "values": "0+5x60",
                 },
             ],
@@ -247,7 +250,13 @@ def test_alerts_fire_on_synthetic_series_and_stay_quiet_otherwise(exported, tmp_
 
 
 def _promtool_test(spec: Path, rule_file: str, every: str, tests: list) -> subprocess.CompletedProcess:
-    doc = {"rule_files": [rule_file], "evaluation_interval": every, "tests": tests}
+    # recording rules before the alerts that read them (promtool's group order is otherwise arbitrary)
+    doc = {
+        "rule_files": [rule_file],
+        "evaluation_interval": every,
+        "group_eval_order": ["invguard-recording", "invguard-alerts"],
+        "tests": tests,
+    }
     spec.write_text(yaml.safe_dump(doc, sort_keys=False))
     return subprocess.run([promtool(), "test", "rules", str(spec)], capture_output=True, text=True)
 

@@ -196,29 +196,9 @@ class Guard:
         )
         for line in det.report():
             log.info(line)
-        det.events.subscribe(self._to_oncall)
+        # detection and mitigation events become incidents (queued: handled off the request path)
+        det.events.subscribe(self.oncall)
         return det
-
-    def _to_oncall(self, event: Any) -> None:
-        """Detection events become incidents (queued: the on-call loop handles them off the path)."""
-        from invguard.guard.detect.events import DetectionEvent
-        from invguard.guard.incidents import Detection as Incident
-
-        if not isinstance(event, DetectionEvent):
-            return
-        self.oncall.report(
-            Incident(
-                source="detection",
-                detector=event.detector,
-                title=f"{event.detector} flagged client {event.client} ({event.role})",
-                model=event.model,
-                clients=(event.client, *event.linked),
-                evidence={"detection": event.id, "score": event.score, "threshold": event.threshold},
-                mitigations=({"action": event.action, "until": event.until},),
-                first_seen=event.time,
-                last_seen=event.time,
-            )
-        )
 
     # ------------------------------------------------------------------ lifecycle
     @contextlib.asynccontextmanager

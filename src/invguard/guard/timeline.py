@@ -1,0 +1,273 @@
+"""A client's query timeline replayed from a *verified* audit log: what ``invguard log timeline`` prints.
+
+The log (with its rotated files, or from a trusted checkpoint when older files were archived) is
+verified first with :func:`invguard.guard.auditlog.verify`; a log that does not verify is refused,
+and so is a query whose matching records lie beyond the verified range (records after the last
+signed checkpoint, when the chain key is not given): a timeline handed to legal only ever holds
+records the signatures vouch for.
+
+Each entry is one request record: time, seq, client, role, route, status, decision, rows, input
+HMAC, the entropy returned (minimum and mean over the rows), the policy applied, the detector hits
+of that client so far and the mitigation in force at that moment (replayed from the detection and
+mitigation records in log order). Queries: by client, by input HMAC (every client that sent the
+same input), by time range, or by incident (its clients, from its first detection to its
+resolution, with the records it cites as evidence marked).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from invguard.core.errors import ConfigError, InvguardError
+
+COLUMNS = (
+    "time",
+    "seq",
+    "client",
+    "role",
+    "route",
+    "status",
+    "decision",
+    "rows",
+    "input_hmac",
+    "entropy_min",
+    "entropy_mean",
+    "policy",
+    "detector_hits",
+    "mitigation",
+    "evidence",
+)
+
+
+class TimelineError(InvguardError):
+    """The log does not verify, or the records asked for are not covered by what verified."""
+
+    exit_code = 1
+
+
+def parse_time(value: str, what: str) -> datetime:
+    """ISO 8601 (``2026-12-01T23:00:00Z``, a date, or with an offset) as an aware UTC datetime."""
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{what}: {value!r} is not an ISO 8601 time such as 2026-12-01T23:00:00Z") from None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _record_time(doc: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(doc["time"]).replace("Z", "+00:00"))
+
+
+@dataclass
+class Entry:
+    time: str
+    seq: int
+    client: str | None
+    role: str | None
+    route: str
+    status: int | None
+    decision: str
+    rows: int
+    input_hmac: str | None
+    entropy_min: float | None
+    entropy_mean: float | None
+    policy: str | None
+    detector_hits: str
+    mitigation: str
+    evidence: bool = False
+
+    def row(self) -> list[Any]:
+        return [getattr(self, c) for c in COLUMNS]
+
+
+@dataclass
+class Timeline:
+    entries: list[Entry]
+    verified: str  # the verification summary
+    query: dict[str, Any]
+    clients: list[str] = field(default_factory=list)  # distinct clients of the entries
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "verified": self.verified,
+                "query": self.query,
+                "clients": self.clients,
+                "warnings": self.warnings,
+                "entries": [asdict(e) for e in self.entries],
+            },
+            indent=2,
+        )
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for e in self.entries:
+            w.writerow(["" if v is None else v for v in e.row()])
+        return buf.getvalue()
+
+
+def _records(files: Sequence[Path]) -> Iterator[dict[str, Any]]:
+    for f in files:
+        with f.open("rb") as fh:
+            for raw in fh:
+                if not raw.strip():
+                    continue
+                try:
+                    doc = json.loads(raw)
+                except ValueError:
+                    continue  # a torn last line: verify has already judged it
+                if isinstance(doc, dict) and doc.get("kind") == "record":
+                    yield doc
+
+
+def _entropy(v: Any) -> tuple[float | None, float | None]:
+    if not isinstance(v, list) or not v:
+        return None, None
+    xs = [float(x) for x in v if isinstance(x, int | float)]
+    if not xs:
+        return None, None
+    return round(min(xs), 6), round(sum(xs) / len(xs), 6)
+
+
+def build(
+    path: str | Path,
+    *,
+    public_key: str | None,
+    chain_key: Any = None,
+    head: str | Path | None = None,
+    trusted: str | Path | None = None,
+    trust_embedded_key: bool = False,
+    allow_missing_head: bool = False,
+    clients: Iterable[str] = (),
+    input_hmac: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    evidence_seqs: Iterable[int] = (),
+    incident: int | None = None,
+) -> Timeline:
+    """Verify the log, then replay the records matching the query (see the module docstring)."""
+    from invguard.guard.auditlog import segments, verify
+
+    wanted = set(clients)
+    if not wanted and input_hmac is None and incident is None:
+        raise ConfigError("timeline: say whose requests: --client, --input-hmac or --incident")
+    rep = verify(
+        path,
+        public_key=public_key,
+        chain_key=chain_key,
+        head=head,
+        trusted=trusted,
+        trust_embedded_key=trust_embedded_key,
+        allow_missing_head=allow_missing_head,
+    )
+    if not rep.ok:
+        raise TimelineError(f"refusing to build a timeline from a log that does not verify: {rep.summary()}")
+    ev = set(evidence_seqs)
+    first = rep.start_size + 1
+    through = rep.verified_through
+    hits: dict[str, list[str]] = {}
+    mitigation: dict[str, tuple[str, float | None]] = {}
+    entries: list[Entry] = []
+    unverified: list[int] = []
+    for doc in _records(segments(path)):
+        seq = int(doc.get("seq", 0))
+        if seq < first:
+            continue
+        client = doc.get("client")
+        route = str(doc.get("route", ""))
+        t = _record_time(doc)
+        if route == "detection":  # the replayed state: detector hits and mitigations per client
+            if doc.get("decision") == "detection" and isinstance(doc.get("detection"), dict):
+                hits.setdefault(str(client), []).append(str(doc["detection"].get("detector")))
+            elif doc.get("decision") == "mitigation" and isinstance(doc.get("mitigation"), dict):
+                m = doc["mitigation"]
+                if m.get("change") == "applied":
+                    mitigation[str(m.get("client"))] = (str(m.get("action")), m.get("until"))
+                else:
+                    mitigation.pop(str(m.get("client")), None)
+        match = (
+            (client in wanted)
+            or (input_hmac is not None and doc.get("input_hmac") == input_hmac)
+            or (incident is not None and route == "incident" and doc.get("incident") == incident)
+        )
+        if not match or (since is not None and t < since) or (until is not None and t > until):
+            continue
+        if seq > through:
+            unverified.append(seq)
+            continue
+        m_now = mitigation.get(str(client))
+        in_force = ""
+        if m_now is not None and (m_now[1] is None or m_now[1] > t.timestamp()):
+            in_force = m_now[0] + (
+                ""
+                if m_now[1] is None
+                else f" until {datetime.fromtimestamp(m_now[1], UTC):%Y-%m-%dT%H:%M:%SZ}"
+            )
+        if doc.get("mitigated"):
+            in_force = in_force or str(doc["mitigated"])
+        emin, emean = _entropy(doc.get("entropy"))
+        entries.append(
+            Entry(
+                time=str(doc["time"]),
+                seq=seq,
+                client=client,
+                role=doc.get("role"),
+                route=route,
+                status=doc.get("status"),
+                decision=str(doc.get("decision", "")),
+                rows=int(doc.get("rows") or 0),
+                input_hmac=doc.get("input_hmac"),
+                entropy_min=emin,
+                entropy_mean=emean,
+                policy=doc.get("policy"),
+                detector_hits=",".join(sorted(set(hits.get(str(client), [])))),
+                mitigation=in_force,
+                evidence=seq in ev,
+            )
+        )
+    if unverified:
+        raise TimelineError(
+            f"refusing: {len(unverified)} matching record(s) (seq {unverified[0]}-{unverified[-1]}) lie "
+            "after "
+            f"the last signed checkpoint (seq {through}) and cannot be verified without the chain key; pass "
+            "--chain-key, wait for the next checkpoint, or end the range earlier with --to"
+        )
+    query = {
+        "clients": sorted(wanted),
+        "input_hmac": input_hmac,
+        "incident": incident,
+        "from": None if since is None else since.isoformat(),
+        "to": None if until is None else until.isoformat(),
+    }
+    return Timeline(
+        entries=entries,
+        verified=rep.summary(),
+        query=query,
+        clients=sorted({e.client for e in entries if e.client}),
+        warnings=list(rep.warnings),
+    )
+
+
+def for_incident(store: Any, incident_id: int, margin_seconds: float = 3600.0) -> dict[str, Any]:
+    """The query behind an incident: its clients, from ``margin`` before its first detection to
+    its resolution (or now), and the record seqs its evidence cites."""
+    inc = store.get(incident_id)
+    end = inc.resolved_at if inc.resolved_at is not None else None
+    seqs = [int(s) for s in inc.evidence.get("seqs", []) if isinstance(s, int)]
+    return {
+        "clients": list(inc.clients),
+        "since": datetime.fromtimestamp(min(inc.first_seen, inc.opened_at) - margin_seconds, UTC),
+        "until": None if end is None else datetime.fromtimestamp(end, UTC),
+        "evidence_seqs": seqs,
+        "incident": incident_id,
+    }
