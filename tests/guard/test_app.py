@@ -556,7 +556,9 @@ def test_a_revoked_key_is_refused_even_when_a_reload_fails_once(make_guard, tmp_
     assert s == 401 and json.loads(raw)["error"] == "invalid or revoked API key"
 
 
-def test_upstream_failures_never_reveal_the_upstream_url_and_are_always_audited(make_guard, tmp_path, x):
+def test_upstream_failures_never_reveal_the_upstream_url_and_are_always_audited(
+    make_guard, tmp_path, x, caplog
+):
     from invguard.guard import from_dict
     from invguard.guard.upstream import build_model
     from tests.guard.bare import failing_app
@@ -567,7 +569,8 @@ def test_upstream_failures_never_reveal_the_upstream_url_and_are_always_audited(
     ):
         with serve(app) as up:
             cfg = base_config(tmp_path / kind)
-            upstream = {"url": up.replace("http://", "http://svc:s3cr3t@") + "/v2/models/digits/infer"}
+            url_with_secrets = up.replace("http://", "http://svc:s3cr3t@") + "/v2/models/digits/infer"
+            upstream = {"url": url_with_secrets + "?token=q-s3cr3t&tenant=7"}
             if output_name:
                 upstream["output_name"] = output_name
             cfg["model"] = {
@@ -585,6 +588,9 @@ def test_upstream_failures_never_reveal_the_upstream_url_and_are_always_audited(
             rec = records(guard)[-1]
             assert rec["decision"] == "upstream_error" and rec["status"] == 502
             assert "s3cr3t" not in guard.audit.path.read_text() and "***@127.0.0.1" in rec["error"]
+            assert rec["error"].startswith(f"UpstreamError: upstream POST http://***@{up[len('http://'):]}")
+            assert "/v2/models/digits/infer?***" in rec["error"]  # the query string is redacted too
+            assert "s3cr3t" not in caplog.text and "upstream POST http://***@" in caplog.text
             assert _metric(url, f'invguard_guard_upstream_errors_total{{kind="{kind}"}}') != []
 
 

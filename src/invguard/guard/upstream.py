@@ -18,24 +18,14 @@ from invguard.core.errors import ConfigError, TargetError
 from invguard.core.target import Prediction
 from invguard.guard.config import ModelConfig, UpstreamConfig
 from invguard.targets.callable import prediction_from_output
-
-
-def redact_url(url: str) -> str:
-    """The URL without its userinfo (``http://user:password@host/`` -> ``http://***@host/``)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+from invguard.wire.urls import redact_url
 
 
 class UpstreamError(Exception):
     """The upstream could not be reached or gave an answer that is not a prediction.
 
-    The message is for the server's logs and the audit record (the URL is redacted); clients get
+    The message is for the server's logs and the audit record (the URL's userinfo and query string
+    are redacted); clients get
     only a generic "upstream model server error"."""
 
     def __init__(self, kind: str, message: str) -> None:

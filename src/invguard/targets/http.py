@@ -29,6 +29,7 @@ import urllib3
 from invguard.core.errors import ConfigError, TargetError
 from invguard.core.target import BaseTarget, Prediction
 from invguard.targets.callable import _KINDS, prediction_from_output
+from invguard.wire.urls import redact_url
 
 PRESETS = ("kserve-v2", "instances", "invguard", "custom")
 _BODY_PREVIEW = 200
@@ -44,12 +45,6 @@ def _dig(doc: Any, path: str) -> Any:
         else:
             raise KeyError(part)
     return cur
-
-
-def _redact(url: str) -> str:
-    """The URL without any ``user:password@`` part, for messages and names."""
-    u = urllib3.util.parse_url(url)
-    return url if u.auth is None else u._replace(auth="***").url
 
 
 def _fill(template: Any, inputs: list[Any]) -> Any:
@@ -133,7 +128,7 @@ class HttpTarget(BaseTarget):
                 raise ConfigError(f"http target: environment variable {api_key_env} (api_key_env) is not set")
             api_key = os.environ[api_key_env]
         self.url = url
-        self._public_url = _redact(url)
+        self._public_url = redact_url(url)
         self.preset = preset
         self.returns = returns
         self.input_name = input_name
