@@ -588,7 +588,7 @@ def test_upstream_failures_never_reveal_the_upstream_url_and_are_always_audited(
             rec = records(guard)[-1]
             assert rec["decision"] == "upstream_error" and rec["status"] == 502
             assert "s3cr3t" not in guard.audit.path.read_text() and "***@127.0.0.1" in rec["error"]
-            assert rec["error"].startswith(f"UpstreamError: upstream POST http://***@{up[len('http://'):]}")
+            assert rec["error"].startswith(f"UpstreamError: upstream POST http://***@{up[len('http://') :]}")
             assert "/v2/models/digits/infer?***" in rec["error"]  # the query string is redacted too
             assert "s3cr3t" not in caplog.text and "upstream POST http://***@" in caplog.text
             assert _metric(url, f'invguard_guard_upstream_errors_total{{kind="{kind}"}}') != []

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from invguard.core.errors import ConfigError
 from invguard.guard import openapi
 from invguard.guard.auditlog import AuditLog, AuditLogError, witness_from_spec
 from invguard.guard.auditlog.signing import read_secret
@@ -109,6 +110,14 @@ class Guard:
             self.limiter = MemoryLimiter()
         keys = open_keys(cfg.audit.path, cfg.audit.signing_key, cfg.audit.hash_key, cfg.audit.chain_key)
         self.warnings: list[str] = list(keys.warnings)
+        if isinstance(self.limiter, RedisLimiter):
+            problem = self.limiter.persistence_problem()
+            if problem is not None and cfg.ratelimit.require_persistence:
+                raise ConfigError(f"ratelimit.require_persistence: {problem}")
+            if problem is not None:
+                msg = f"{problem}; set ratelimit.require_persistence: true to refuse to start"
+                self.warnings.append(msg)
+                log.warning(msg)
         self._hkey = keys.hmac_key
         self.audit = AuditLog(
             cfg.audit.path,
@@ -135,7 +144,8 @@ class Guard:
             key_header=cfg.auth.header,
         )
         ar = cfg.server.anonymous_rate
-        self.gate = KeylessGate(Limits(ar.burst, ar.per_second))
+        shared = self.limiter if isinstance(self.limiter, RedisLimiter) else None
+        self.gate = KeylessGate(Limits(ar.burst, ar.per_second), shared=shared)
         self._openapi_body = json.dumps(self.openapi).encode()
         self._m_requests: dict[tuple[str, int, str], Any] = {}
         self._m_latency: dict[str, Any] = {}
@@ -245,7 +255,7 @@ class Guard:
         status, doc, record, headers = o.status, o.doc, o.record, o.headers
         audit = True
         if o.keyless:
-            allowed, audit = self.gate.check(peer, record)
+            allowed, audit = await self.gate.check(peer, record)
             if not allowed:
                 self._child(self.metrics.violations, "anonymous", "rate_limited").inc()
                 record["decision"] = "rate_limited"

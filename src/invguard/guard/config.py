@@ -111,6 +111,9 @@ class RateLimitConfig(_Strict):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "invguard:rl"
+    # refuse to start on a Redis that keeps neither snapshots nor an append-only file (a restart of
+    # it would reset every budget); otherwise the guard only warns
+    require_persistence: bool = False
 
 
 class AuditConfig(_Strict):

@@ -5,6 +5,11 @@ once a second per address, and the record stands for the refusals it suppressed 
 so nobody without a key can fill the audit disk. The table of addresses is bounded
 (``max_addresses``): when it overflows it is cleared, which can only let a few extra requests
 through, never refuse a legitimate one for longer. The clock is injected (tests advance it).
+
+With a ``shared`` limiter (the Redis backend) the per-address cells live there, so replicas share
+one keyless limit per address (two guards no longer allow twice the burst); should it fail, the
+local cell decides (a keyless request is refused with 401 anyway: the limit only bounds the rate
+of refusals and their records).
 """
 
 from __future__ import annotations
@@ -26,22 +31,31 @@ class KeylessGate:
         clock: Callable[[], float] = time.time,
         max_addresses: int = ANON_TABLE_MAX,
         record_every: float = 1.0,
+        shared: Any = None,
     ) -> None:
         self.limits = limits
         self.clock = clock
         self.max_addresses = max_addresses
         self.record_every = record_every
+        self.shared = shared
         self._cells: dict[str, dict[str, Any]] = {}
         self._logged: dict[str, list[float]] = {}  # address -> [last recorded refusal, suppressed]
 
-    def check(self, peer: str, rec: dict[str, Any]) -> tuple[bool, bool]:
+    async def check(self, peer: str, rec: dict[str, Any]) -> tuple[bool, bool]:
         """Charge a request to its peer address: ``(allowed, audit_it)``. A refusal that is recorded
         sets ``rec["suppressed"]`` to the number of refusals since the last recorded one."""
         now = self.clock()
         if len(self._cells) > self.max_addresses:
             self._cells.clear()
             self._logged.clear()
-        d = gcra_step(self._cells.setdefault(peer, {}), now, self.limits, 0)
+        d = None
+        if self.shared is not None:
+            try:
+                d = await self.shared.acquire(f"keyless:{peer}", self.limits, 0)
+            except Exception:  # the shared backend is down: the local cell decides
+                d = None
+        if d is None:
+            d = gcra_step(self._cells.setdefault(peer, {}), now, self.limits, 0)
         if d.allowed:
             return True, True
         st = self._logged.setdefault(peer, [0.0, 0.0])

@@ -26,7 +26,9 @@ request the model then failed to answer are refunded (:meth:`MemoryLimiter.refun
 carries ``Retry-After`` (RFC 9110 section 10.2.3) in whole seconds.
 
 The Redis backend runs the same algorithm as one Lua script per request (atomic on the server,
-timestamps from the server's ``TIME``) so several guard replicas share one limit per client.
+timestamps from the server's ``TIME``) so several guard replicas share one limit per client (and
+one keyless limit per address). A Redis without persistence resets every budget when it restarts:
+the guard checks at start-up and warns (or refuses, ``ratelimit.require_persistence: true``).
 """
 
 from __future__ import annotations
@@ -297,6 +299,33 @@ class RedisLimiter:
 
     async def refund(self, budget_key: str, limits: Limits, rows: int) -> None:
         await self._refund(keys=[f"{self.prefix}:{budget_key}"], args=[rows])
+
+    def persistence_problem(self) -> str | None:
+        """Why the limits would not survive a restart of the Redis server (None if they would):
+        with neither RDB snapshots (``save``) nor an append-only file, a restart resets every
+        budget and rate limit."""
+        import redis
+
+        from invguard.wire.urls import redact_url
+
+        where = f"the Redis server at {redact_url(self.url)}"
+        client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            save = str(client.config_get("save").get("save", ""))
+            aof = str(client.config_get("appendonly").get("appendonly", "no"))
+        except redis.RedisError as e:
+            return (
+                f"cannot tell whether {where} persists its data ({type(e).__name__}): a restart of it may "
+                "reset every budget"
+            )
+        finally:
+            client.close()
+        if save.strip() or aof == "yes":
+            return None
+        return (
+            f"{where} keeps neither snapshots nor an append-only file (save '', appendonly no): a restart "
+            "of it resets every budget and rate limit"
+        )
 
     async def ping(self) -> bool:
         try:
