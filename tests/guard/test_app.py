@@ -272,6 +272,15 @@ BAD = [
         "64 values do not fill shape [2, 1, 8, 8]",
     ),
     (
+        "v2 nesting",
+        "/v2/models/digits/infer",
+        {"inputs": [{"name": "i", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [[[0] * 8] * 8]}]},
+        {},
+        400,
+        "bad_shape",
+        "(nested as [1, 8, 8], not as the shape [1, 1, 8, 8])",
+    ),
+    (
         "v2 shape",
         "/v2/models/digits/infer",
         {"inputs": [{"name": "i", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]},
@@ -624,7 +633,8 @@ def test_model_errors_deep_nesting_and_internal_errors_are_audited_and_metered(m
     s, _, raw = call(url, "/v2/models/digits/infer", deep, KEYS["default"])
     assert s == 400 and json.loads(raw) == {
         "code": "bad_input",
-        "error": "inputs[0].data: must be a flat list of numbers",
+        "error": "inputs[0].data: must be a list of numbers, flat or nested as [1, 1, 8, 8] (not a list of "
+        "numbers (ragged, or other values))",
     }
     # any other failure: a 500 with a record and metrics
     guard._parse_v1 = lambda b: (_ for _ in ()).throw(RuntimeError("bug"))
@@ -742,3 +752,41 @@ def test_metrics_can_require_a_key_of_a_metrics_role(make_guard, tmp_path):
 
     with pytest.raises(ConfigError, match=r"metrics.roles: 'ops' is not one of the roles"):
         from_dict(base_config(tmp_path, metrics={"roles": ["ops"]}))
+
+
+def test_kserve_v2_nested_data_and_the_http_target_against_the_guards_own_v2_route(
+    make_guard, torch_model, x
+):
+    """The v2 protocol allows nested ``data`` (row-major): it is served like the flat form. And
+    ``HttpTarget(preset="kserve-v2")`` reads the guard's answer by name and shape (the scores, not
+    the labels that come first)."""
+    url, _ = make_guard()
+    flat = v2_body(x)
+    nested = {"inputs": [{**flat["inputs"][0], "data": x.tolist()}]}
+    answers = []
+    for body in (flat, nested):
+        s, _, raw = call(url, "/v2/models/digits/infer", body, KEYS["partner"])
+        assert s == 200, raw
+        answers.append(json.loads(raw)["outputs"])
+    assert answers[0] == answers[1] and [o["name"] for o in answers[0]] == ["labels", "scores"]
+    target = HttpTarget(
+        url + "/v2/models/digits/infer",
+        preset="kserve-v2",
+        returns="scores",
+        api_key=KEYS["partner"],
+        input_shape=(1, 8, 8),
+        num_classes=10,
+    )
+    pred = target.predict(x)
+    truth = torch_model.target.predict(x)
+    assert pred.scores.shape == (4, 10) and (pred.labels == truth.labels).all()
+    assert np.allclose(pred.scores, np.asarray(answers[0][1]["data"]).reshape(4, 10))
+    labels = HttpTarget(
+        url + "/v2/models/digits/infer",
+        preset="kserve-v2",
+        returns="labels",
+        api_key=KEYS["default"],
+        input_shape=(1, 8, 8),
+        num_classes=10,
+    ).predict(x)
+    assert (labels.labels == truth.labels).all()

@@ -2,7 +2,8 @@
 
 ``v1``: ``POST /v1/models/{name}/predict`` with ``{"inputs": [...]}``, answered with
 ``{"labels", "policy", "access", "scores"?, "logits"?}``. ``v2``: ``POST /v2/models/{name}/infer``
-with one input tensor ``{name, shape, datatype, data}``, answered with KServe v2 ``outputs``.
+with one input tensor ``{name, shape, datatype, data}`` (data flat or nested, row-major), answered
+with KServe v2 ``outputs`` (both through :mod:`invguard.wire.kserve`, the codec the clients use).
 Decoding checks everything a client can get wrong and raises :class:`BadInput` with the HTTP status,
 a stable code and a message naming the field; nothing here knows about keys, limits or the log.
 """
@@ -15,6 +16,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
+
+from invguard.wire import kserve
 
 V1 = "/v1/models/{name}/predict"
 V2 = "/v2/models/{name}/infer"
@@ -208,16 +211,17 @@ class InputCodec:
             )
         data = t["data"]
         if not isinstance(data, list) or _has_bool(data):
-            raise BadInput(400, "bad_input", "inputs[0].data: must be a flat list of numbers")
+            raise BadInput(
+                400, "bad_input", f"inputs[0].data: must be a list of numbers, flat or nested as {shape}"
+            )
         try:
-            arr = np.array(data)
-        except (ValueError, TypeError, OverflowError, RecursionError):
-            raise BadInput(400, "bad_input", "inputs[0].data: must be a flat list of numbers") from None
-        if arr.dtype.kind not in "iuf" or arr.ndim != 1:
-            raise BadInput(400, "bad_input", "inputs[0].data: must be a flat list of numbers")
-        if arr.size != math.prod(shape):
-            raise BadInput(400, "bad_shape", f"inputs[0].data: {arr.size} values do not fill shape {shape}")
-        return self.check_batch(arr.reshape(shape), "inputs[0]"), rid
+            arr = kserve.tensor_data(data, shape)
+        except ValueError as e:
+            code = "bad_input" if str(e) == kserve.NOT_NUMBERS else "bad_shape"
+            raise BadInput(
+                400, code, f"inputs[0].data: must be a list of numbers, flat or nested as {shape} ({e})"
+            ) from None
+        return self.check_batch(arr, "inputs[0]"), rid
 
 
 def encode_v1(
@@ -228,35 +232,4 @@ def encode_v1(
         doc["scores"] = scores.tolist()
     if logits is not None:
         doc["logits"] = logits.tolist()
-    return doc
-
-
-def encode_v2(
-    model_name: str,
-    labels: list[int],
-    policy_label: str,
-    scores: np.ndarray | None,
-    logits: np.ndarray | None,
-    rid: str | None,
-) -> dict[str, Any]:
-    outputs: list[dict[str, Any]] = [
-        {"name": "labels", "shape": [len(labels)], "datatype": "INT64", "data": labels}
-    ]
-    for fname, arr in (("scores", scores), ("logits", logits)):
-        if arr is not None:
-            outputs.append(
-                {
-                    "name": fname,
-                    "shape": list(arr.shape),
-                    "datatype": "FP64",
-                    "data": arr.reshape(-1).tolist(),
-                }
-            )
-    doc: dict[str, Any] = {
-        "model_name": model_name,
-        "outputs": outputs,
-        "parameters": {"policy": policy_label},
-    }
-    if rid is not None:
-        doc["id"] = rid
     return doc

@@ -26,11 +26,12 @@ import numpy as np
 from invguard.core.access import Access
 from invguard.core.target import Prediction
 from invguard.guard.auth import Authenticator
-from invguard.guard.codec import V1, BadInput, content_problem, encode_v1, encode_v2, read_body
+from invguard.guard.codec import V1, BadInput, content_problem, encode_v1, read_body
 from invguard.guard.metrics import GuardMetrics
 from invguard.guard.ratelimit import BUDGET_EXHAUSTED, Limits, never_fits
 from invguard.guard.upstream import UpstreamError
 from invguard.policies import OutputPolicy
+from invguard.wire import kserve
 
 log = logging.getLogger("invguard.guard")
 
@@ -354,7 +355,7 @@ class Pipeline:
         if route == V1:
             doc = encode_v1(labels, role.policy_label, access, scores, logits)
         else:
-            doc = encode_v2(self.model_name, labels, role.policy_label, scores, logits, ex.rid)
+            doc = kserve.response(self.model_name, labels, role.policy_label, scores, logits, ex.rid)
         return Outcome(200, doc, rec, ex.headers)
 
     def _answer(

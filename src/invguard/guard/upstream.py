@@ -18,6 +18,7 @@ from invguard.core.errors import ConfigError, TargetError
 from invguard.core.target import Prediction
 from invguard.guard.config import ModelConfig, UpstreamConfig
 from invguard.targets.callable import prediction_from_output
+from invguard.wire import instances, kserve
 from invguard.wire.urls import redact_url
 
 
@@ -148,39 +149,13 @@ class UpstreamModel:
 
     def _body(self, x: np.ndarray) -> bytes:
         if self.cfg.preset == "kserve-v2":
-            doc: dict[str, Any] = {
-                "inputs": [
-                    {
-                        "name": self.cfg.input_name,
-                        "shape": list(x.shape),
-                        "datatype": "FP32",
-                        "data": x.reshape(-1).tolist(),
-                    }
-                ]
-            }
-        else:
-            doc = {"instances": x.tolist()}
-        return json.dumps(doc).encode()
+            return json.dumps(kserve.request(x, self.cfg.input_name)).encode()
+        return json.dumps(instances.request(x)).encode()
 
     def _extract(self, doc: Any, n: int) -> Any:
         if self.cfg.preset == "instances":
-            return doc["predictions"]
-        outputs = doc["outputs"]
-        out = outputs[0]
-        if self.cfg.output_name is not None:
-            matches = [o for o in outputs if o.get("name") == self.cfg.output_name]
-            if not matches:
-                raise KeyError(f"outputs[name={self.cfg.output_name}]")
-            out = matches[0]
-        data = np.asarray(out["data"], dtype=np.float64)
-        shape = out.get("shape")
-        if shape is not None:
-            if int(np.prod(shape)) != data.size:
-                raise ValueError(f"output shape {shape} does not match {data.size} values")
-            data = data.reshape(shape)
-        if self.cfg.returns != "labels" and data.ndim == 1 and data.size == n * self.num_classes:
-            data = data.reshape(n, self.num_classes)
-        return data
+            return instances.predictions(doc)
+        return kserve.pick_output(doc, n, self.num_classes, self.cfg.returns, self.cfg.output_name)
 
     async def predict(self, x: np.ndarray) -> Prediction:
         import aiohttp

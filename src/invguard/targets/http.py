@@ -29,6 +29,7 @@ import urllib3
 from invguard.core.errors import ConfigError, TargetError
 from invguard.core.target import BaseTarget, Prediction
 from invguard.targets.callable import _KINDS, prediction_from_output
+from invguard.wire import instances, kserve
 from invguard.wire.urls import redact_url
 
 PRESETS = ("kserve-v2", "instances", "invguard", "custom")
@@ -165,19 +166,10 @@ class HttpTarget(BaseTarget):
     # ------------------------------------------------------------------ request / response shapes
     def _body(self, x: np.ndarray) -> dict[str, Any]:
         if self.preset == "kserve-v2":
-            return {
-                "inputs": [
-                    {
-                        "name": self.input_name,
-                        "shape": list(x.shape),
-                        "datatype": "FP32",
-                        "data": x.reshape(-1).tolist(),
-                    }
-                ]
-            }
-        rows = x.tolist()
+            return kserve.request(x, self.input_name)
         if self.preset == "instances":
-            return {"instances": rows}
+            return instances.request(x)
+        rows = x.tolist()
         if self.preset == "invguard":
             return {"inputs": rows}
         body: dict[str, Any] = _fill(self.request_template, rows)
@@ -185,25 +177,9 @@ class HttpTarget(BaseTarget):
 
     def _extract(self, doc: Any, n: int) -> Any:
         if self.preset == "kserve-v2":
-            outputs = doc["outputs"]
-            if self.output_name is not None:
-                matches = [o for o in outputs if o.get("name") == self.output_name]
-                if not matches:
-                    raise KeyError(f"outputs[name={self.output_name}]")
-                out = matches[0]
-            else:
-                out = outputs[0]
-            data = np.asarray(out["data"], dtype=np.float64)
-            shape = out.get("shape")
-            if shape is not None:
-                if int(np.prod(shape)) != data.size:
-                    raise ValueError(f"output shape {shape} does not match {data.size} data values")
-                data = data.reshape(shape)
-            if self.returns != "labels" and data.ndim == 1 and data.size == n * self.num_classes:
-                data = data.reshape(n, self.num_classes)
-            return data
+            return kserve.pick_output(doc, n, self.num_classes, self.returns, self.output_name)
         if self.preset == "instances":
-            return doc["predictions"]
+            return instances.predictions(doc)
         if self.preset == "invguard":
             return doc[self.returns]
         assert self.response_field is not None
