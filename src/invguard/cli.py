@@ -52,14 +52,36 @@ def train(
         "model.pt"
     ),
     label: Annotated[str | None, typer.Option(help="Label column, for a CSV dataset.")] = None,
+    defence: Annotated[
+        str | None,
+        typer.Option(
+            help="Defended training, e.g. 'epsilon=4 max_grad_norm=1 accountant=prv' (DP-SGD) or "
+            "'weight_decay=0.001 label_smoothing=0.1 augment=shift early_stopping=5'."
+        ),
+    ] = None,
+    history: Annotated[
+        Path | None, typer.Option(help="Record the privacy spent in this store's budget ledger.")
+    ] = Path(".invguard/history.db"),
+    name: Annotated[
+        str | None, typer.Option(help="The model's name in the ledger (default: file stem).")
+    ] = None,
 ) -> None:
-    """Train a reference model on the members split of a dataset and save it."""
+    """Train a model on the members split of a dataset and save it (optionally defended)."""
     from invguard.core.errors import InvguardError
     from invguard.workflows import train_model
 
     try:
         train_model(
-            dataset=dataset, arch=arch, recipe=recipe, seed=seed, output=output, label=label, console=out
+            dataset=dataset,
+            arch=arch,
+            recipe=recipe,
+            seed=seed,
+            output=output,
+            label=label,
+            console=out,
+            defence=defence,
+            history=history,
+            name=name,
         )
     except InvguardError as e:
         _fail(e)

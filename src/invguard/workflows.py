@@ -29,8 +29,25 @@ def training_progress(console: Console) -> tuple[Progress, Any]:
 
 
 def train_model(
-    *, dataset: str, arch: str, recipe: str, seed: int, output: Path, label: str | None, console: Console
+    *,
+    dataset: str,
+    arch: str,
+    recipe: str,
+    seed: int,
+    output: Path,
+    label: str | None,
+    console: Console,
+    defence: str | None = None,
+    history: Path | None = None,
+    name: str | None = None,
+    clock: Any = None,
 ) -> dict[str, Any]:
+    """Train on the members split and save; with ``defence`` (``"epsilon=4 max_grad_norm=1 ..."``)
+    the training is defended (:mod:`invguard.models.defended`), the privacy spent goes into the
+    model's metadata and, for a DP model, into the privacy-budget ledger of ``history``."""
+    import hashlib
+    import time
+
     from invguard import data, models
     from invguard.models.train import fit
 
@@ -38,17 +55,49 @@ def train_model(
     splits = data.load(dataset, seed=seed, **kw)
     spec = {"arch": arch, "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}
     bar, cb = training_progress(console)
-    with bar:
-        module, report = fit(spec, splits.members.X, splits.members.y, recipe=recipe, seed=seed, progress=cb)
+    meta: dict[str, Any] = {"dataset": dataset, "seed": seed, "recipe": recipe, "splits": splits.provenance()}
+    privacy = None
+    if defence is not None:
+        from invguard.models.defended import Defence, describe_privacy, fit_defended
+
+        d = Defence.parse(defence if "recipe=" in defence else f"recipe={recipe} {defence}")
+        with bar:
+            module, rep = fit_defended(spec, splits.members.X, splits.members.y, d, seed=seed, progress=cb)
+        train_acc = rep.train_accuracy
+        meta.update(rep.meta())
+        privacy = rep.privacy
+    else:
+        with bar:
+            module, report = fit(
+                spec, splits.members.X, splits.members.y, recipe=recipe, seed=seed, progress=cb
+            )
+        train_acc = report.train_accuracy
     test_acc = models.accuracy(module, splits.nonmembers.X, splits.nonmembers.y)
-    models.save(
-        module,
-        output,
-        meta={"dataset": dataset, "seed": seed, "recipe": recipe, "splits": splits.provenance()},
-    )
+    models.save(module, output, meta=meta)
     console.print(
-        f"trained {arch} on {dataset} ({len(splits.members)} members, recipe {recipe}): "
-        f"train accuracy {report.train_accuracy:.3f}, held-out accuracy {test_acc:.3f}"
+        f"trained {arch} on {dataset} ({len(splits.members)} members, recipe {meta['recipe']}): "
+        f"train accuracy {train_acc:.3f}, held-out accuracy {test_acc:.3f}"
     )
+    out: dict[str, Any] = {"train_accuracy": train_acc, "test_accuracy": test_acc, "privacy": privacy}
+    if defence is not None:
+        console.print(describe_privacy(privacy))
+    if privacy is not None and history is not None:
+        from invguard.audit.history import record_privacy
+
+        version = hashlib.sha256(Path(output).read_bytes()).hexdigest()[:16]
+        ds = f"{splits.dataset.name}@{splits.dataset.fingerprint()[:12]}"
+        budget = record_privacy(
+            Path(history),
+            model=name or Path(output).stem,
+            version=version,
+            dataset=ds,
+            privacy=privacy,
+            recorded_at=(clock or time.time)(),
+        )
+        out["budget"] = budget
+        console.print(
+            f"privacy ledger {history}: {len(budget['entries'])} DP training(s) on {ds} have spent "
+            f"epsilon {budget['epsilon']:.3g}, delta {budget['delta']:.2g} in total (basic composition)"
+        )
     console.print(f"saved to {output}")
-    return {"train_accuracy": report.train_accuracy, "test_accuracy": test_acc}
+    return out

@@ -77,6 +77,23 @@ class TargetConfig(_Strict):
     )
     input_shape: list[int] | None = None
     num_classes: int | None = Field(None, ge=2)
+    defence: dict[str, Any] | None = Field(
+        None,
+        description="train the reference model defended: DP-SGD (epsilon, delta, max_grad_norm, "
+        "accountant, poisson) and regularisers (weight_decay, label_smoothing, augment, early_stopping)",
+    )
+
+    @field_validator("defence")
+    @classmethod
+    def _defence(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from invguard.models.defended import Defence
+
+            try:
+                Defence.from_dict(v, "defence")
+            except ConfigError as e:
+                raise ValueError(str(e).removeprefix("defence: ")) from None
+        return v
 
     @model_validator(mode="after")
     def _infer_kind(self) -> TargetConfig:
@@ -97,6 +114,11 @@ class TargetConfig(_Strict):
         missing = [f for f in need[kind] if not getattr(self, f)]
         if missing:
             raise ValueError(f"a {kind} target needs {' and '.join(missing)}")
+        if self.defence is not None and not (self.model or "").startswith("reference/"):
+            raise ValueError(
+                "defence applies to invguard-built reference models (model: reference/NAME); a model "
+                "file carries its own training (train it with `invguard train --defence ...`)"
+            )
         if self.factory is not None and ":" not in self.factory:
             raise ValueError(f"factory must look like 'package.module:callable', got {self.factory!r}")
         if self.url is not None and not self.url.startswith(("http://", "https://")):

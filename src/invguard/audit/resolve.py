@@ -188,7 +188,12 @@ def resolve_target(
     assert cfg.model is not None
     if cfg.model.startswith("reference/"):
         payload = _reference_bytes(
-            cfg.model.split("/", 1)[1], splits, seed=seed, cache_dir=cache_dir, progress=progress
+            cfg.model.split("/", 1)[1],
+            splits,
+            seed=seed,
+            cache_dir=cache_dir,
+            progress=progress,
+            defence=cfg.defence,
         )
     else:
         payload = _read(cfg.model, "target.model")
@@ -204,11 +209,34 @@ def resolve_target(
             raise ConfigError(
                 f"target.model: {cfg.model} is not an invguard model file (written by `invguard train`)"
             )
-    return ResolvedTarget("torch-file", name, shape, classes, payload, {"budget": cfg.budget}, cfg.access)
+    options: dict[str, Any] = {"budget": cfg.budget}
+    meta = _model_meta(payload)
+    if meta.get("defence") is not None:  # what the model's training spent, for every report about it
+        options["privacy"] = meta.get("privacy")
+        options["defence"] = meta["defence"]
+    return ResolvedTarget("torch-file", name, shape, classes, payload, options, cfg.access)
 
 
-def _reference_bytes(ref: str, splits: Any, *, seed: int, cache_dir: Path | None, progress: Any) -> bytes:
-    """A named reference model trained on the audit's members split, cached by content hash."""
+def _model_meta(payload: bytes) -> dict[str, Any]:
+    import torch
+
+    blob = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    meta = blob.get("meta", {}) if isinstance(blob, dict) else {}
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def _reference_bytes(
+    ref: str,
+    splits: Any,
+    *,
+    seed: int,
+    cache_dir: Path | None,
+    progress: Any,
+    defence: dict[str, Any] | None = None,
+) -> bytes:
+    """A named reference model trained on the audit's members split, cached by content hash;
+    with ``defence``, trained defended (:mod:`invguard.models.defended`, the reference's recipe
+    unless the defence names one)."""
     from invguard.models.store import REFERENCES
 
     if ref not in REFERENCES:
@@ -224,28 +252,34 @@ def _reference_bytes(ref: str, splits: Any, *, seed: int, cache_dir: Path | None
     from invguard.models.train import RECIPES
 
     spec = {**spec_ref["arch"], "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}
-    key = _sha(
-        json.dumps(
-            {
-                "spec": spec,
-                "recipe": RECIPES[spec_ref["recipe"]],
-                "seed": seed,
-                "data": splits.provenance(),
-                "torch": torch.__version__,
-            },
-            sort_keys=True,
-            default=str,
-        ).encode()
-    )
+    keyed: dict[str, Any] = {
+        "spec": spec,
+        "recipe": RECIPES[spec_ref["recipe"]],
+        "seed": seed,
+        "data": splits.provenance(),
+        "torch": torch.__version__,
+    }
+    if defence is not None:
+        keyed["defence"] = defence
+    key = _sha(json.dumps(keyed, sort_keys=True, default=str).encode())
     path = None if cache_dir is None else Path(cache_dir) / "models" / f"{ref}-{key}.pt"
     if path is not None and path.is_file():
         return path.read_bytes()
+    from invguard.models.nets import spec_of
     from invguard.models.train import fit
 
-    module, report = fit(
-        spec, splits.members.X, splits.members.y, recipe=spec_ref["recipe"], seed=seed, progress=progress
-    )
-    from invguard.models.nets import spec_of
+    meta: dict[str, Any] = {"reference": ref, "seed": seed}
+    if defence is not None:
+        from invguard.models.defended import Defence, fit_defended
+
+        d = Defence.from_dict({"recipe": spec_ref["recipe"], **defence}, "target.defence")
+        module, drep = fit_defended(spec, splits.members.X, splits.members.y, d, seed=seed, progress=progress)
+        meta.update(drep.meta())
+    else:
+        module, report = fit(
+            spec, splits.members.X, splits.members.y, recipe=spec_ref["recipe"], seed=seed, progress=progress
+        )
+        meta["train_accuracy"] = report.train_accuracy
 
     buf = io.BytesIO()
     torch.save(
@@ -253,7 +287,7 @@ def _reference_bytes(ref: str, splits: Any, *, seed: int, cache_dir: Path | None
             "format": "invguard-model/1",
             "spec": spec_of(module),
             "state_dict": module.state_dict(),
-            "meta": {"reference": ref, "seed": seed, "train_accuracy": report.train_accuracy},
+            "meta": meta,
         },
         buf,
     )

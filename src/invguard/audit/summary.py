@@ -73,6 +73,9 @@ def print_summary(results: dict[str, Any], paths: dict[str, Path], console: Cons
     rec = recommendation_text(sweep)
     if rec:
         console.print(rec, highlight=False)
+    privacy = results.get("target", {}).get("privacy_statement")
+    if privacy:
+        console.print(f"model {privacy}", highlight=False)
     timings = results["provenance"]["timings"]
     console.print(
         f"wall time {results['audit']['wall_time_s']:.1f} s (data {timings.get('data_s', 0):.1f} s, target "

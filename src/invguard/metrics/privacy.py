@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -317,3 +318,19 @@ def basic_composition(epsilons: Sequence[float], deltas: Sequence[float]) -> tup
     e = float(math.fsum(epsilons))
     d = float(min(1.0, math.fsum(deltas)))
     return e, d
+
+
+def describe_privacy(privacy: Mapping[str, Any] | None) -> str:
+    """One sentence on the privacy a model's training spent (what reports show about it)."""
+    if not privacy:
+        return "trained without differential privacy (no privacy guarantee)"
+    poisson = (
+        " (Poisson)" if privacy.get("poisson_sampling", True) else " (NOT Poisson: the guarantee assumes it)"
+    )
+    return (
+        f"trained with {privacy.get('mechanism', 'DP-SGD')}: (epsilon {privacy['epsilon']:.3g}, "
+        f"delta {privacy['delta']:.2g})-DP by the {str(privacy['accountant']).upper()} accountant; "
+        f"noise multiplier {privacy['noise_multiplier']:.3g}, sampling rate {privacy['sample_rate']:.3g}"
+        f"{poisson}, "
+        f"{privacy['steps']} steps, clipping norm {privacy['max_grad_norm']:g}"
+    )

@@ -31,7 +31,18 @@ import torch
 from torch import nn
 
 from invguard.core.errors import ConfigError
+from invguard.metrics.privacy import describe_privacy
 from invguard.models.train import RECIPES, accuracy
+
+__all__ = [
+    "Defence",
+    "DefendedReport",
+    "check_dp_compatible",
+    "describe_privacy",
+    "fit_defended",
+    "noise_multiplier",
+    "train_defended",
+]
 
 ACCOUNTANTS = ("rdp", "prv")
 AUGMENTATIONS = ("none", "shift", "flip_shift")
@@ -451,19 +462,3 @@ def fit_defended(
         module = build(spec)
     report = train_defended(module, X, y, defence, seed=seed, progress=progress)
     return module, report
-
-
-def describe_privacy(privacy: Mapping[str, Any] | None) -> str:
-    """One sentence on the privacy a model's training spent (what reports show about it)."""
-    if not privacy:
-        return "trained without differential privacy (no privacy guarantee)"
-    poisson = (
-        " (Poisson)" if privacy.get("poisson_sampling", True) else " (NOT Poisson: the guarantee assumes it)"
-    )
-    return (
-        f"trained with {privacy.get('mechanism', 'DP-SGD')}: (epsilon {privacy['epsilon']:.3g}, "
-        f"delta {privacy['delta']:.2g})-DP by the {str(privacy['accountant']).upper()} accountant; "
-        f"noise multiplier {privacy['noise_multiplier']:.3g}, sampling rate {privacy['sample_rate']:.3g}"
-        f"{poisson}, "
-        f"{privacy['steps']} steps, clipping norm {privacy['max_grad_norm']:g}"
-    )

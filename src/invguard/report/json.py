@@ -81,6 +81,20 @@ def _caveat(cfg: Any) -> str:
     return base + f"; the gates on {', '.join(others)} were checked as deployed only and still apply."
 
 
+def _target_privacy(target: Any) -> dict[str, Any]:
+    """What the model's training spent (DP accounting) and how it was defended, when known."""
+    opts = getattr(target, "options", None) or {}
+    if "defence" not in opts:
+        return {}
+    from invguard.metrics.privacy import describe_privacy
+
+    return {
+        "defence": opts["defence"],
+        "privacy": opts.get("privacy"),
+        "privacy_statement": describe_privacy(opts.get("privacy")),
+    }
+
+
 def build_sweep(cfg: Any, outputs: list[dict[str, Any]], fail_on: str) -> dict[str, Any]:
     """The exposure sweep: one row per (exposure, attack), the per-exposure gate check and the
     recommended policy (the least restrictive exposure, in config order, that passes every gate)."""
@@ -261,6 +275,7 @@ def build_results(
             "model_key": cfg.target.name or target.name,
             "access": target_described,
             "model_digest": target.digest,
+            **_target_privacy(target),
         },
         "data": splits.provenance(),
         "attacks": attacks,

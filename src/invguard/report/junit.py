@@ -48,6 +48,8 @@ def render(results: dict[str, Any]) -> str:
         ("config_hash", results["provenance"]["config_hash"]),
         ("verdict", v["headline"]),
     ]
+    if results["target"].get("privacy_statement"):
+        items.append(("training_privacy", results["target"]["privacy_statement"]))
     items += [
         (f"finding.{i}", f"{f['severity']}: {f['title']} ({f['attack']}): {f.get('detail', '')}")
         for i, f in enumerate(v["findings"], 1)

@@ -20,6 +20,9 @@ def render(results: dict[str, Any], *, report_link: str | None = None) -> str:
         v["headline"],
         "",
     ]
+    privacy = results.get("target", {}).get("privacy_statement")
+    if privacy:
+        lines += [f"Model {privacy}.", ""]
     for f in v["findings"]:
         lines.append(f"- **{f['severity']}**: {f['title']} (`{f['attack']}`): {f.get('detail', '')}")
     if v["findings"]:
