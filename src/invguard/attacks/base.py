@@ -43,6 +43,7 @@ _FAMILIES = (
     "invguard.attacks.membership",
     "invguard.attacks.attribute",
     "invguard.attacks.gradient",
+    "invguard.attacks.text",
 )
 
 

@@ -3,7 +3,7 @@
 Nothing here performs I/O or imports torch.
 """
 
-from invguard.core.access import Access
+from invguard.core.access import Access, TextAccess
 from invguard.core.errors import (
     AccessError,
     BudgetExhausted,
@@ -25,4 +25,5 @@ __all__ = [
     "Prediction",
     "Target",
     "TargetError",
+    "TextAccess",
 ]

@@ -1,0 +1,288 @@
+"""Canary exposure (Carlini, Liu, Erlingsson, Kos & Song, "The Secret Sharer: Evaluating and
+Testing Unintended Memorization in Neural Networks", USENIX Security 2019).
+
+A canary ``prefix + secret`` whose secret was drawn from a randomness space ``R`` is ranked among
+all candidates ``prefix + r`` (``r`` in ``R``) by the model's log-perplexity
+``Px(r) = -log2 Pr(r | prefix)``; its exposure is ``log2 |R| - log2 rank`` (Definition 4), between
+0 and ``log2 |R|``; a secret the model has not seen has about 1.44 bits on average (a uniform rank).
+
+- ``text.exposure`` (needs TOPK_LOGPROBS):
+
+  * *exact* (Sec. 5.1): every candidate is scored. Where the target gives whole next-token
+    distributions (a local LM at LOGPROBS or more) and each alphabet character is one token, the
+    candidates are enumerated as a tree, one forward pass per inner node (``|R| / |alphabet|``
+    contexts for the last level); otherwise each candidate text is scored (``|R|`` queries), up to
+    ``max_scored``.
+  * *approximated* (Sec. 5.2): ``samples`` random candidates are scored, a skew-normal is fitted to
+    their log-perplexities and exposure is ``-log2 CDF(Px(canary))``, capped at ``log2 |R|``. Both
+    are reported where both apply, and their difference is the approximation's error.
+  * Below LOGPROBS (top-k log-probabilities only) a token outside the top k is scored with the
+    bound the top k gives (the k-th log-probability); the result says the ranks are bounded.
+
+- ``text.exposure_generations`` (needs TEXT): only generations. ``samples`` continuations of the
+  canary's prefix are drawn at temperature 1; the canary's share ``p`` among them bounds its rank
+  (at most ``1/p`` candidates can be more likely), so ``log2 |R| + log2 p_low`` (Wilson's lower
+  95% bound of ``p``) is a lower bound on exposure; the point estimate is read from its rank among
+  the sampled secrets. An unseen canary gets a lower bound of 0: generations alone cannot show a
+  canary is *not* exposed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from invguard.attacks.base import ATTACKS, RunContext
+from invguard.attacks.text.common import LN2, TextAttack, batched, text_splits_of
+from invguard.core.access import TextAccess
+from invguard.judges.text import CanaryExposure, CanaryRow
+
+
+def skewnormal_exposure(sample_bits: np.ndarray, canary_bits: float, space: int) -> float:
+    """Exposure by the Secret Sharer's skew-normal approximation (Sec. 5.2), capped at log2|R|."""
+    from scipy.stats import skewnorm
+
+    a, loc, scale = skewnorm.fit(np.asarray(sample_bits, dtype=np.float64))
+    logcdf = float(skewnorm.logcdf(canary_bits, a, loc, scale))
+    return float(min(math.log2(space), max(0.0, -logcdf / LN2)))
+
+
+def _strings(alphabet: str, length: int) -> list[str]:
+    """Every string of ``length`` characters of ``alphabet``, in lexicographic (index) order."""
+    out = [""]
+    for _ in range(length):
+        out = [s + c for s in out for c in alphabet]
+    return out
+
+
+def exposure_of_rank(rank: float, space: int) -> float:
+    return float(math.log2(space) - math.log2(max(1.0, rank)))
+
+
+@ATTACKS.register("text.exposure")
+@dataclass(frozen=True)
+class CanaryExposureAttack(TextAttack):
+    """Exposure of every canary of the text splits (the auditor inserted them, so knows them).
+
+    ``max_exact``: enumerate exactly when ``|R|`` is at most this (and, without tree enumeration,
+    at most ``max_scored``); ``samples``: random candidates for the skew-normal approximation (0:
+    no approximation); ``approximate``: ``"always"`` or ``"beyond_exact"`` (only where exact
+    enumeration does not apply); ``batch``: texts per scoring call.
+    """
+
+    name: ClassVar[str] = "text.exposure"
+    requires: ClassVar[TextAccess] = TextAccess.TOPK_LOGPROBS
+    strength: ClassVar[int] = 2
+    fast_params: ClassVar[dict[str, Any]] = {"max_exact": 1000, "samples": 200, "max_scored": 1000}
+
+    max_exact: int = 1_100_000
+    max_scored: int = 100_000
+    samples: int = 5000
+    approximate: str = "always"
+    batch: int = 256
+
+    def validate(self) -> list[str]:
+        p = []
+        if self.max_exact < 0 or self.max_scored < 0:
+            p.append("max_exact and max_scored must be >= 0")
+        if self.samples < 0 or 0 < self.samples < 50:
+            p.append(f"samples must be 0 or >= 50 (a skew-normal fit needs data), got {self.samples}")
+        if self.approximate not in ("always", "beyond_exact"):
+            p.append(f"approximate must be 'always' or 'beyond_exact', got {self.approximate!r}")
+        if self.batch < 1:
+            p.append(f"batch must be >= 1, got {self.batch}")
+        return p
+
+    def _tree_ok(self, target: Any, fmt: Any, prefix: str) -> bool:
+        """Tree enumeration applies: whole next-token distributions and one token per character,
+        tokenised the same way inside a candidate (checked on a probe)."""
+        if target.access < TextAccess.LOGPROBS or not hasattr(target, "next_token_logprobs"):
+            return False
+        check = getattr(target, "per_character", None)
+        return bool(check is not None and check(prefix, fmt.alphabet, fmt.secret(fmt.space_size // 3)))
+
+    def _tree_rank(self, target: Any, fmt: Any, prefix: str, canary_bits: float, ctx: RunContext) -> float:
+        """The canary's exact rank, by a branch-and-bound walk of the candidate tree: a prefix of a
+        secret whose log-perplexity already reaches the canary's cannot lead to a candidate ranked
+        above it (log-perplexity only grows with each character), so its subtree is never expanded
+        (the Secret Sharer's shortest-path search, Sec. 5.1)."""
+        alphabet = fmt.alphabet
+        frontier = [""]
+        front_bits = np.zeros(1)
+        bound = canary_bits - 1e-9
+        for depth in range(fmt.length):
+            lp = np.concatenate(
+                [
+                    target.next_token_logprobs([prefix + s for s in chunk], list(alphabet))
+                    for chunk in batched(frontier, 8192)
+                ]
+            )
+            child = front_bits[:, None] - lp / LN2
+            if depth == fmt.length - 1:
+                return float(1 + np.sum(child < bound))
+            keep = np.argwhere(child < bound)
+            frontier = [frontier[i] + alphabet[j] for i, j in keep]
+            front_bits = child[keep[:, 0], keep[:, 1]]
+            ctx.report("exposure: enumerate", depth + 1, fmt.length)
+            if not frontier:
+                return 1.0
+        return 1.0  # pragma: no cover - the loop returns at the last depth
+
+    def _scored_bits(self, target: Any, prefix: str, secrets: list[str]) -> tuple[np.ndarray, bool]:
+        out = np.empty(len(secrets))
+        exact = True
+        at = 0
+        for chunk in batched(secrets, self.batch):
+            scored = target.score([prefix + s for s in chunk])
+            for s in scored:
+                out[at] = -s.total(len(prefix)) / LN2
+                exact = exact and s.exact(len(prefix))
+                at += 1
+        return out, exact
+
+    def search(self, target: Any, data: Any, rng: np.random.Generator, ctx: RunContext) -> CanaryExposure:
+        splits = text_splits_of(data, self.name, need=("canaries",))
+        fmt = splits.canary_format
+        space = fmt.space_size
+        rows = []
+        bounded = False
+        for i, c in enumerate(splits.canaries):
+            canary_bits, ex = self._scored_bits(target, c.prefix, [c.secret])
+            bounded = bounded or not ex
+            exact = float("nan")
+            rank = float("nan")
+            method = ""
+            if space <= self.max_exact:
+                if self._tree_ok(target, fmt, c.prefix):
+                    rank = self._tree_rank(target, fmt, c.prefix, float(canary_bits[0]), ctx)
+                    method = "tree"
+                elif space <= self.max_scored:
+                    all_bits, ex = self._scored_bits(target, c.prefix, fmt.secrets(np.arange(space)))
+                    bounded = bounded or not ex
+                    own = all_bits[fmt.index(c.secret)]
+                    rank = float(1 + np.sum(all_bits < own - 1e-9))
+                    method = "scored"
+                if not math.isnan(rank):
+                    exact = exposure_of_rank(rank, space)
+            approx = float("nan")
+            if self.samples and (self.approximate == "always" or math.isnan(exact)):
+                draw = rng.choice(space - 1, size=min(self.samples, space - 1), replace=False)
+                draw = draw + (draw >= fmt.index(c.secret))  # never the canary itself
+                sample_bits, ex = self._scored_bits(target, c.prefix, fmt.secrets(draw))
+                bounded = bounded or not ex
+                approx = skewnormal_exposure(sample_bits, float(canary_bits[0]), space)
+            rows.append(
+                CanaryRow(
+                    name=c.name,
+                    insertions=c.insertions,
+                    log_perplexity_bits=float(canary_bits[0]),
+                    exact=exact,
+                    rank=rank,
+                    approx=approx,
+                    method=method or "approximation",
+                )
+            )
+            ctx.report("exposure: canaries", i + 1, len(splits.canaries))
+        return CanaryExposure(
+            rows=tuple(rows),
+            space=space,
+            source="logprobs",
+            bounded=bounded,
+            info={
+                "canary_space": space,
+                "canary_format": f"{fmt.length} characters of {fmt.alphabet!r}",
+                "approximation_samples": self.samples,
+                "logprobs": "top-k bounds" if bounded else "exact",
+            },
+        )
+
+
+@ATTACKS.register("text.exposure_generations")
+@dataclass(frozen=True)
+class GenerationExposureAttack(TextAttack):
+    """Exposure estimated from generations alone (what a text-only API still gives away).
+
+    ``samples``: continuations drawn per canary; ``max_tokens``: tokens per continuation (default:
+    enough for a secret of one token per character, plus two); ``temperature``: sampling
+    temperature (1: the model's own distribution, which the bound needs).
+    """
+
+    name: ClassVar[str] = "text.exposure_generations"
+    requires: ClassVar[TextAccess] = TextAccess.TEXT
+    strength: ClassVar[int] = 1
+    fast_params: ClassVar[dict[str, Any]] = {"samples": 32}
+
+    samples: int = 500
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    batch: int = 128
+
+    def validate(self) -> list[str]:
+        p = []
+        if self.samples < 1:
+            p.append(f"samples must be >= 1, got {self.samples}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            p.append(f"max_tokens must be >= 1 or None, got {self.max_tokens}")
+        if not self.temperature > 0:
+            p.append(f"temperature must be > 0 (sampling), got {self.temperature}")
+        if self.batch < 1:
+            p.append(f"batch must be >= 1, got {self.batch}")
+        return p
+
+    def search(self, target: Any, data: Any, rng: np.random.Generator, ctx: RunContext) -> CanaryExposure:
+        import re
+
+        splits = text_splits_of(data, self.name, need=("canaries",))
+        fmt = splits.canary_format
+        rx = re.compile(fmt.pattern())
+        rows = []
+        for i, c in enumerate(splits.canaries):
+            got: Counter[str] = Counter()
+            for n in [len(b) for b in batched(range(self.samples), self.batch)]:
+                gens = target.generate(
+                    [c.prefix] * n,
+                    max_tokens=self.max_tokens or fmt.length + 2,
+                    temperature=self.temperature,
+                    seed=int(rng.integers(2**31)),
+                )
+                for g in gens:
+                    m = rx.match(g.text)
+                    got[m.group() if m else ""] += 1
+            k = got.get(c.secret, 0)
+            rank = (
+                float(1 + sum(1 for s, v in got.items() if s and s != c.secret and v > k))
+                if k
+                else float("nan")
+            )
+            rows.append(
+                CanaryRow(
+                    name=c.name,
+                    insertions=c.insertions,
+                    log_perplexity_bits=float("nan"),
+                    exact=float("nan"),
+                    rank=rank,
+                    approx=float("nan"),
+                    method="generations",
+                    hits=k,
+                    samples=self.samples,
+                    distinct=len([s for s in got if s]),
+                )
+            )
+            ctx.report("exposure from generations", i + 1, len(splits.canaries))
+        return CanaryExposure(
+            rows=tuple(rows),
+            space=fmt.space_size,
+            source="generations",
+            bounded=True,
+            info={
+                "canary_space": fmt.space_size,
+                "samples_per_canary": self.samples,
+                "assumption": "exposure estimated from generations alone (no log-probabilities): a lower "
+                "bound from the canary's sampled share, and a point estimate from its rank among the "
+                "sampled secrets",
+            },
+        )
