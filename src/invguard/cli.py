@@ -276,7 +276,7 @@ def serve(
         log_level="warning",
         access_log=False,
         loop="auto",
-        http="auto",
+        http=getattr(asgi, "http_protocol", "auto"),  # the guard's: header deadline, per-address cap
     )
 
 

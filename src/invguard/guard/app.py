@@ -39,6 +39,7 @@ from invguard.guard.auditlog.signing import read_secret
 from invguard.guard.auth import Authenticator, KeyRecord, KeyStore
 from invguard.guard.codec import ENCODER, V1, V2, BadInput, InputCodec, read_body
 from invguard.guard.config import GuardConfig
+from invguard.guard.connections import ConnectionGuard
 from invguard.guard.gate import KeylessGate
 from invguard.guard.keys import detect_salt_path, key_paths, open_keys
 from invguard.guard.metrics import GuardMetrics
@@ -167,7 +168,14 @@ class Guard:
             store_inputs=self.store_inputs,
             high_confidence_entropy=self.hc_threshold,
             observer=observer,
+            body_timeout=cfg.server.body_timeout,
         )
+        sc = cfg.server
+        self.connections = ConnectionGuard(
+            sc.header_timeout, sc.max_connections_per_address, self._connection_refused
+        )
+        self.http_protocol = self.connections.protocol()  # what uvicorn serves the guard with
+        self._refusals: set[Any] = set()
         self.starlette = Starlette(
             routes=[
                 Route("/healthz", self.healthz, methods=["GET"]),
@@ -243,6 +251,24 @@ class Guard:
                 log.exception("detection: recording expired mitigations failed")
 
     # ------------------------------------------------------------------ plumbing
+    def _connection_refused(self, peer: str, reason: str) -> None:
+        """A connection closed at the transport (headers too slow, too many from one address):
+        metered always, recorded at most once a second per address (``suppressed`` counts the rest)."""
+        self._child(self.metrics.connections_refused, reason).inc()
+        rec = record_template(self._hkey, None)
+        rec.update(decision="connection_refused", reason=reason, route="connection")
+        rec["status"] = 408 if reason == "header_timeout" else 503
+        if not self.gate.note_refusal(peer, rec):
+            return
+        task = asyncio.ensure_future(self.audit.append(rec))
+        self._refusals.add(task)
+        task.add_done_callback(self._refusal_written)
+
+    def _refusal_written(self, task: Any) -> None:
+        self._refusals.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("a connection refusal could not be audited: %s", task.exception())
+
     def _decode(self, route: str, body: bytes) -> tuple[Any, str | None]:
         if route == V1:
             return self._parse_v1(body), None
@@ -344,7 +370,10 @@ class Guard:
         }.get(status, str(getattr(exc, "detail", "bad request")))
         try:
             body: bytes | None = await read_body(
-                request.headers.get("content-length"), request.stream(), self.max_body
+                request.headers.get("content-length"),
+                request.stream(),
+                self.max_body,
+                self.cfg.server.body_timeout,
             )
         except BadInput:
             body = None

@@ -10,6 +10,7 @@ a stable code and a message naming the field; nothing here knows about keys, lim
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import AsyncIterator
@@ -45,8 +46,11 @@ def _has_bool(x: Any) -> bool:
     return False
 
 
-async def read_body(cl: str | None, stream: AsyncIterator[bytes], max_body: int) -> bytes:
-    """The request body, refused (413) as soon as it is known to exceed ``max_body`` bytes."""
+async def read_body(
+    cl: str | None, stream: AsyncIterator[bytes], max_body: int, timeout: float | None = None
+) -> bytes:
+    """The request body, refused (413) as soon as it is known to exceed ``max_body`` bytes, and
+    (408) if it has not all arrived within ``timeout`` seconds."""
     if cl is not None and cl.isdigit() and int(cl) > max_body:
         raise BadInput(
             413,
@@ -55,11 +59,19 @@ async def read_body(cl: str | None, stream: AsyncIterator[bytes], max_body: int)
         )
     chunks = []
     total = 0
-    async for chunk in stream:
-        total += len(chunk)
-        if total > max_body:
-            raise BadInput(413, "payload_too_large", f"request body exceeds the limit of {max_body} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in stream:
+                total += len(chunk)
+                if total > max_body:
+                    raise BadInput(
+                        413, "payload_too_large", f"request body exceeds the limit of {max_body} bytes"
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadInput(
+            408, "request_timeout", f"the request body did not arrive within {timeout:g} s"
+        ) from None
     return b"".join(chunks)
 
 

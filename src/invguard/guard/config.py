@@ -140,6 +140,12 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_000_000, ge=64)
+    # a request's headers must be complete this many seconds after its connection opened (or, on a
+    # kept-alive connection, after the previous response once the next request began); its body
+    # within body_timeout of the headers; and one address may hold this many connections at once
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    max_connections_per_address: int = Field(default=64, ge=1)
     # requests without a valid key and requests to unknown routes: a GCRA limit per peer address
     anonymous_rate: RateConfig = Field(default_factory=lambda: RateConfig(burst=20, per_second=5.0))
 

@@ -58,10 +58,16 @@ class KeylessGate:
             d = gcra_step(self._cells.setdefault(peer, {}), now, self.limits, 0)
         if d.allowed:
             return True, True
-        st = self._logged.setdefault(peer, [0.0, 0.0])
+        return False, self.note_refusal(peer, rec, now)
+
+    def note_refusal(self, peer: str, rec: dict[str, Any], now: float | None = None) -> bool:
+        """Whether to record a refusal of ``peer`` (at most once per ``record_every``); a recorded
+        one carries in ``rec["suppressed"]`` the refusals left unrecorded since the last."""
+        now = self.clock() if now is None else now
+        st = self._logged.setdefault(peer, [-float("inf"), 0.0])
         if now - st[0] < self.record_every:
             st[1] += 1
-            return False, False
+            return False
         rec["suppressed"] = int(st[1])
         st[0], st[1] = now, 0.0
-        return False, True
+        return True

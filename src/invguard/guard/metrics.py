@@ -78,6 +78,13 @@ class GuardMetrics:
             "M7: unsigned log lines that failed the keyed chain at start-up and were quarantined.",
             registry=registry,
         )
+        self.connections_refused = Counter(
+            "invguard_guard_connections_refused",
+            "Connections closed at the transport: request headers too slow (header_timeout) or too many "
+            "connections from one address (too_many_connections).",
+            ["reason"],
+            registry=registry,
+        )
         self.upstream_errors = Counter(
             "invguard_guard_upstream_errors",
             "Upstream model server failures (unreachable, timeout, error status, malformed answer).",

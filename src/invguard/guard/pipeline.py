@@ -143,8 +143,10 @@ class Pipeline:
         store_inputs: bool,
         high_confidence_entropy: float,
         observer: Observer | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         self.model = model
+        self.body_timeout = body_timeout
         self.model_name = model_name
         self.num_classes = int(model.num_classes)
         self.roles = roles
@@ -206,9 +208,10 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     async def read(self, ex: Exchange, cl: str | None, stream: AsyncIterator[bytes]) -> Outcome | None:
         try:
-            ex.body = await read_body(cl, stream, self.max_body)
+            ex.body = await read_body(cl, stream, self.max_body, self.body_timeout)
         except BadInput as e:
-            return _error(ex, e.status, e.code, str(e), keyless=True)
+            close = [("Connection", "close")] if e.status == 408 else None  # the rest may never come
+            return _error(ex, e.status, e.code, str(e), headers=close, keyless=True)
         ex.record["input_hmac"] = hmac.digest(self.hkey, ex.body, "sha256").hex()
         return None
 
