@@ -158,6 +158,34 @@ def report(
     out.print(f"wrote {path}", highlight=False)
 
 
+@app.command()
+def tradeoff(
+    config: Annotated[Path, typer.Argument(help="The trade-off config (YAML); see examples/tradeoff.yaml.")],
+    scheduler: Annotated[
+        str | None, typer.Option(help="Run the training jobs on an existing Dask cluster (tcp://HOST:PORT).")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Report folder (default: output.dir of the config).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (default: CPU count).")] = None,
+) -> None:
+    """Train each defence setting of a sweep, attack it, and recommend the cheapest that passes.
+
+    Exit code 0: a setting is recommended; 1: none passes every gate within the utility floor.
+    """
+    from invguard.defences.tradeoff import run_tradeoff
+
+    run = _audit_errors(
+        lambda: run_tradeoff(
+            config, scheduler=scheduler, out_dir=out_dir, max_workers=workers, console=console
+        )
+    )
+    out.print(run.results["recommendation"]["text"], highlight=False)
+    for fmt_, path in run.paths.items():
+        out.print(f"{fmt_}: {path}", highlight=False)
+    raise typer.Exit(run.exit_code)
+
+
 inventory_app = typer.Typer(
     help="The model inventory and the privacy decision checklist.", no_args_is_help=True
 )
