@@ -217,3 +217,77 @@ def test_bad_setups_and_models_are_refused_with_what_and_where(digits):
     cnn = build({"arch": "cnn", "input_shape": [1, 8, 8], "num_classes": 10})
     with pytest.raises(ConfigError, match=r"gradient.analytic needs a fully connected first layer"):
         ig.attacks.get("gradient.analytic")().run(fed(cnn, clients=1), digits)
+
+
+# ------------------------------------------------------------------------------------- Flower
+
+
+def _client_app(module, X, y, *, steps, lr):
+    """A real Flower ClientApp: FedAvg local SGD on its own records."""
+    import torch
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from invguard.federated.updates import local_update, module_params
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):
+        arrays = msg.content["arrays"]
+        params = module_params(module, [arrays[k].numpy() for k in arrays])
+        delta = local_update(
+            module, params, torch.as_tensor(X), torch.as_tensor(y), kind="delta", steps=steps, lr=lr
+        )
+        new = {k: (params[k] + d).detach() for k, d in zip(params, delta, strict=True)}
+        content = RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord({"num-examples": len(y)})})
+        return Message(content=content, reply_to=msg)
+
+    return app
+
+
+def test_the_flower_strategy_wrapper_audits_a_two_round_simulation(digits_mlp, digits, gctx):
+    from flwr.app import ArrayRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from invguard.federated.flower import auditing_strategy, check_deployment, run_local
+    from invguard.federated.target import FederatedTarget
+
+    X, y = digits.members.X[:3], digits.members.y[:3]
+    apps = [_client_app(digits_mlp, X[i : i + 1], y[i : i + 1], steps=2, lr=0.1) for i in range(3)]
+    log = RawAccessLog()
+    inner = FedAvg(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3)
+    strategy = auditing_strategy(inner, access_log=log, batch_size=1, local_steps=2, local_lr=0.1)
+    initial = ArrayRecord(dict(digits_mlp.state_dict()))
+    result = run_local(strategy, apps, initial, num_rounds=2)
+    assert result.arrays is not None
+    assert len(strategy.observations) == 6 and log.count == 6
+    assert {e.round for e in log.events} == {1, 2} and {e.client for e in log.events} == {101, 102, 103}
+    target = FederatedTarget(
+        digits_mlp, input_shape=(1, 8, 8), setup=FederatedSetup(clients=3), observations=strategy.observations
+    )
+    r = ig.attacks.get("gradient.analytic")(evaluator_epochs=3).run(target, digits, context=gctx)
+    assert r.metric("raw_accesses").value == 0  # the attack read what the wrapper had already logged
+    recs = r.arrays["reconstructions"]
+    for o, rec in zip(strategy.observations, recs, strict=True):
+        assert np.max(np.abs(rec - X[o.clients[0] - 101])) < 1e-4  # each client's record, exactly
+    check = check_deployment(strategy=strategy)
+    assert not check.secure_aggregation and check.dp is None
+    assert "neither secure aggregation nor DP" in check.problems[-1]
+
+
+def test_deployment_check_finds_secagg_plus_and_dp_on_both_sides():
+    from flwr.client.mod import LocalDpMod, secaggplus_mod
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+
+    from invguard.federated.flower import check_deployment
+
+    dp = DifferentialPrivacyServerSideFixedClipping(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0,
+                                                     num_sampled_clients=8)  # fmt: skip
+    wf = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=3, reconstruction_threshold=2))
+    ok = check_deployment(strategy=dp, workflow=wf, client_mods=[secaggplus_mod])
+    assert ok.secure_aggregation and ok.dp == "central" and not ok.problems
+    half = check_deployment(strategy=FedAvg(), workflow=wf, client_mods=[LocalDpMod(1.0, 1.0, 1.0, 1e-5)])
+    assert not half.secure_aggregation and half.dp == "local"
+    assert "the clients do not use secaggplus_mod" in half.problems[0]

@@ -69,10 +69,19 @@ def judge_gradient(ev: GradientEvidence, case: Case) -> AttackOutput:
     )
     out = AttackOutput(metrics={"raw_accesses": raw}, info={"setup_json": ev.setup})
     if pool is None or any(t is None for t in ev.truth):
+        shown = [r for r in ev.reconstructions if r is not None]
+        if shown:
+            out.arrays["reconstructions"] = np.concatenate(shown)[:MAX_SHOWN]
+        labels = np.concatenate(ev.labels) if ev.labels else np.zeros(0)
+        out.tables["per_update"] = [
+            {**o, "labels": ev.labels[i].tolist()} for i, o in enumerate(ev.observations)
+        ]
         out.findings.append(
             Finding(
                 "No ground truth for the observed updates",
-                "The updates came from a live deployment: reconstructions are shown but cannot be scored.",
+                f"{n_obs} updates came from a live deployment: the reconstructions and the {labels.size} "
+                "recovered labels are shown but cannot be scored; audit a simulation of the same setup "
+                "for numbers.",
             )
         )
         return out
@@ -208,11 +217,11 @@ def judge_gradient(ev: GradientEvidence, case: Case) -> AttackOutput:
                 baseline_ssim=float(b_sim[sel].mean()),
                 seconds=ev.seconds_per_update[i] if i < len(ev.seconds_per_update) else None,
             )
-    shown = slice(0, min(MAX_SHOWN, recs.shape[0]))
+    k = min(MAX_SHOWN, recs.shape[0])
     out.arrays.update(
-        reconstructions=recs[shown],
-        true_inputs=truth[shown],
-        reconstruction_classes=ys[shown].astype(np.float64),
+        reconstructions=recs[:k],
+        true_inputs=truth[:k],
+        reconstruction_classes=ys[:k].astype(np.float64),
     )
     leak = lift.low is not None and lift.low > 0
     setup = ev.info.get("setup", "")
