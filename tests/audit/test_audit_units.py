@@ -125,7 +125,7 @@ def test_inventory_checklist_flags_missing_audits_and_mitigations(tmp_path):
     r = runner.invoke(app, ["inventory", "check", str(tmp_path / "inv.yaml")])
     assert r.exit_code == 1, r.output
     text = " ".join(r.output.split())
-    assert "2 of 4 models miss something required" in text
+    assert "3 of 4 models miss something required" in text
     from invguard.audit.inventory import check, load_inventory
 
     inv = load_inventory(tmp_path / "inv.yaml")
@@ -137,7 +137,8 @@ def test_inventory_checklist_flags_missing_audits_and_mitigations(tmp_path):
         "mitigation dp_training not in place"
     )
     assert c["spam"].ok and c["spam"].mitigations == ["monitoring"] and c["spam"].tests == []
-    assert c["fl"].ok and c["fl"].mitigations == ["secure_aggregation|dp_training"]
+    assert c["fl"].mitigations == ["secure_aggregation|dp_training"] and c["fl"].tests == ["gradient"]
+    assert c["fl"].missing == [f"no audit of 'fl' in the history store ({tmp_path / 'h.db'})"]
     # an old audit is flagged; a fresh passing inversion audit satisfies the test requirement
     record(tmp_path / "h.db", _results(model="faces", finished=time.time() - 40 * 86400))
     assert check(inv)[0].missing == ["last audit is 40 days old (older than 30 days)"]

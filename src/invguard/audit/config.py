@@ -49,14 +49,61 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class FederatedDPConfig(_Strict):
+    clip: float = Field(gt=0, description="L2 bound of one client's update")
+    noise_multiplier: float = Field(ge=0, description="noise standard deviation / clip")
+    placement: Literal["client", "server"] = "client"
+    delta: float = Field(1e-5, gt=0, lt=1)
+
+
+class FederatedConfig(_Strict):
+    """The federated deployment a model is trained in (``target: {kind: federated, ...}``).
+
+    Simulated with the members split as the clients' records (K clients, disjoint); the
+    gradient attacks reconstruct from what ``attacker`` sees. ``snapshot``: the model the updates are
+    computed from: ``model`` (the given weights, a federation late in training) or ``init`` (the
+    same architecture freshly initialised, seeded: round 1 of a federation, where leakage is
+    greatest).
+    """
+
+    clients: int = Field(4, ge=1)
+    batch_size: int = Field(1, ge=1)
+    algorithm: Literal["fedsgd", "fedavg"] = "fedsgd"
+    local_steps: int = Field(1, ge=1)
+    local_lr: float = Field(0.1, gt=0)
+    local_batch: int | None = Field(None, ge=1)
+    rounds: int = Field(1, ge=1)
+    secure_aggregation: bool = False
+    dp: FederatedDPConfig | None = None
+    topk: float | None = Field(None, gt=0, le=1)
+    attacker: Literal["server", "client"] = "server"
+    snapshot: Literal["model", "init"] = "model"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> FederatedConfig:
+        problems = self.setup().problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def setup(self) -> Any:
+        from invguard.federated.dp import DPConfig
+        from invguard.federated.updates import FederatedSetup
+
+        d = self.model_dump(exclude={"dp", "snapshot"})
+        dp = None if self.dp is None else DPConfig(**self.dp.model_dump())
+        return FederatedSetup(**d, dp=dp)
+
+
 class TargetConfig(_Strict):
     """What is audited.
 
     ``kind`` is inferred when omitted: ``url`` -> http, ``factory`` -> torch, a ``model`` of the form
-    ``reference/NAME`` or a ``.pt`` file -> model, a ``.pkl``/``.joblib`` file -> sklearn.
+    ``reference/NAME`` or a ``.pt`` file -> model, a ``.pkl``/``.joblib`` file -> sklearn, a
+    ``federated`` section -> federated (a model trained with shared gradients).
     """
 
-    kind: Literal["model", "torch", "sklearn", "http"] | None = None
+    kind: Literal["model", "torch", "sklearn", "http", "federated"] | None = None
     name: str | None = Field(None, description="The model's name in the history store and the report.")
     model: str | None = Field(None, description="reference/NAME, a file from `invguard train`, or a pickle")
     factory: str | None = Field(None, description="module:callable that builds the torch module")
@@ -94,12 +141,15 @@ class TargetConfig(_Strict):
             except ConfigError as e:
                 raise ValueError(str(e).removeprefix("defence: ")) from None
         return v
+    federated: FederatedConfig | None = Field(None, description="the federated deployment (kind: federated)")
 
     @model_validator(mode="after")
     def _infer_kind(self) -> TargetConfig:
         kind = self.kind
         if kind is None:
-            if self.url:
+            if self.federated is not None:
+                kind = "federated"
+            elif self.url:
                 kind = "http"
             elif self.factory:
                 kind = "torch"
@@ -110,7 +160,13 @@ class TargetConfig(_Strict):
             else:
                 raise ValueError("give one of model (reference/NAME or a file), factory + weights, or url")
             object.__setattr__(self, "kind", kind)
-        need = {"model": ["model"], "sklearn": ["model"], "torch": ["factory", "weights"], "http": ["url"]}
+        need = {
+            "model": ["model"],
+            "sklearn": ["model"],
+            "torch": ["factory", "weights"],
+            "http": ["url"],
+            "federated": ["model"],
+        }
         missing = [f for f in need[kind] if not getattr(self, f)]
         if missing:
             raise ValueError(f"a {kind} target needs {' and '.join(missing)}")
@@ -119,6 +175,10 @@ class TargetConfig(_Strict):
                 "defence applies to invguard-built reference models (model: reference/NAME); a model "
                 "file carries its own training (train it with `invguard train --defence ...`)"
             )
+        if self.federated is not None and kind != "federated":
+            raise ValueError(f"a federated section belongs to a federated target, not a {kind} target")
+        if kind == "federated" and self.federated is None:
+            object.__setattr__(self, "federated", FederatedConfig())
         if self.factory is not None and ":" not in self.factory:
             raise ValueError(f"factory must look like 'package.module:callable', got {self.factory!r}")
         if self.url is not None and not self.url.startswith(("http://", "https://")):

@@ -9,7 +9,7 @@ the tests and mitigations privacy practice requires (after Fredrikson et al. 201
 1. sensitive data AND scores/logits/weights exposed -> model-inversion tests are required;
 2. a small or unique training set -> differential-privacy training and inversion tests;
 3. public data AND label-only answers -> monitoring suffices;
-4. gradients shared (federated learning) -> secure aggregation or DP.
+4. gradients shared (federated learning) -> a gradient-leakage test, and secure aggregation or DP.
 
 A required test is satisfied by an audit of that model in the history store that ran an attack of
 that family, passed its gates, and is not older than the maximum age. Anything required and
@@ -135,8 +135,9 @@ def requirements(m: ModelEntry, defaults: InventoryDefaults) -> tuple[list[str],
         reasons.append("public data and label-only answers: monitoring suffices")
         mitigations.append("monitoring")
     if m.gradients_shared:
-        reasons.append("gradients are shared")
+        reasons.append("gradients are shared (federated learning): clients' inputs can be rebuilt from updates")
         mitigations.append("secure_aggregation|dp_training")
+        tests.append("gradient")
     if not reasons:
         reasons.append("no checklist rule applies; an audit is still recommended")
     return reasons, tests, mitigations

@@ -8,6 +8,7 @@ and cached by content hash (architecture, recipe, seed and the hashes of the dat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import io
@@ -79,7 +80,7 @@ class ResolvedTarget:
 
         from invguard.targets import TorchTarget
 
-        if self.kind == "torch-file":
+        if self.kind in ("torch-file", "federated"):
             from invguard.models.nets import build
 
             blob = torch.load(io.BytesIO(self.payload or b""), map_location="cpu", weights_only=True)
@@ -90,6 +91,8 @@ class ResolvedTarget:
             state = torch.load(io.BytesIO(self.payload or b""), map_location="cpu", weights_only=True)
             module.load_state_dict(state)
         module.eval()
+        if self.kind == "federated":
+            return _federated(module, self)
         return TorchTarget(
             module,
             input_shape=self.input_shape,
@@ -98,6 +101,33 @@ class ResolvedTarget:
             budget=self.options.get("budget"),
             name=self.name,
         )
+
+
+def _federated(module: Any, rt: ResolvedTarget) -> Any:
+    """A federated target: the module (or, for ``snapshot: init``, the same architecture freshly
+    initialised from the audit seed) in the configured deployment."""
+    import torch
+
+    from invguard.audit.config import FederatedConfig
+    from invguard.federated.target import FederatedTarget
+
+    opts = dict(rt.options["federated"])
+    seed = int(opts.pop("seed", 0))
+    fc = FederatedConfig(**opts)
+    if fc.snapshot == "init":
+        from invguard.models.nets import build, spec_of
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = build(spec_of(module)).eval()
+    return FederatedTarget(
+        module,
+        input_shape=rt.input_shape,
+        num_classes=rt.num_classes,
+        setup=fc.setup(),
+        budget=rt.options.get("budget"),
+        name=rt.name,
+    )
 
 
 def _lower(target: Any, access: str | None) -> Any:
@@ -143,6 +173,17 @@ def resolve_target(
     progress: Callable[[int, int, float], None] | None = None,
 ) -> ResolvedTarget:
     """Train (or load from the cache) / read the model the config names, in portable form."""
+    if cfg.kind == "federated":
+        assert cfg.federated is not None
+        base = resolve_target(
+            cfg.model_copy(update={"kind": "model", "federated": None}),
+            splits,
+            seed=seed,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+        fed = {**cfg.federated.model_dump(mode="json"), "seed": seed}
+        return dataclasses.replace(base, kind="federated", options={**base.options, "federated": fed})
     shape = tuple(cfg.input_shape) if cfg.input_shape else tuple(splits.input_shape)
     classes = int(cfg.num_classes or splits.num_classes)
     name = cfg.display_name

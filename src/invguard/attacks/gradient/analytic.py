@@ -42,6 +42,31 @@ def first_linear(o: Observation, input_size: int) -> tuple[np.ndarray, np.ndarra
     return W, b
 
 
+def linear_inputs(module: Any, o: Observation, min_bias: float = 1e-4) -> list[tuple[str, np.ndarray]]:
+    """At batch 1, the input of every fully connected layer with a bias, recovered from its update
+    (``(db . dW) / (db . db)`` over the rows with a non-negligible bias update), input side first.
+    For a CNN this is the flattened feature map its head receives; FedSGD gradients only (a FedAvg
+    delta mixes the features of several parameter states)."""
+    import torch
+
+    if o.batch_size != 1 or o.kind != "gradient":
+        return []
+    index = {n: i for i, n in enumerate(o.names)}
+    out = []
+    for name, sub in module.named_modules():
+        if not isinstance(sub, torch.nn.Linear) or sub.bias is None:
+            continue
+        wi, bi = index.get(f"{name}.weight"), index.get(f"{name}.bias")
+        if wi is None or bi is None:
+            continue
+        W = np.asarray(o.update[wi], dtype=np.float64)
+        b = np.asarray(o.update[bi], dtype=np.float64)
+        keep = np.abs(b) > min_bias * max(float(np.abs(b).max()), 1e-300)
+        if keep.any():
+            out.append((name, (b[keep] @ W[keep]) / float(b[keep] @ b[keep])))
+    return out
+
+
 @ATTACKS.register("gradient.analytic")
 @dataclass(frozen=True)
 class AnalyticRecovery(GradientAttack):

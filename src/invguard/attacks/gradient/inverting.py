@@ -9,6 +9,13 @@ judged by the truth). For a FedAvg delta the ``local_steps`` SGD steps are unrol
 differentiably on the dummy batch, mini-batch by mini-batch as the client took them (the paper's
 section 6). The cosine is invariant to the update's scale, so the unknown local learning rate of a
 delta costs only its direction, and DP clipping changes nothing.
+
+Beyond the paper (``features`` > 0): at batch 1 the input of a fully connected layer is exact in
+its gradient (:func:`~invguard.attacks.gradient.analytic.linear_inputs`; Geiping et al.,
+proposition D.1), so for a CNN the flattened feature map its head received is known. The attack
+then also matches the dummy's features at that layer, ``features * ||h(x) - h||^2 / ||h||^2``:
+a far better conditioned target than the gradient alone (it is what makes a 28x28 reconstruction
+exact rather than merely recognisable).
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ class InvertingGradients(GradientAttack):
     lr: float = 0.1
     tv: float = 1e-2
     restarts: int = 2
+    features: float = 1.0
 
     def _validate(self) -> list[str]:
         p: list[str] = []
@@ -62,6 +70,7 @@ class InvertingGradients(GradientAttack):
         _check(p, "lr", self.lr)
         _check(p, "tv", self.tv, strict=False)
         _check(p, "restarts", self.restarts, integer=True)
+        _check(p, "features", self.features, strict=False)
         return p
 
     def _reconstruct(
@@ -80,6 +89,7 @@ class InvertingGradients(GradientAttack):
         y = torch.as_tensor(labels, dtype=torch.long)
         box = box_of(public, shape)
         n = int(o.batch_size)
+        feat = self._feature_target(module, o)
         best, best_loss = None, float("inf")
         milestones = [int(self.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         for _ in range(self.restarts):
@@ -100,6 +110,8 @@ class InvertingGradients(GradientAttack):
                     create_graph=True,
                 )
                 loss = cosine_distance(upd, target) + self.tv * total_variation(x)
+                if feat is not None:
+                    loss = loss + self.features * feat(params, x)
                 (gx,) = torch.autograd.grad(loss, [x])
                 x.grad = gx.sign()
                 opt.step()
@@ -112,6 +124,46 @@ class InvertingGradients(GradientAttack):
                 best, best_loss = x.detach().clone(), final
         assert best is not None
         return best.numpy().astype(np.float64), best_loss
+
+    def _feature_target(self, module: Any, o: Observation) -> Any:
+        """``f(params, x)``: the normalised squared distance of x's features to the recovered ones at
+        the first fully connected layer behind the input (None where nothing applies)."""
+        import torch
+        from torch.func import functional_call
+
+        from invguard.attacks.gradient.analytic import linear_inputs
+
+        if self.features <= 0:
+            return None
+        found = [(n, h) for n, h in linear_inputs(module, o) if n != self._input_layer(module)]
+        if not found:
+            return None
+        name, h = found[0]
+        sub = module.get_submodule(name)
+        want = torch.as_tensor(h, dtype=torch.float32)
+        scale = float(torch.sum(want * want)) + 1e-12
+
+        def f(params: Any, x: Any) -> Any:
+            seen: list[Any] = []
+            handle = sub.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+            try:
+                functional_call(module, params, (x,))
+            finally:
+                handle.remove()
+            return torch.sum((seen[0].reshape(-1) - want) ** 2) / scale
+
+        return f
+
+    @staticmethod
+    def _input_layer(module: Any) -> str | None:
+        """The name of the first parameterised module if it is a fully connected layer (an MLP's input
+        layer, where the analytic attack already applies), else None."""
+        import torch
+
+        for name, sub in module.named_modules():
+            if isinstance(sub, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv1d)):
+                return name if isinstance(sub, torch.nn.Linear) else None
+        return None
 
     def _objective(self, module: Any, params: Any, x: Any, y: Any, o: Observation, target: Any) -> float:
         import torch
