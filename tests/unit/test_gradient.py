@@ -291,3 +291,40 @@ def test_deployment_check_finds_secagg_plus_and_dp_on_both_sides():
     half = check_deployment(strategy=FedAvg(), workflow=wf, client_mods=[LocalDpMod(1.0, 1.0, 1.0, 1e-5)])
     assert not half.secure_aggregation and half.dp == "local"
     assert "the clients do not use secaggplus_mod" in half.problems[0]
+
+
+# ------------------------------------------------------------------------------------ the audit
+
+
+def test_a_federated_audit_target_parses_resolves_and_builds(digits, digits_mlp, tmp_path):
+    from invguard import models
+    from invguard.audit.config import parse_config
+    from invguard.audit.resolve import resolve_target
+    from invguard.federated.target import FederatedTarget
+
+    raw = {
+        "target": {
+            "kind": "federated",
+            "model": str(models.save(digits_mlp, tmp_path / "m.pt")),
+            "federated": {"clients": 8, "batch_size": 8, "secure_aggregation": True, "snapshot": "init"},
+        },
+        "attacks": ["gradient.labels"],
+        "gates": [{"metric": "gradient.labels.raw_accesses", "op": "==", "threshold": 0}],
+    }
+    cfg = parse_config(raw)
+    rt = resolve_target(cfg.target, digits, seed=0, cache_dir=None)
+    t = rt.build()
+    assert isinstance(t, FederatedTarget) and t.setup.clients == 8 and t.setup.secure_aggregation
+    assert "secure aggregation; attacker: the server, holding only the aggregate" in t.describe()
+    r = ig.attacks.get("gradient.labels")().run(t, digits)
+    assert r.metric("raw_accesses").value == 0 and r.metric("label_accuracy").value >= 0.9
+    bad = {
+        **raw,
+        "target": {**raw["target"], "federated": {"algorithm": "fedsgd", "local_steps": 5, "topk": 2}},
+    }
+    with pytest.raises(ConfigError) as e:
+        parse_config(bad)
+    assert "target.federated.topk: Input should be less than or equal to 1" in str(e.value)
+    bad["target"]["federated"] = {"local_steps": 5}
+    with pytest.raises(ConfigError, match=r"fedsgd takes exactly one local step \(local_steps=1\), got 5"):
+        parse_config(bad)

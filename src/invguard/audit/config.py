@@ -178,7 +178,7 @@ class TargetConfig(_Strict):
         if self.federated is not None and kind != "federated":
             raise ValueError(f"a federated section belongs to a federated target, not a {kind} target")
         if kind == "federated" and self.federated is None:
-            object.__setattr__(self, "federated", FederatedConfig())
+            object.__setattr__(self, "federated", FederatedConfig.model_validate({}))
         if self.factory is not None and ":" not in self.factory:
             raise ValueError(f"factory must look like 'package.module:callable', got {self.factory!r}")
         if self.url is not None and not self.url.startswith(("http://", "https://")):

@@ -135,7 +135,9 @@ def requirements(m: ModelEntry, defaults: InventoryDefaults) -> tuple[list[str],
         reasons.append("public data and label-only answers: monitoring suffices")
         mitigations.append("monitoring")
     if m.gradients_shared:
-        reasons.append("gradients are shared (federated learning): clients' inputs can be rebuilt from updates")
+        reasons.append(
+            "gradients are shared (federated learning): clients' inputs can be rebuilt from updates"
+        )
         mitigations.append("secure_aggregation|dp_training")
         tests.append("gradient")
     if not reasons:

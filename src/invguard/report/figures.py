@@ -75,14 +75,16 @@ def grid_selection(entry: dict[str, Any], max_items: int = 10) -> tuple[list[int
 
 
 def reconstruction_grid(entry: dict[str, Any], max_items: int = 10) -> str | None:
-    """Reconstructions (top row) beside the nearest private training member of each (bottom row)."""
+    """Reconstructions (top row) beside the nearest private training member of each (bottom row), or
+    beside the true input each was matched to where the result has ``true_inputs``."""
     rec = _array(entry, "reconstructions")
     if rec is None:
         return None
     imgs = _as_images(rec)
     if imgs is None:
         return None
-    near = _array(entry, "nearest_private")
+    truth = _array(entry, "true_inputs")  # gradient leakage: the client input each reconstruction matches
+    near = truth if truth is not None else _array(entry, "nearest_private")
     near_imgs = None if near is None else _as_images(near)
     classes = _array(entry, "reconstruction_classes")
     pick, _ = grid_selection(entry, max_items)
@@ -110,7 +112,7 @@ def reconstruction_grid(entry: dict[str, Any], max_items: int = 10) -> str | Non
             ax2.set_yticks([])
     axes[0][0].set_ylabel("attack", fontsize=8)
     if near_imgs is not None:
-        axes[1][0].set_ylabel("nearest\nprivate", fontsize=8)
+        axes[1][0].set_ylabel("true\ninput" if truth is not None else "nearest\nprivate", fontsize=8)
     fig.tight_layout()
     return _uri(fig)
 

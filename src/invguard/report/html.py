@@ -17,7 +17,14 @@ from typing import Any
 from invguard.report import figures
 
 _MAX_TABLE_ROWS = 40
-_SPECIAL_ARRAYS = {"reconstructions", "reconstruction_classes", "nearest_private", "roc_fpr", "roc_tpr"}
+_SPECIAL_ARRAYS = {
+    "reconstructions",
+    "reconstruction_classes",
+    "nearest_private",
+    "true_inputs",
+    "roc_fpr",
+    "roc_tpr",
+}
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -178,6 +185,7 @@ def _attack_view(a: dict[str, Any], deltas: dict[str, Any]) -> dict[str, Any]:
         "findings": a.get("findings", []),
         "grid": figures.reconstruction_grid(a) if ok else None,
         "grid_caption": figures.grid_selection(a)[1] if ok else "",
+        "has_true_inputs": "true_inputs" in a.get("arrays", {}),
         "roc": figures.roc_curve(a) if ok else None,
         "sweep_fig": sweep_fig,
         "tables": tables,
@@ -248,7 +256,15 @@ def context(results: dict[str, Any]) -> dict[str, Any]:
     config_text = prov.get("config_text") or _yaml(prov.get("config", {}))
     prev = hist.get("previous") if isinstance(hist, dict) else None
     figs = [
-        {"attack": a["attack"], "kind": "grid", "src": a["grid"], "caption": a["grid_caption"]}
+        {
+            "attack": a["attack"],
+            "kind": "grid",
+            "src": a["grid"],
+            "caption": a["grid_caption"],
+            "bottom": "the client input it was matched to"
+            if a["has_true_inputs"]
+            else "the nearest private training member of each",
+        }
         for a in attacks
         if a["grid"]
     ] + [{"attack": a["attack"], "kind": "roc", "src": a["roc"], "caption": ""} for a in attacks if a["roc"]]
