@@ -141,6 +141,7 @@ class TargetConfig(_Strict):
             except ConfigError as e:
                 raise ValueError(str(e).removeprefix("defence: ")) from None
         return v
+
     federated: FederatedConfig | None = Field(None, description="the federated deployment (kind: federated)")
 
     @model_validator(mode="after")
