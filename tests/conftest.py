@@ -40,3 +40,12 @@ def digits_sklearn(digits):
 @pytest.fixture()
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def micro_lm():
+    """The tests' tiny reference LM (2 layers, 64 wide) with canaries inserted 0/1/10/50 times:
+    ``(model directory, TextSplits)``; trained once, then cached in the test cache."""
+    from invguard.models.lm import reference_lm
+
+    return reference_lm("pydoc-gpt2-micro")

@@ -46,8 +46,9 @@ from invguard.guard.metrics import GuardMetrics
 from invguard.guard.oncall import OnCall
 from invguard.guard.pipeline import INTERNAL, Observer, Outcome, Pipeline, Role, record_template
 from invguard.guard.ratelimit import Limits, MemoryLimiter, RedisLimiter
+from invguard.guard.text import TEXT_ROUTES, TextPipeline, text_openapi
 from invguard.guard.upstream import build_model
-from invguard.policies import Chain, Noise, OutputPolicy, parse
+from invguard.policies import Chain, Identity, Noise, OutputPolicy, parse
 
 __all__ = ["Guard", "Role", "build_app", "key_paths"]
 
@@ -76,24 +77,37 @@ class Guard:
         self.cfg = cfg
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = GuardMetrics(self.registry)
-        self.model = model if model is not None else build_model(cfg.model)
+        self.text = cfg.model.is_text  # a language model: OpenAI-compatible routes (guard/text.py)
+        if self.text:
+            from invguard.guard.text import build_text_model
+
+            self.model = model if model is not None else build_text_model(cfg.model)
+        else:
+            self.model = model if model is not None else build_model(cfg.model)
         self.input_shape: tuple[int, ...] = tuple(self.model.input_shape)
         self.num_classes = int(self.model.num_classes)
         self.model_name = cfg.model.name
         self.max_batch = cfg.model.max_batch
         self.lo, self.hi = cfg.model.input_range
-        self.codec = InputCodec(self.input_shape, self.max_batch, self.lo, self.hi)
+        self.codec = InputCodec(self.input_shape or (1,), self.max_batch, self.lo, self.hi)
         # instance attributes (looked up per request), so a test can make decoding fail
         self._parse_v1 = self.codec.parse_v1
         self._parse_v2 = self.codec.parse_v2
         self.max_body = cfg.server.max_body_bytes
         self.roles: dict[str, Role] = {}
+        self.text_policies: dict[str, Any] = {}
         for name, rc in cfg.roles.items():
-            pol = _unseeded(parse(rc.policy, f"roles.{name}.policy"))
+            if self.text:
+                from invguard.policies.text import text_policy
+
+                self.text_policies[name] = text_policy(rc.policy, f"roles.{name}.policy")
+                pol: OutputPolicy = Identity()
+            else:
+                pol = _unseeded(parse(rc.policy, f"roles.{name}.policy"))
             self.roles[name] = Role(
                 name,
                 pol,
-                pol.label(),
+                self.text_policies[name].label() if self.text else pol.label(),
                 Limits(rc.rate.burst, rc.rate.per_second, rc.budget.day, rc.budget.week, rc.budget.scope),
             )
         store = KeyStore(cfg.auth.key_store) if cfg.auth.key_store else None
@@ -136,13 +150,17 @@ class Guard:
         self.oncall = OnCall(cfg, self.registry)  # incidents, SLOs, webhook: off the request path
         self.store_inputs = cfg.audit.store_inputs
         self.hc_threshold = cfg.metrics.high_confidence_entropy
-        self.openapi = openapi.build(
-            model_name=self.model_name,
-            input_shape=self.input_shape,
-            num_classes=self.num_classes,
-            max_batch=self.max_batch,
-            input_range=(self.lo, self.hi),
-            key_header=cfg.auth.header,
+        self.openapi = (
+            text_openapi(self.model_name, cfg.auth.header)
+            if self.text
+            else openapi.build(
+                model_name=self.model_name,
+                input_shape=self.input_shape,
+                num_classes=self.num_classes,
+                max_batch=self.max_batch,
+                input_range=(self.lo, self.hi),
+                key_header=cfg.auth.header,
+            )
         )
         ar = cfg.server.anonymous_rate
         shared = self.limiter if isinstance(self.limiter, RedisLimiter) else None
@@ -152,9 +170,13 @@ class Guard:
         self._m_latency: dict[str, Any] = {}
         self._m_children: dict[tuple[Any, ...], Any] = {}
         self.detection: Any = None
-        if observer is None and cfg.detection.enabled:
+        if observer is None and cfg.detection.enabled and not self.text:
             observer = self.detection = self._build_detection(events, detect_state, clock)
-        self.pipeline = Pipeline(
+        text_kw: dict[str, Any] = (
+            {"text_policies": self.text_policies, "max_tokens": cfg.model.max_tokens} if self.text else {}
+        )
+        self.pipeline = (TextPipeline if self.text else Pipeline)(
+            **text_kw,
             model=self.model,
             model_name=self.model_name,
             roles=self.roles,
@@ -187,6 +209,10 @@ class Guard:
                 # the prediction routes are answered by __call__; listed so a GET is a 405, not a 404
                 Route(V1, _served_by_fast_path, methods=["POST"]),
                 Route(V2, _served_by_fast_path, methods=["POST"]),
+                *[
+                    Route(r, _served_by_fast_path, methods=["POST"])
+                    for r in (TEXT_ROUTES if self.text else ())
+                ],
             ],
             exception_handlers={HTTPException: self.http_error, Exception: self.internal_error},
             lifespan=self.lifespan,
@@ -339,10 +365,15 @@ class Guard:
         """The ASGI entry point: prediction routes are served directly (the hot path), everything
         else (service routes, unknown routes, wrong methods, lifespan) by the Starlette app."""
         if scope["type"] == "http" and scope["method"] == "POST":
-            m = _FAST.match(scope["path"])
-            if m is not None:
-                route = V1 if m.group(1) is not None else V2
-                name = m.group(1) if m.group(1) is not None else m.group(2)
+            m = None if self.text else _FAST.match(scope["path"])
+            text_route = self.text and scope["path"] in TEXT_ROUTES
+            if m is not None or text_route:
+                if text_route:
+                    route, name = scope["path"], None
+                else:
+                    assert m is not None
+                    route = V1 if m.group(1) is not None else V2
+                    name = m.group(1) if m.group(1) is not None else m.group(2)
                 try:
                     status, body, headers = await self._guarded(
                         scope["headers"], _stream(receive), name, route, _peer(scope)
@@ -520,6 +551,8 @@ def _response(t: tuple[int, bytes, list[tuple[str, str]]]) -> Response:
 
 
 def _template(path: str) -> str:
+    if path in TEXT_ROUTES:
+        return path
     if path.startswith("/v1/models/") and path.endswith("/predict"):
         return V1
     if path.startswith("/v2/models/") and path.endswith("/infer"):

@@ -46,17 +46,28 @@ class ModelConfig(_Strict):
     """What the guard serves: an in-process model (torch or scikit-learn) or an upstream."""
 
     name: str = Field(default="model", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    kind: Literal["torch", "sklearn", "proxy"] = "torch"
+    kind: Literal["torch", "sklearn", "proxy", "hf_lm", "openai"] = "torch"
     path: str | None = None
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = Field(default=None, ge=2)
     input_range: tuple[float, float] = (-1e6, 1e6)
     max_batch: int = Field(default=64, ge=1, le=100_000)
     upstream: UpstreamConfig | None = None
+    # language models: ``hf_lm`` (a local model directory in ``path``) or ``openai`` (an
+    # OpenAI-compatible server at ``upstream.url``, its model name ``upstream_model``)
+    upstream_model: str | None = None
+    max_tokens: int = Field(default=1024, ge=1, le=1_000_000)
+
+    @property
+    def is_text(self) -> bool:
+        return self.kind in ("hf_lm", "openai")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if self.kind == "proxy":
+        if self.kind == "openai":
+            if self.upstream is None:
+                raise ValueError("kind 'openai' needs an upstream: {url} (the server's base URL)")
+        elif self.kind == "proxy":
             if self.upstream is None:
                 raise ValueError("kind 'proxy' needs an upstream: {url, preset, returns}")
             if self.input_shape is None or self.num_classes is None:
@@ -262,7 +273,12 @@ def from_dict(doc: Any, where: str = "guard config", base: Path | None = None) -
     from invguard.policies import parse
 
     for name, role in cfg.roles.items():
-        parse(role.policy, f"{where}: roles.{name}.policy")
+        if cfg.model.is_text:
+            from invguard.policies.text import text_policy
+
+            text_policy(role.policy, f"{where}: roles.{name}.policy")
+        else:
+            parse(role.policy, f"{where}: roles.{name}.policy")
     for name, rd in cfg.detection.roles.items():
         parse(rd.tighten_policy, f"{where}: detection.roles.{name}.tighten_policy")
     return cfg.resolve(base) if base is not None else cfg

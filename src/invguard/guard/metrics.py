@@ -57,6 +57,12 @@ class GuardMetrics:
             ["route", "role", "field"],
             registry=registry,
         )
+        self.text_secrets_masked = Counter(
+            "invguard_guard_text_secrets_masked",
+            "M4 for text: secret-pattern matches masked in generated text, by role and pattern.",
+            ["role", "pattern"],
+            registry=registry,
+        )
         self.violations = Counter(
             "invguard_guard_limit_violations",
             "M6: requests refused by the rate limit (rate_limited) or a query budget (budget_exhausted).",

@@ -75,6 +75,7 @@ class Exchange:
     budget_key: str | None = None  # whose budget: the key's, its owner's or the role's (budget.scope)
     charged: tuple[str, Limits, int] | None = None  # (budget key, limits, rows) once the budget is charged
     policy: OutputPolicy | None = None  # the policy answering: the role's, unless a mitigation swapped it
+    text: Any = None  # a text route's validated request (invguard.wire.openai.TextRequest)
 
 
 @dataclass(frozen=True)

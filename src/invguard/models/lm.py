@@ -78,8 +78,11 @@ class LMSpec:
 
 # named reference LMs: the corpus options and the spec
 REFERENCE_LMS: dict[str, dict[str, Any]] = {
-    # the benchmark's model: every document of the corpus, 4 canaries per insertion count
-    "pydoc-gpt2-tiny": {"data": {}, "spec": {"n_layer": 2, "n_embd": 128, "epochs": 16}},
+    # the benchmark's model: 300 documents of the corpus, 3 canaries per insertion count
+    "pydoc-gpt2-tiny": {
+        "data": {"max_documents": 300, "canaries_per_count": 3},
+        "spec": {"n_layer": 2, "n_embd": 96, "n_head": 4, "epochs": 20},
+    },
     # the tests' model: a few dozen documents, trains in seconds
     "pydoc-gpt2-micro": {
         "data": {"max_documents": 80, "insertions": (0, 1, 10, 50), "canaries_per_count": 2},
