@@ -325,3 +325,26 @@ def test_a_restarted_guard_quarantines_a_forged_tail_and_counts_it(tmp_path, tor
     rep = verify(log, public_key=public_hex(keys.signing_key), chain_key=keys.chain_key)
     assert rep.ok and rep.records == 4 and rep.verified_through == 4, rep.problem
     asyncio.run(guard.audit.close())
+
+
+def test_a_witness_that_cannot_take_the_heads_is_counted_and_the_records_still_served(tmp_path):
+    (tmp_path / "not-a-dir").write_text("a file where the witness's directory should be")
+    witness = FileWitness(tmp_path / "not-a-dir" / "guard.head")
+    failed: list[int] = []
+    key = load_signing_key(tmp_path / "k.pem")
+
+    async def run():
+        w = AuditLog(
+            tmp_path / "a.jsonl", signing_key=key, chain_key=CK, checkpoint_every=2, witnesses=[witness],
+            on_witness_failed=failed.append,
+        )  # fmt: skip
+        await w.start()
+        seqs = [await w.append({"i": i}) for i in range(4)]
+        await w.close()
+        return seqs, w.witness_problem
+
+    seqs, problem = asyncio.run(run())
+    assert seqs == [1, 2, 3, 4] and failed and set(failed) == {1}
+    assert problem is not None and problem.startswith(
+        f"file:{tmp_path / 'not-a-dir' / 'guard.head'} cannot be"
+    )

@@ -146,6 +146,7 @@ class Guard:
             on_written=lambda n: self.metrics.audit_written.inc(n),
             on_failed=lambda n: self.metrics.audit_failures.inc(n),
             on_tail_rejected=lambda n: self.metrics.audit_tail_rejected.inc(n),
+            on_witness_failed=lambda n: self.metrics.audit_witness_failures.inc(n),
         )
         self.oncall = OnCall(cfg, self.registry)  # incidents, SLOs, webhook: off the request path
         self.store_inputs = cfg.audit.store_inputs
@@ -479,6 +480,8 @@ class Guard:
         problems = []
         if self.audit.degraded is not None:
             log.warning(self.audit.degraded)
+        if self.audit.witness_problem is not None:
+            log.warning("audit log witness: %s", self.audit.witness_problem)
         if self.audit.broken is not None:
             problems.append(self.audit.broken)
         if not await self.model.ready():

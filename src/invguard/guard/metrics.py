@@ -84,6 +84,11 @@ class GuardMetrics:
             "M7: unsigned log lines that failed the keyed chain at start-up and were quarantined.",
             registry=registry,
         )
+        self.audit_witness_failures = Counter(
+            "invguard_guard_audit_witness_failures",
+            "M7: signed heads a witness refused or could not take (retried with the next head).",
+            registry=registry,
+        )
         self.connections_refused = Counter(
             "invguard_guard_connections_refused",
             "Connections closed at the transport: request headers too slow (header_timeout) or too many "

@@ -88,6 +88,7 @@ class AuditLog:
         on_written: Callable[[int], None] | None = None,
         on_failed: Callable[[int], None] | None = None,
         on_tail_rejected: Callable[[int], None] | None = None,
+        on_witness_failed: Callable[[int], None] | None = None,
         io_thread_ms: float = 0.5,
         wall_clock: Callable[[], float] = time.time,
         perf_clock: Callable[[], float] = time.perf_counter,
@@ -102,6 +103,7 @@ class AuditLog:
         self.rotate_bytes = rotate_bytes
         self.do_fsync = fsync
         self.on_written, self.on_failed, self.on_tail_rejected = on_written, on_failed, on_tail_rejected
+        self.on_witness_failed = on_witness_failed
         self.io_thread_s = io_thread_ms / 1000.0
         self._now = UtcClock(wall_clock)
         self._perf = perf_clock
@@ -395,6 +397,8 @@ class AuditLog:
         if problems:
             self.witness_problem = "; ".join(problems)
             log.warning("audit log %s: witness: %s", self.path, self.witness_problem)
+            if self.on_witness_failed is not None:
+                self.on_witness_failed(len(problems))
         else:
             self.witness_problem = None
         self._published = head
