@@ -34,6 +34,7 @@ import hmac
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -120,7 +121,7 @@ def open_append(p: Path) -> Any:
 
 def write_atomic(p: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write ``p`` whole or not at all (a private temp file in the same directory, then rename)."""
-    tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
+    tmp = p.with_name(f"{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)

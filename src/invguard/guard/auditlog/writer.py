@@ -164,6 +164,7 @@ class AuditLog:
         self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-io")
         self._wake = asyncio.Event()
         self._publish_wake = asyncio.Event()
+        self._publish_lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._writer())
         if self.witnesses:
@@ -203,7 +204,8 @@ class AuditLog:
             self._file.close()
             self._file = None
         if self._publisher is not None:
-            self._publisher.cancel()
+            async with self._publish_lock:  # a publish in flight finishes first (its thread would go on)
+                self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher
             self._publisher = None
@@ -385,6 +387,10 @@ class AuditLog:
 
     async def _publish_newest(self) -> None:
         """Send the newest signed head to every witness (one at a time; a refusal is reported)."""
+        async with self._publish_lock:
+            await self._publish_locked()
+
+    async def _publish_locked(self) -> None:
         head = self.last_head
         if head is None or head is self._published:
             return
