@@ -126,14 +126,14 @@ def main() -> None:
             if view == "local":
                 runs.append(("exposure", get("text.exposure")(samples=samples)))
             elif view != "guard/text":
-                runs.append(("exposure", get("text.exposure")(samples=samples // 2, max_exact=0)))
-            runs.append(("exposure_generations", get("text.exposure_generations")(samples=100 if q else 400)))
+                runs.append(("exposure", get("text.exposure")(samples=samples // 4, max_exact=0)))
+            runs.append(("exposure_generations", get("text.exposure_generations")(samples=100 if q else 300)))
             runs.append(
                 (
                     "extraction",
                     get("text.extraction")(
-                        samples=120 if q else 1000,
-                        max_tokens=24 if q else 40,
+                        samples=120 if q else 600,
+                        max_tokens=24 if q else 32,
                         top=20 if q else 100,
                         reference_spec=ref_spec,
                         show_secrets=args.show_secrets,

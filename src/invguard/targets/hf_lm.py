@@ -280,7 +280,11 @@ class HFLMTarget(BaseTextTarget):
         done = [False] * n
         past = None
         inp = x
-        with torch.no_grad():
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            # transformers 5 renames past_key_values; the old name works in 4.x and 5.x
+            warnings.simplefilter("ignore", FutureWarning)
             for _ in range(steps):
                 out = self.model(input_ids=inp, past_key_values=past, use_cache=True)
                 past = out.past_key_values
