@@ -132,18 +132,37 @@ def test_broken_config_exits_2_listing_every_problem_with_path_and_line(tmp_path
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output
     text = " ".join(r.output.split())
+    # first every problem found without importing an attack implementation (so it is reported at
+    # once), then, with those fixed, the parameter problems the attack classes find
     for expected in [
-        "8 problems in the audit config",
+        "7 problems in the audit config",
         "seed (line 2): Input should be a valid integer",
         "target.acess (line 5): unknown field (check the spelling)",
         "attacks[0].name (line 7): unknown attack 'inversion.whitebx'",
-        "attacks[1].params (line 9): test.confidence: records must be >= 10, got 3",
         "attacks[1].exposure (line 10): exposure: unknown output policy 'top_q'",
         "gates[0] (line 12): gate 'test.confidence.auc <= high': threshold 'high' is not a number",
         "gates[1].metric (line 13): metric must be family.name.metric",
         "gates[1].severity (line 13): Input should be 'low', 'medium', 'high' or 'critical'",
     ]:
         assert expected in text, expected
+    bad.write_text(
+        "plugins: [tests.audit_attacks]\n"
+        "target: {model: reference/digits-mlp}\n"
+        "attacks:\n"
+        "  - name: test.confidence\n"
+        "    params: {records: 3}\n"
+        "  - name: membership.lira\n"
+        "    params: {n_modls: 2}\n"
+    )
+    r = runner.invoke(app, ["audit", str(bad)])
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    assert "2 problems in the audit config" in text
+    assert (
+        "attacks[0].params (line 5): bad parameters for test.confidence: test.confidence: records must be >= 10, got 3"
+        in text
+    )
+    assert "attacks[1].params (line 7): bad parameters for membership.lira:" in text and "n_modls" in text
 
 
 def test_unreachable_http_target_exits_3(tmp_path):

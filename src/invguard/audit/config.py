@@ -35,7 +35,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -118,7 +117,18 @@ class TargetConfig(_Strict):
     response_field: str | None = None
     timeout: float = Field(10.0, gt=0)
     retries: int = Field(3, ge=0)
-    budget: int | None = Field(None, ge=0, description="query budget of each attack job")
+    budget: int | None = Field(
+        None,
+        ge=0,
+        description="query budget of the whole audit: divided among the attack jobs up front (the probe "
+        "query included), so the sum never exceeds it",
+    )
+    max_wait: float = Field(
+        60.0,
+        ge=0,
+        description="longest Retry-After (s) of a 429 worth waiting for; a longer one, or a 429 that says "
+        "the budget is exhausted, ends the attack job as budget exhausted",
+    )
     access: Literal["label", "scores", "logits", "whitebox"] | None = Field(
         None, description="lower the access the target grants (e.g. attack a torch model as a black box)"
     )
@@ -227,13 +237,18 @@ class AttackConfig(_Strict):
     )
     seed: int | None = None
 
+    budget: int | None = Field(
+        None, ge=0, description="this attack's share of target.budget (default: an equal share of the rest)"
+    )
+
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from invguard.attacks import ATTACKS
+        from invguard.attacks.names import check_name
 
-        if v not in ATTACKS.names():
-            ATTACKS.get(v)  # raises ConfigError naming the known attacks
+        problem = check_name(v)  # from the name table: no implementation is imported
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("exposure")
@@ -243,20 +258,6 @@ class AttackConfig(_Strict):
             from invguard import policies
 
             policies.parse(v, "exposure")
-        return v
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from invguard.attacks import ATTACKS
-
-        name = info.data.get("name")
-        if name is None:  # the name itself was invalid; that problem is reported on its own
-            return v
-        try:
-            ATTACKS.get(name)(**v)
-        except TypeError as e:
-            raise ValueError(f"bad parameters for {name}: {e}") from None
         return v
 
 
@@ -290,12 +291,11 @@ class ExposureSweepConfig(_Strict):
     @field_validator("attacks")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
-        from invguard.attacks import ATTACKS
+        from invguard.attacks.names import check_name
 
-        names = ATTACKS.names()
-        for a in v:
-            if a not in names:
-                ATTACKS.get(a)
+        problems = [p for a in v if (p := check_name(a))]
+        if problems:
+            raise ValueError("; ".join(problems))
         return v
 
     @field_validator("policies")
@@ -310,15 +310,9 @@ class ExposureSweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _sweep_params(self) -> ExposureSweepConfig:
-        from invguard.attacks import ATTACKS
-
-        for name, params in self.params.items():
+        for name in self.params:
             if name not in self.attacks:
                 raise ValueError(f"params.{name}: not one of the sweep's attacks {self.attacks}")
-            try:
-                ATTACKS.get(name)(**params)
-            except TypeError as e:
-                raise ValueError(f"params.{name}: bad parameters: {e}") from None
         return self
 
 
@@ -524,17 +518,111 @@ def _problems(e: ValidationError, lines: dict[tuple[Any, ...], int]) -> list[str
     return out
 
 
-def parse_config(raw: Any, *, source: str = "<config>", text: str | None = None) -> AuditConfig:
-    """Validate a config mapping; every problem is reported at once in one ``ConfigError``."""
+def _raise(source: str, probs: list[str]) -> None:
+    head = f"{source}: {len(probs)} problem{'s' if len(probs) != 1 else ''} in the audit config"
+    raise ConfigError(head + "\n" + "\n".join(f"  - {p}" for p in probs)) from None
+
+
+def _where(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> str:
+    line = _line_of(loc, lines)
+    return _path_text(loc) + (f" (line {line})" if line else "")
+
+
+# targets whose architecture the audit cannot read (reference models must be told it)
+_OPAQUE_TARGETS = {"http": "an HTTP endpoint", "sklearn": "a scikit-learn model", "torch": "a torch factory"}
+
+
+def check_attacks(cfg: AuditConfig, lines: dict[tuple[Any, ...], int]) -> list[str]:
+    """The checks that need the attack classes (so they import them): parameters, reference models'
+    architecture on targets that do not reveal theirs, and budget shares. Before any query."""
+    import dataclasses
+
+    from invguard.attacks import ATTACKS
+
+    probs: list[str] = []
+
+    def check(name: str, params: dict[str, Any], loc: tuple[Any, ...]) -> None:
+        """``loc``: where the attack's parameters are (or would be) in the config."""
+        cls = ATTACKS.get(name)
+        try:
+            attack = cls(**params)
+        except (TypeError, ConfigError) as e:
+            probs.append(f"{_where(loc, lines)}: bad parameters for {name}: {e}")
+            return
+        fields = {f.name for f in dataclasses.fields(attack)}
+        kind = cfg.target.kind or ""
+        if "arch" in fields and getattr(attack, "arch", None) is None and kind in _OPAQUE_TARGETS:
+            probs.append(
+                f"{_where((*loc, 'arch'), lines)}: {name} trains reference models like the "
+                f"target, and {_OPAQUE_TARGETS[kind]} does not say its architecture: give params.arch, "
+                "e.g. {arch: mlp, hidden: [128]} (an invguard.models.build spec)"
+            )
+
+    for i, a in enumerate(cfg.attacks):
+        check(a.name, a.params, ("attacks", i, "params"))
+    if cfg.exposures is not None:
+        for name in cfg.exposures.attacks:
+            check(name, cfg.exposures.params.get(name, {}), ("exposures", "params", name))
+    shares = [(i, a.budget) for i, a in enumerate(cfg.attacks) if a.budget is not None]
+    if shares and cfg.target.budget is None:
+        i = shares[0][0]
+        probs.append(
+            f"{_where(('attacks', i, 'budget'), lines)}: an attack's budget is its share of target.budget; "
+            "set target.budget (the audit's total)"
+        )
+    elif shares and cfg.target.budget is not None and sum(b for _, b in shares) > cfg.target.budget:
+        total = sum(b for _, b in shares)
+        probs.append(
+            f"{_where(('attacks', shares[0][0], 'budget'), lines)}: the attacks' budget shares add up to "
+            f"{total}, more than target.budget ({cfg.target.budget})"
+        )
+    return probs
+
+
+def check_files(cfg: AuditConfig, lines: dict[tuple[Any, ...], int]) -> list[str]:
+    """Every file the config names that does not exist, with its field path and line."""
+    probs = []
+    t, d = cfg.target, cfg.data
+    named: list[tuple[tuple[Any, ...], str | None]] = [
+        (("target", "model"), None if t.model is None or t.model.startswith("reference/") else t.model),
+        (("target", "weights"), t.weights),
+        (("data", "dataset"), None if d.dataset in ("digits", "mnist5k", "adult") else d.dataset),
+    ]
+    if d.members is not None:
+        named += [
+            (("data", "members", "indices"), d.members.indices),
+            (("data", "members", "file"), d.members.file),
+        ]
+    for loc, path in named:
+        if path is not None and not Path(path).exists():
+            probs.append(
+                f"{_where(loc, lines)}: file not found: {path} "
+                "(a relative path is relative to the config file)"
+            )
+    return probs
+
+
+def parse_config(
+    raw: Any, *, source: str = "<config>", text: str | None = None, base: Path | None = None
+) -> AuditConfig:
+    """Validate a config mapping; every problem is reported at once in one ``ConfigError``.
+
+    Structure, names, policies and gates are checked first without importing any attack (a typo is
+    reported at once); then missing files and the checks that need the attack classes
+    (``check_attacks``). ``base``: the folder relative file paths are resolved against."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a YAML mapping, got {type(raw).__name__}")
     lines = _line_map(text) if text is not None else {}
     try:
-        return AuditConfig.model_validate(raw)
+        cfg = AuditConfig.model_validate(raw)
     except ValidationError as e:
-        probs = _problems(e, lines)
-        head = f"{source}: {len(probs)} problem{'s' if len(probs) != 1 else ''} in the audit config"
-        raise ConfigError(head + "\n" + "\n".join(f"  - {p}" for p in probs)) from None
+        _raise(source, _problems(e, lines))
+    if base is not None:
+        cfg = _resolve_paths(cfg, base)
+    probs = check_files(cfg, lines) + check_attacks(cfg, lines)
+    if probs:
+        _raise(source, probs)
+    return cfg
 
 
 def load_config(path: str | Path) -> AuditConfig:
@@ -549,8 +637,7 @@ def load_config(path: str | Path) -> AuditConfig:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
         raise ConfigError(f"{p}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    cfg = parse_config(raw, source=str(p), text=text)
-    return _resolve_paths(cfg, p.parent)
+    return parse_config(raw, source=str(p), text=text, base=p.parent)
 
 
 def _resolve_paths(cfg: AuditConfig, base: Path) -> AuditConfig:

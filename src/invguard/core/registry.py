@@ -53,6 +53,10 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items)) or 'none'})"
             ) from None
 
+    def loaded_names(self) -> list[str]:
+        """The names registered so far, without running the loaders (no module is imported)."""
+        return sorted(self._items)
+
     def names(self) -> list[str]:
         self._load()
         return sorted(self._items)
