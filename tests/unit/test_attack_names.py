@@ -14,7 +14,7 @@ def test_the_name_table_matches_the_registry_and_each_module():
     from invguard.attacks.names import BUILTIN
 
     registered = {n: ATTACKS.get(n).__module__ for n in ATTACKS.names() if not n.startswith("test.")}
-    assert BUILTIN == registered
+    assert registered == BUILTIN
 
 
 def test_checking_a_config_with_a_bad_name_imports_no_attack_and_no_torch(tmp_path):

@@ -291,6 +291,29 @@ def notable_findings(attacks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
     return out
 
 
+_UNFINISHED = {
+    "budget_exhausted": "budget exhausted, partial",
+    "target_error": "the target stopped answering",
+    "crashed": "crashed",
+    "error": "failed",
+}
+
+
+def unfinished(jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The attack jobs that did not finish, and why (budget exhausted, target gone, crashed)."""
+    return [
+        {
+            "job": j.get("job"),
+            "attack": j.get("attack"),
+            "exposure": j.get("exposure"),
+            "status": j["status"],
+            "why": _UNFINISHED[j["status"]],
+        }
+        for j in jobs
+        if j.get("status") in _UNFINISHED
+    ]
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -319,6 +342,7 @@ def findings_phrase(findings: Sequence[Mapping[str, Any]]) -> str:
 def verdict(
     outcomes: Sequence[GateOutcome | Mapping[str, Any]],
     findings: Sequence[Mapping[str, Any]] = (),
+    incomplete: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The audit verdict in data and in words: it passes iff every blocking gate passed.
 
@@ -346,6 +370,15 @@ def verdict(
                 parts.append(f"{len(by[s])} {word}{tail} ({'; '.join(r['gate'] for r in by[s])})")
         gates_text = "; ".join(parts)
     headline = f"{status.upper()}: {gates_text}; {findings_phrase(findings)}"
+    if incomplete:
+
+        def where(j: Mapping[str, Any]) -> str:
+            at = j.get("exposure")
+            return str(j["attack"]) + ("" if at in (None, "as deployed") else f" @ {at}")
+
+        listed = "; ".join(f"{where(j)}: {j['why']}" for j in incomplete[:4])
+        more = f"; and {len(incomplete) - 4} more" if len(incomplete) > 4 else ""
+        headline += f"; {_plural(len(incomplete), 'attack')} did not finish ({listed}{more})"
     return {
         "passed": passed,
         "status": status,
@@ -360,4 +393,5 @@ def verdict(
         "gates_error": len(by["error"]),
         "gates_blocking_failed": len(blocking),
         "findings": [dict(f) for f in findings],
+        "incomplete": [dict(j) for j in incomplete],
     }

@@ -103,9 +103,13 @@ def _in_dask_worker() -> bool:
 
 def _utility(raw: Any, exposed: Any, data: Any) -> dict[str, Any]:
     """What an exposure costs users, on the held-out non-members (the same records and definition as
-    the inversion sweep's utility column)."""
+    the inversion sweep's utility column). The model is asked once; the exposure's answer is the
+    policy applied to that answer (what the wrapped target would have returned), so the utility
+    costs one query per record."""
     X = data.nonmembers.X
-    return exposure_utility(data.nonmembers.y, raw.predict(X), exposed.predict(X))
+    base = raw.predict(X)
+    shown = base if exposed is raw else exposed.policy.apply(base)
+    return exposure_utility(data.nonmembers.y, base, shown)
 
 
 def _metric(row: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -155,7 +159,7 @@ def run_job(job: Job) -> dict[str, Any]:
     """Run one attack job; never raises for an attack's own failure (see the module docstring)."""
     from invguard import policies
     from invguard.attacks import RunContext
-    from invguard.core.errors import AccessError, InvguardError, TargetError
+    from invguard.core.errors import AccessError, BudgetExhausted, InvguardError, TargetError
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
@@ -174,13 +178,21 @@ def run_job(job: Job) -> dict[str, Any]:
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover
         pass
+    raw: Any = None
+    reached: dict[str, Any] = {}
+
+    def progress(task: str, done: int, total: int) -> None:
+        reached.update(task=task, done=done, total=total)  # what a job cut short had reached
+        if job.progress is not None:
+            job.progress(task, done, total)
+
     try:
         raw = job.target.build()
         target = raw if job.exposure is None else policies.parse(job.exposure, "exposure").wrap(raw)
         ctx = RunContext(
             executor=nested,
             cache_dir=None if job.cache_dir is None else Path(job.cache_dir),
-            progress=job.progress,
+            progress=progress,
         )
         if job.sweep and job.attack.name.startswith("inversion."):
             t1 = time.perf_counter()
@@ -192,11 +204,21 @@ def run_job(job: Job) -> dict[str, Any]:
         if job.sweep:
             out["utility"] = _utility(raw, target, job.data)
             out.setdefault("access", target.access.name)
+    except BudgetExhausted as e:
+        # the budget share ran out, or the server said its quota is spent: stop this job at once and
+        # keep what it had reached; never read as an unreachable target
+        out = {
+            **meta,
+            "status": "budget_exhausted",
+            "error": str(e),
+            "params": job.attack.params(),
+            "partial": {"progress": dict(reached), "queries_used": 0 if raw is None else raw.queries_used},
+        }
     except AccessError as e:
         out = {**meta, "status": "not_applicable", "error": str(e), "params": job.attack.params()}
         if job.sweep:
             try:
-                raw = job.target.build()
+                raw = raw if raw is not None else job.target.build()
                 exposed = raw if job.exposure is None else policies.parse(job.exposure).wrap(raw)
                 out["utility"] = _utility(raw, exposed, job.data)
                 out["access"] = exposed.access.name
@@ -220,4 +242,7 @@ def run_job(job: Job) -> dict[str, Any]:
             nested.shutdown()
     out["job_wall_time_s"] = time.perf_counter() - t0
     out.setdefault("seed", job.seed)
+    # every query the job sent (the attack's, the utility's), against its share of the audit's budget
+    out["job_queries"] = 0 if raw is None else int(raw.queries_used)
+    out["budget"] = job.target.options.get("budget")
     return dict(out)

@@ -199,6 +199,7 @@ def resolve_target(
             "response_field": cfg.response_field,
             "timeout": cfg.timeout,
             "retries": cfg.retries,
+            "max_wait": cfg.max_wait,
         }
         if cfg.api_key_env and cfg.api_key_env not in os.environ:
             raise ConfigError(f"target.api_key_env: environment variable {cfg.api_key_env} is not set")

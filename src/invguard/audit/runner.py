@@ -16,6 +16,7 @@ partial (caches are written by rename, results only at the end).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue as queue_mod
 import time
@@ -32,7 +33,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from invguard.audit.config import AuditConfig, exposure_label, is_whitebox, load_config
 from invguard.audit.jobs import Job, QueueProgress, run_job
 from invguard.audit.resolve import ResolvedTarget, resolve_data, resolve_target
-from invguard.core.errors import ConfigError, TargetError
+from invguard.core.errors import ConfigError
 
 
 @dataclass
@@ -48,7 +49,17 @@ class AuditRun:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.passed else 1
+        """3: the target stopped answering during the audit (the finished jobs' results are still
+        written); 1: a blocking gate did not pass, or an attack ran out of query budget (its partial
+        results are in the report); 0: every gate passed and every attack finished."""
+        statuses = {o.get("status") for o in _all_jobs(self.results)}
+        if "target_error" in statuses:
+            return 3
+        return 0 if self.passed and "budget_exhausted" not in statuses else 1
+
+
+def _all_jobs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(results.get("attacks", [])) + list((results.get("exposure_sweep") or {}).get("jobs", []))
 
 
 # ---------------------------------------------------------------------------- executors
@@ -144,6 +155,35 @@ def make_executor(
 
 
 # ---------------------------------------------------------------------------- jobs
+PROBE_ROWS = 1  # the one query that checks the target answers before any attack starts
+
+
+def allocate_budget(total: int | None, explicit: list[int | None]) -> list[int | None]:
+    """Each job's share of the audit's query budget, decided up front so their sum never exceeds
+    ``total``: the shares a config gives, and the rest (less the probe query) divided equally
+    among the other jobs (the first ones get the remainder)."""
+    if total is None:
+        return [None] * len(explicit)
+    rest = max(0, total - PROBE_ROWS - sum(b for b in explicit if b is not None))
+    n_free = sum(1 for b in explicit if b is None)
+    each, extra = divmod(rest, n_free) if n_free else (0, 0)
+    out: list[int | None] = []
+    k = 0
+    for b in explicit:
+        if b is not None:
+            out.append(b)
+        else:
+            out.append(each + (1 if k < extra else 0))
+            k += 1
+    return out
+
+
+def _with_budget(target: ResolvedTarget, share: int | None) -> ResolvedTarget:
+    if share is None:
+        return target
+    return dataclasses.replace(target, options={**target.options, "budget": share})
+
+
 def _make_jobs(cfg: AuditConfig, target: ResolvedTarget, splits: Any, cache_dir: Path) -> list[Job]:
     from invguard import policies
     from invguard.attacks import ATTACKS
@@ -174,13 +214,18 @@ def _make_jobs(cfg: AuditConfig, target: ResolvedTarget, splits: Any, cache_dir:
                 jobs.append(
                     Job(f"s{j}:{name}", attack, target, splits, cfg.seed, spec, label, True, str(cache_dir))
                 )
-    return jobs
+    n_main = len(cfg.attacks)
+    explicit = [a.budget for a in cfg.attacks] + [None] * (len(jobs) - n_main)
+    shares = allocate_budget(cfg.target.budget, explicit)
+    return [
+        dataclasses.replace(j, target=_with_budget(j.target, b)) for j, b in zip(jobs, shares, strict=True)
+    ]
 
 
 def _probe(target: ResolvedTarget, splits: Any) -> str:
     """Build the target once and ask it about one record: an unreachable model fails here (exit 3)."""
     t = target.build()
-    t.predict(splits.evaluation.X[:1])
+    t.predict(splits.evaluation.X[:PROBE_ROWS])
     return str(t.describe())
 
 
@@ -253,12 +298,24 @@ def run_audit(
     )
     timings["attacks_s"] = time.perf_counter() - t0
 
-    unreachable = [o for o in outputs if o.get("status") == "target_error"]
-    if unreachable:
-        raise TargetError(f"the target stopped answering during the audit: {unreachable[0]['error']}")
-    for o in outputs:
-        if o.get("status") == "crashed":
+    for o in outputs:  # the finished jobs' results are written whatever happened to the others
+        st = o.get("status")
+        if st == "crashed":
             console.print(f"[red]attack {o['attack']} crashed[/]: {o['error']}", highlight=False)
+        elif st == "target_error":
+            console.print(f"[red]attack {o['attack']}: the target stopped answering[/]: {o['error']}")
+        elif st == "budget_exhausted":
+            console.print(
+                f"[yellow]attack {o['attack']} ended early, budget exhausted[/]: {o['error']}",
+                highlight=False,
+            )
+    budget = None
+    if cfg.target.budget is not None:
+        budget = {
+            "total": cfg.target.budget,
+            "probe": PROBE_ROWS,
+            "shares": {j.id: j.target.options.get("budget") for j in jobs},
+        }
 
     results = build_results(
         cfg,
@@ -270,6 +327,8 @@ def run_audit(
         timings=timings,
         executor=executor_desc,
         config_text=config_text,
+        budget=budget,
+        probe_rows=PROBE_ROWS,
     )
     hist_path = None
     if history is True:

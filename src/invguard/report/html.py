@@ -98,6 +98,7 @@ def verdict_of(results: dict[str, Any]) -> dict[str, Any]:
         "gates_summary": v.get("gates_summary") or v.get("summary", ""),
         "findings_summary": v.get("findings_summary") or "",
         "findings": list(v.get("findings") or []),
+        "incomplete": list(v.get("incomplete") or []),
     }
 
 
@@ -175,6 +176,7 @@ def _attack_view(a: dict[str, Any], deltas: dict[str, Any]) -> dict[str, Any]:
         "exposure": a.get("exposure") or "as deployed",
         "status": a.get("status"),
         "error": a.get("error"),
+        "partial": a.get("partial"),
         "traceback": a.get("traceback"),
         "access": a.get("access", "—"),
         "target": a.get("target", ""),

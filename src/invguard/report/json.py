@@ -218,9 +218,18 @@ def build_results(
     timings: dict[str, float],
     executor: str,
     config_text: str | None,
+    budget: dict[str, Any] | None = None,
+    probe_rows: int = 1,
 ) -> dict[str, Any]:
     """Assemble the results document from the job outputs (see the schema for every field)."""
-    from invguard.audit.gates import GateOutcome, evaluate, evaluate_one, notable_findings, verdict
+    from invguard.audit.gates import (
+        GateOutcome,
+        evaluate,
+        evaluate_one,
+        notable_findings,
+        unfinished,
+        verdict,
+    )
 
     attacks = [o for o in outputs if not o.get("sweep")]
     sweep_outs = [o for o in outputs if o.get("sweep")]
@@ -254,9 +263,12 @@ def build_results(
             "wall_time_s": o.get("wall_time_s"),
             "job_wall_time_s": o.get("job_wall_time_s"),
             "queries": o.get("queries_used"),
+            "job_queries": o.get("job_queries"),
+            "budget": o.get("budget"),
         }
         for o in outputs
     ]
+    queries_total = probe_rows + sum(int(o.get("job_queries") or 0) for o in outputs)
     return {
         "format": RESULTS_FORMAT,
         "schema_version": RESULTS_VERSION,
@@ -268,7 +280,7 @@ def build_results(
             "seed": cfg.seed,
             "fail_on": cfg.fail_on,
         },
-        "verdict": verdict(outcomes, notable_findings(attacks)),
+        "verdict": verdict(outcomes, notable_findings(attacks), unfinished(outputs)),
         "target": {
             "kind": target.kind,
             "name": target.name,
@@ -291,7 +303,9 @@ def build_results(
             "executor": executor,
             "seed": cfg.seed,
             "timings": {**timings, "per_attack": per_attack},
-            "queries": {o["job"]: o.get("queries_used") for o in outputs},
+            "queries": {o["job"]: o.get("job_queries", o.get("queries_used")) for o in outputs},
+            "queries_total": queries_total,
+            "budget": budget,
             "argv": list(sys.argv),
         },
     }

@@ -11,22 +11,30 @@ Presets:
   ``response_field`` (dotted path, list indices allowed: ``"result.0.probs"``).
 
 ``returns`` says what the endpoint answers (``labels``, ``scores`` or ``logits``) and so the access
-the target grants. Connections are pooled (urllib3); timeouts, retries with exponential backoff
-and ``429`` + ``Retry-After`` are honoured; every row counts as a query against the budget, checked
-before the request is sent. A response that is not a valid prediction raises ``TargetError``
-quoting the route, the status and the first bytes of the body.
+the target grants. Connections are pooled (urllib3); timeouts and retries with exponential backoff
+are honoured; every row counts as a query against the budget, checked before the request is sent.
+A response that is not a valid prediction raises ``TargetError`` quoting the route, the status and
+the first bytes of the body.
+
+A ``429`` is a rate limit or a spent quota. One whose ``Retry-After`` is at most ``max_wait``
+seconds is waited out (``retries`` times); one that asks for longer (a daily quota), or whose body
+says the budget or quota is exhausted, raises :class:`BudgetExhausted` at once, so an attack stops
+instead of retrying a quota that will not return today. Rows the server refused are not counted
+as queries (they were not answered).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import urllib3
 
-from invguard.core.errors import ConfigError, TargetError
+from invguard.core.errors import BudgetExhausted, ConfigError, TargetError
 from invguard.core.target import BaseTarget, Prediction
 from invguard.targets.callable import _KINDS, prediction_from_output
 from invguard.wire import instances, kserve
@@ -58,6 +66,26 @@ def _fill(template: Any, inputs: list[Any]) -> Any:
     return template
 
 
+_SPENT_CODES = ("budget_exhausted", "quota_exceeded", "insufficient_quota", "quota_exhausted")
+
+
+def says_exhausted(body: bytes) -> bool:
+    """Whether a 429's body says a budget or quota is spent (not merely a request rate)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        codes = [doc.get("code"), err.get("code") if isinstance(err, dict) else None]
+        if any(isinstance(c, str) and c.lower() in _SPENT_CODES for c in codes):
+            return True
+    text = body[:2000].decode("utf-8", "replace").lower()
+    return any(w in text for w in ("budget", "quota")) and any(
+        w in text for w in ("exhausted", "exceeded", "spent", "used up")
+    )
+
+
 class _CappedRetry(urllib3.Retry):
     """urllib3's retry policy, with the server's ``Retry-After`` capped at ``max_retry_after`` seconds."""
 
@@ -67,6 +95,10 @@ class _CappedRetry(urllib3.Retry):
         r: _CappedRetry = super().new(**kw)
         r.max_retry_after = self.max_retry_after
         return r
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        # a 429 is never retried here: HttpTarget tells a spent quota from a short rate limit
+        return status_code != 429 and bool(super().is_retry(method, status_code, has_retry_after))
 
     def get_retry_after(self, response: Any) -> float | None:
         value = super().get_retry_after(response)
@@ -98,8 +130,10 @@ class HttpTarget(BaseTarget):
         retries: int = 3,
         backoff: float = 0.2,
         max_retry_after: float = 30.0,
+        max_wait: float = 60.0,
         pool_size: int = 4,
         name: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if preset not in PRESETS:
             raise ConfigError(f"http target: unknown preset {preset!r}; expected one of {list(PRESETS)}")
@@ -117,6 +151,8 @@ class HttpTarget(BaseTarget):
             raise ConfigError(f"http target: timeout must be a number of seconds > 0, got {timeout!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigError(f"http target: retries must be a whole number >= 0, got {retries!r}")
+        if not (isinstance(max_wait, (int, float)) and max_wait >= 0):
+            raise ConfigError(f"http target: max_wait must be a number of seconds >= 0, got {max_wait!r}")
         super().__init__(
             num_classes=num_classes,
             input_shape=input_shape,
@@ -146,12 +182,16 @@ class HttpTarget(BaseTarget):
             read=0,
             status=int(retries),
             backoff_factor=float(backoff),
-            status_forcelist=(429, 502, 503, 504),
+            status_forcelist=(502, 503, 504),  # 429 is handled by _predict_chunk (quota vs rate)
             allowed_methods=frozenset({"POST"}),
             respect_retry_after_header=True,
             raise_on_status=False,
         )
         self._retry.max_retry_after = float(max_retry_after)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.max_wait = float(max_wait)
+        self._sleep = sleep
         self._timeout = urllib3.Timeout(connect=min(timeout, 5.0), read=timeout)
         self._pool = urllib3.PoolManager(
             num_pools=2, maxsize=int(pool_size), retries=self._retry, timeout=self._timeout
@@ -215,6 +255,9 @@ class HttpTarget(BaseTarget):
         for i in range(0, x.shape[0], self.batch_size):
             try:
                 preds.append(self._predict_chunk(x[i : i + self.batch_size]))
+            except BudgetExhausted:
+                self.refund(x.shape[0] - i)  # the refused chunk and those never sent were not answered
+                raise
             except TargetError:
                 self.refund(max(0, x.shape[0] - i - self.batch_size))  # chunks never sent are not spent
                 raise
@@ -227,13 +270,50 @@ class HttpTarget(BaseTarget):
             access=preds[0].access,
         )
 
+    @staticmethod
+    def _retry_after(headers: Any) -> float | None:
+        """Retry-After in seconds: delay-seconds or an HTTP-date (RFC 9110 section 10.2.3), uncapped."""
+        value = headers.get("Retry-After")
+        if value is None:
+            return None
+        value = str(value).strip()
+        if value.isdigit():
+            return float(value)
+        import email.utils
+
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
     def _predict_chunk(self, x: np.ndarray) -> Prediction:
-        status, data, headers = self._post(self._body(x))
+        body = self._body(x)
         route = f"POST {self._public_url}"
+        for attempt in range(self.retries + 1):
+            status, data, headers = self._post(body)
+            if status != 429:
+                break
+            wait = self._retry_after(headers)
+            preview = data[:_BODY_PREVIEW].decode("utf-8", "replace")
+            spent = says_exhausted(data)
+            if spent or (wait is not None and wait > self.max_wait):
+                why = (
+                    "the server says the query budget is exhausted"
+                    if spent
+                    else f"Retry-After {wait:g} s is beyond max_wait {self.max_wait:g} s"
+                )
+                raise BudgetExhausted(
+                    f"{route} -> 429 (body: {preview!r}): {why}; the attack stops here",
+                    used=self.queries_used - x.shape[0],
+                    budget=self.budget or 0,
+                    requested=int(x.shape[0]),
+                )
+            if attempt == self.retries:
+                raise TargetError(f"{route} -> 429 (body: {preview!r}): still rate-limited after retries")
+            self._sleep(wait if wait is not None else self.backoff * 2**attempt)
         preview = data[:_BODY_PREVIEW].decode("utf-8", "replace")
         where = f"{route} -> {status} (body: {preview!r})"
-        if status == 429:
-            raise TargetError(f"{where}: still rate-limited after retries")
         if 300 <= status < 400:
             raise TargetError(
                 f"{where}: the endpoint redirects (to {headers.get('Location', '?')}); give the final URL"
