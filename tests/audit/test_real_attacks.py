@@ -52,7 +52,7 @@ def test_a_real_membership_attack_end_to_end(tmp_path):
             "policies": ["scores", "label_only"],
             "params": {"membership.threshold": {"n_boot": 200}},
         },
-        gates=["membership.threshold.auc <= 0.9", "membership.threshold.tpr_at_fpr_0.001 <= 0.5 low"],
+        gates=["membership.threshold.auc <= 0.9", "membership.threshold.tpr_at_fpr_0.01 <= 0.5 low"],
     )
     r = CliRunner().invoke(app, ["audit", str(path)])
     assert r.exit_code == 0, r.output

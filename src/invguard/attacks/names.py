@@ -26,6 +26,11 @@ BUILTIN: dict[str, str] = {
     "membership.rmia": "invguard.attacks.membership.rmia",
     "membership.shadow": "invguard.attacks.membership.shadow",
     "membership.threshold": "invguard.attacks.membership.threshold",
+    "text.exposure": "invguard.attacks.text.exposure",
+    "text.exposure_generations": "invguard.attacks.text.exposure",
+    "text.extraction": "invguard.attacks.text.extraction",
+    "text.membership": "invguard.attacks.text.membership",
+    "text.membership_reference": "invguard.attacks.text.membership",
 }
 
 

@@ -37,8 +37,9 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 # families that need data the digits model does not have (attribute inference works on tabular
-# records with a sensitive column, e.g. the Adult dataset)
-DEMO_SKIP_FAMILIES = ("attribute", "hybrid")
+# records with a sensitive column, e.g. the Adult dataset), or that audit something other than a
+# deployed classifier (gradient: federated clients' shared updates; text: language models)
+DEMO_SKIP_FAMILIES = ("attribute", "hybrid", "gradient", "text")
 
 # the demo's gates, used for whichever of these attacks are installed
 # Inversion is gated on the lift over the no-model prior: what the attack recognises beyond what
