@@ -285,14 +285,15 @@ def serve(
 
     try:
         cfg = load(config)
+        h = host or cfg.server.host
+        pt = port if port is not None else cfg.server.port
+        _port_free(h, pt)  # before the model loads and the log opens: a clear exit 2, not exit 3 later
         asgi = build_app(cfg)
     except InvguardError as e:
         _fail(e)
         return
     import uvicorn
 
-    h = host or cfg.server.host
-    pt = port if port is not None else cfg.server.port
     console.print(
         f"guard serving model {cfg.model.name!r} on http://{h}:{pt} (audit log {cfg.audit.path})",
         highlight=False,
@@ -306,6 +307,26 @@ def serve(
         loop="auto",
         http=getattr(asgi, "http_protocol", "auto"),  # the guard's: header deadline, per-address cap
     )
+
+
+def _port_free(host: str, port: int) -> None:
+    """Refuse a port another server is listening on (uvicorn would fail only after start-up)."""
+    import errno
+    import socket
+
+    from invguard.core.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} is in use on {host}: stop the server holding it, or pass --port"
+                ) from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
 @keys_app.command("add")
@@ -333,6 +354,11 @@ def keys_add(
                 raise ConfigError(
                     f"keys add: role {role!r} is not defined in {config}; its roles are {roles}"
                 )
+        elif (recorded := KeyStore(store).recorded_roles()) is not None and role not in recorded:
+            raise ConfigError(
+                f"keys add: role {role!r} is not a role of the guard that uses {store} (its roles, "
+                f"recorded when it last started, are {list(recorded)}); check with --config guard.yaml"
+            )
         key, rec = KeyStore(store).add(role, key_id, owner)
     except InvguardError as e:
         _fail(e)

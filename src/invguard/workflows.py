@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,20 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 
-def training_progress(console: Console) -> tuple[Progress, Any]:
-    """A rich progress bar and the ``progress(epoch, epochs, loss)`` callback that drives it."""
+def training_progress(console: Console, label: str = "training") -> tuple[Any, Any]:
+    """A rich progress bar and the ``progress(epoch, epochs, loss)`` callback that drives it.
+
+    When the console is not a terminal (a CI log, a pipe) a live bar would show nothing, so a line
+    is printed every tenth of the epochs instead."""
+    if not console.is_terminal:
+
+        def line(epoch: int, epochs: int, loss: float) -> None:
+            if epoch == 1 or epoch == epochs or epoch % max(1, epochs // 10) == 0:
+                console.print(f"{label}: epoch {epoch}/{epochs}, loss {loss:.4f}", highlight=False)
+
+        return contextlib.nullcontext(), line
     bar = Progress(
-        TextColumn("[bold]training[/]"),
+        TextColumn(f"[bold]{label}[/]"),
         BarColumn(),
         TextColumn("epoch {task.completed}/{task.total}"),
         TextColumn("loss {task.fields[loss]:.4f}"),
@@ -54,6 +65,9 @@ def train_model(
     kw: dict[str, Any] = {"label": label} if label else {}
     splits = data.load(dataset, seed=seed, **kw)
     spec = {"arch": arch, "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}
+    console.print(
+        f"training {arch} on {dataset} ({len(splits.members)} members, recipe {recipe})", highlight=False
+    )
     bar, cb = training_progress(console)
     meta: dict[str, Any] = {"dataset": dataset, "seed": seed, "recipe": recipe, "splits": splits.provenance()}
     privacy = None

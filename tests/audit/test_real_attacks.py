@@ -39,7 +39,9 @@ def test_demo_config_runs_every_image_attack_and_is_valid(tmp_path):
     families = {n.split(".")[0] for n in ATTACKS.names()} - {"test"}
     assert {"inversion", "membership"} <= families
     assert set(names) == {n for n in ATTACKS.names() if n.split(".")[0] in ("inversion", "membership")}
-    assert cfg.exposures is not None and cfg.exposures.attacks == [SWEEP_ATTACKS[0]] == ["inversion.blackbox"]
+    assert cfg.exposures is not None and cfg.exposures.attacks == list(SWEEP_ATTACKS)
+    assert SWEEP_ATTACKS == ("inversion.blackbox", "membership.threshold")
+    assert cfg.target.name == "digits-mlp"  # the name examples/inventory.yaml knows the model by
     assert {g.attack for g in cfg.gates} <= set(names)
 
 

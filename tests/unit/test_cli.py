@@ -20,6 +20,12 @@ def test_train_writes_a_model_and_bad_input_exits_2(tmp_path):
     r = runner.invoke(app, ["train", "--recipe", "quick", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert out.exists() and "held-out accuracy" in r.output
+    # not a terminal: progress as lines (a live bar would print nothing into a log)
+    assert "training mlp on digits (539 members, recipe quick)" in r.output
+    epochs = [ln for ln in r.output.splitlines() if ln.startswith("training: epoch ")]
+    assert epochs and epochs[0].startswith("training: epoch 1/")
+    n = int(epochs[0].split("/")[1].split(",")[0])
+    assert epochs[-1].startswith(f"training: epoch {n}/{n}, loss ")
     r = runner.invoke(app, ["train", "--dataset", "digitz", "--out", str(tmp_path / "x.pt")])
     assert r.exit_code == 2
     assert "unknown dataset 'digitz'" in r.output and "Traceback" not in r.output

@@ -54,7 +54,7 @@ DEMO_GATES: list[dict[str, Any]] = [
     {"metric": "membership.rmia.tpr_at_fpr_0.01", "op": "<=", "threshold": 0.05, "severity": "high"},
 ]
 
-# the exposure sweep: the first of these attacks that is installed, across these policies
+# the exposure sweep: these attacks (those installed) at every policy; each exposure shows the worst
 SWEEP_ATTACKS = ("inversion.blackbox", "membership.threshold")
 SWEEP_POLICIES: list[Any] = ["logits", "scores", "top_k=3 round=2", "top_k=1", "label_only"]
 
@@ -70,18 +70,19 @@ def demo_config(*, seed: int = 0, out_dir: str | Path = "reports/demo") -> dict[
     cfg: dict[str, Any] = {
         "name": "digits-mlp (demo)",
         "seed": seed,
-        "target": {"name": "reference/digits-mlp", "model": "reference/digits-mlp"},
+        # the name the history store and `invguard inventory check` know the model by
+        "target": {"name": "digits-mlp", "model": "reference/digits-mlp"},
         "data": {"dataset": "digits"},
         "attacks": attacks,
         "gates": [g for g in DEMO_GATES if ".".join(g["metric"].split(".")[:2]) in names],
         "output": {"dir": str(out_dir), "formats": ["json", "html", "junit", "markdown"]},
     }
-    sweep = next((a for a in SWEEP_ATTACKS if a in names), None)
-    if sweep is not None:
+    sweep = [a for a in SWEEP_ATTACKS if a in names]
+    if sweep:
         cfg["exposures"] = {
-            "attacks": [sweep],
+            "attacks": sweep,
             "policies": SWEEP_POLICIES,
-            "params": {sweep: DEMO_PARAMS.get(sweep, {})},
+            "params": {a: DEMO_PARAMS[a] for a in sweep if a in DEMO_PARAMS},
         }
     return cfg
 

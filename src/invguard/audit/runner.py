@@ -229,23 +229,6 @@ def _probe(target: ResolvedTarget, splits: Any) -> str:
     return str(t.describe())
 
 
-def _train_bar(console: Console) -> tuple[Progress, Any]:
-    bar = Progress(
-        TextColumn("[bold]training the target model[/]"),
-        BarColumn(),
-        TextColumn("epoch {task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-    task = bar.add_task("train", total=1)
-
-    def cb(epoch: int, epochs: int, loss: float) -> None:
-        bar.update(task, completed=epoch, total=epochs)
-
-    return bar, cb
-
-
 def run_audit(
     config: AuditConfig | str | Path,
     *,
@@ -278,7 +261,9 @@ def run_audit(
     timings["data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    bar, cb = _train_bar(console)
+    from invguard.workflows import training_progress
+
+    bar, cb = training_progress(console, "training the target model")
     with bar:
         target = resolve_target(cfg.target, splits, seed=cfg.seed, cache_dir=cache_dir, progress=cb)
     timings["target_s"] = time.perf_counter() - t0

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -111,6 +112,11 @@ class Guard:
                 Limits(rc.rate.burst, rc.rate.per_second, rc.budget.day, rc.budget.week, rc.budget.scope),
             )
         store = KeyStore(cfg.auth.key_store) if cfg.auth.key_store else None
+        if store is not None:
+            try:  # so that `invguard keys add` can refuse a role this guard does not have
+                store.record_roles(self.roles)
+            except (sqlite3.Error, OSError) as e:
+                log.warning("could not record the guard's roles in %s: %s", cfg.auth.key_store, e)
         self.auth = Authenticator(
             [KeyRecord(k.id, k.sha256, k.role, owner=k.owner) for k in cfg.auth.keys],
             self.roles,

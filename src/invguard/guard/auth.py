@@ -72,6 +72,8 @@ _SCHEMA = (
     "role TEXT NOT NULL, created TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0, owner TEXT)",
     "CREATE TABLE IF NOT EXISTS revision (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO revision (id, n) VALUES (0, 0)",
+    # the roles of the guard that uses the store, recorded at its start: `keys add` refuses others
+    "CREATE TABLE IF NOT EXISTS roles (name TEXT PRIMARY KEY)",
     *(
         f"CREATE TRIGGER IF NOT EXISTS keys_{op.lower()} AFTER {op} ON keys "
         "BEGIN UPDATE revision SET n = n + 1 WHERE id = 0; END"
@@ -139,6 +141,20 @@ class KeyStore:
 
     def list(self) -> list[KeyRecord]:
         return self.read()[1]
+
+    def record_roles(self, roles: Iterable[str]) -> None:
+        """Record the roles of the guard using this store (``keys add`` refuses any other)."""
+        with self._connect() as con:
+            con.execute("DELETE FROM roles")
+            con.executemany("INSERT INTO roles (name) VALUES (?)", [(r,) for r in sorted(set(roles))])
+
+    def recorded_roles(self) -> tuple[str, ...] | None:
+        """The roles the guard recorded when it last started, or None if no guard has."""
+        if not self.path.exists():
+            return None
+        with self._connect() as con:
+            names = tuple(r[0] for r in con.execute("SELECT name FROM roles ORDER BY name"))
+        return names or None
 
     def read(self) -> tuple[Version | None, Records]:
         """``(version, records)`` read in one transaction; the version is :meth:`version`'s."""
