@@ -186,6 +186,38 @@ def tradeoff(
     raise typer.Exit(run.exit_code)
 
 
+synth_app = typer.Typer(help="Leakage checks for synthetic data.", no_args_is_help=True)
+app.add_typer(synth_app, name="synth")
+
+
+@synth_app.command("check")
+def synth_check(
+    real: Annotated[Path, typer.Option(help="The real records the generator was trained on (.csv or .npz).")],
+    synthetic: Annotated[Path, typer.Option(help="The synthetic records (.csv or .npz).")],
+    holdout: Annotated[
+        Path | None,
+        typer.Option(help="Real records the generator never saw (needed for DCR share and risks)."),
+    ] = None,
+    secret: Annotated[
+        str | None, typer.Option(help="Column attribute inference targets (default: the last).")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/synth"),
+    n_attacks: Annotated[int, typer.Option(help="Records each anonymeter attack targets.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the subsamples and bootstraps.")] = 0,
+) -> None:
+    """DCR/NNDR against a holdout, anonymeter's risks and a membership attack; exit 1 on a leak."""
+    from invguard.defences.synth import synth_check as run
+    from invguard.defences.synth import verdict_text
+
+    doc, paths = _audit_errors(
+        lambda: run(real, synthetic, holdout, out_dir=out_dir, secret=secret, n_attacks=n_attacks, seed=seed)
+    )
+    out.print(verdict_text(doc), highlight=False)
+    for fmt_, path in paths.items():
+        out.print(f"{fmt_}: {path}", highlight=False)
+    raise typer.Exit(1 if doc["leak"] else 0)
+
+
 inventory_app = typer.Typer(
     help="The model inventory and the privacy decision checklist.", no_args_is_help=True
 )
