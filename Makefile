@@ -23,8 +23,12 @@ $(VENV)/.base: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# anonymeter (synthetic-data checks) with --no-deps: its numpy<1.27 pin is stale and would downgrade numpy
+ANONYMETER ?= anonymeter==1.1.0
+
 $(VENV)/.dev: pyproject.toml $(VENV)/.base
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps "$(ANONYMETER)"
 	touch $@
 
 $(VENV)/.bench: pyproject.toml $(VENV)/.dev

@@ -282,7 +282,14 @@ def _anonymeter(
     control records drawn here with the seeded generator), so a seeded run reproduces exactly."""
     import warnings
 
-    from anonymeter.evaluators import InferenceEvaluator, LinkabilityEvaluator, SinglingOutEvaluator
+    try:
+        from anonymeter.evaluators import InferenceEvaluator, LinkabilityEvaluator, SinglingOutEvaluator
+    except ImportError as e:
+        raise ConfigError(
+            "invguard synth check needs the anonymeter package: "
+            "pip install 'invguard[synth]' && pip install --no-deps 'anonymeter==1.1.0' "
+            "(its numpy<1.27 pin is stale; it runs on numpy 2)"
+        ) from e
 
     cols = list(real.frame.columns)
     if secret is not None and secret not in cols:
