@@ -23,6 +23,7 @@ training). Every number is a mean over updates with a 95% bootstrap CI over upda
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -242,6 +243,8 @@ def section_defences(args: argparse.Namespace) -> None:
     base = dict(clients=8, batch_size=8, local_lr=0.5)
 
     def row(label: str, setup: FederatedSetup, extra: str = "") -> None:
+        if not setup.sees_individual_updates:  # one aggregate per round: observe as many rounds
+            setup = dataclasses.replace(setup, rounds=args.curve_updates)
         obs = observe(module, splits, setup)[: args.curve_updates]
         r = attack_updates(ig, module, obs, splits)
         u = utility(module, splits, setup, N)

@@ -261,7 +261,7 @@ def test_the_flower_strategy_wrapper_audits_a_two_round_simulation(digits_mlp, d
     initial = ArrayRecord(dict(digits_mlp.state_dict()))
     result = run_local(strategy, apps, initial, num_rounds=2)
     assert result.arrays is not None
-    assert len(strategy.observations) == 6 and log.count == 6
+    assert len(strategy.observations) == 6 and log.by_who() == {"invguard-audit": 6, "strategy:FedAvg": 6}
     assert {e.round for e in log.events} == {1, 2} and {e.client for e in log.events} == {101, 102, 103}
     target = FederatedTarget(
         digits_mlp, input_shape=(1, 8, 8), setup=FederatedSetup(clients=3), observations=strategy.observations
@@ -328,3 +328,17 @@ def test_a_federated_audit_target_parses_resolves_and_builds(digits, digits_mlp,
     bad["target"]["federated"] = {"local_steps": 5}
     with pytest.raises(ConfigError, match=r"fedsgd takes exactly one local step \(local_steps=1\), got 5"):
         parse_config(bad)
+
+
+def test_the_report_shows_reconstructions_beside_the_true_inputs(digits):
+    from invguard.core.result import AttackResult
+    from invguard.report import figures
+
+    X = digits.members.X[:3].astype(float)
+    r = AttackResult(
+        attack="gradient.analytic", params={}, target="WHITEBOX", access="WHITEBOX", metrics={},
+        queries_used=0, wall_time_s=0.0, seed=0,
+        arrays={"reconstructions": X, "true_inputs": X, "reconstruction_classes": digits.members.y[:3] * 1.0},
+    )  # fmt: skip
+    entry = json.loads(json.dumps(r.to_json()))
+    assert figures.reconstruction_grid(entry).startswith("data:image/png;base64,")

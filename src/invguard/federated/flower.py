@@ -4,9 +4,9 @@ protected.
 - :class:`AuditingStrategy` wraps any Flower ``Strategy`` (the Message API of ``flwr.serverapp``):
   every round it hands the updates the server received to invguard as
   :class:`~invguard.federated.updates.Observation` objects (the client's returned arrays minus the
-  global arrays it was sent: a FedAvg delta), logs each read of a client's raw update as an M5
-  event, and then lets the wrapped strategy aggregate as before. The observations feed a
-  :class:`~invguard.federated.target.FederatedTarget`, so the gradient attacks reconstruct from
+  global arrays it was sent: a FedAvg delta), and lets the wrapped strategy aggregate as before;
+  both reads of each client's raw update (invguard's and the strategy's) are M5 events. The
+  observations feed a :class:`~invguard.federated.target.FederatedTarget`, so the gradient attacks reconstruct from
   exactly what the operator's server holds (there is no ground truth for a live deployment).
 - :func:`check_deployment` inspects the server strategy/workflow and the client mods for Flower's
   secure aggregation (``SecAggPlusWorkflow`` on the server *and* ``secaggplus_mod`` on the
@@ -125,6 +125,12 @@ def _auditing_class() -> type:
                 self.observations.append(obs)
                 if self.on_update is not None:
                     self.on_update(obs)
+            aggregator = f"strategy:{type(self.inner).__name__}"
+            for msg in replies:  # the wrapped strategy reads every plaintext reply to aggregate it
+                if not msg.has_error():
+                    self.log.record(
+                        aggregator, server_round, int(msg.metadata.src_node_id), secure_aggregation=False
+                    )
             return self.inner.aggregate_train(server_round, replies)  # type: ignore[no-any-return]
 
         def configure_evaluate(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Iterable[Any]:
