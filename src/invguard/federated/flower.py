@@ -6,8 +6,8 @@ protected.
   :class:`~invguard.federated.updates.Observation` objects (the client's returned arrays minus the
   global arrays it was sent: a FedAvg delta), and lets the wrapped strategy aggregate as before;
   both reads of each client's raw update (invguard's and the strategy's) are M5 events. The
-  observations feed a :class:`~invguard.federated.target.FederatedTarget`, so the gradient attacks reconstruct from
-  exactly what the operator's server holds (there is no ground truth for a live deployment).
+  observations feed a :class:`~invguard.federated.target.FederatedTarget`, so the gradient attacks
+  reconstruct from exactly what the operator's server holds (no ground truth for a live deployment).
 - :func:`check_deployment` inspects the server strategy/workflow and the client mods for Flower's
   secure aggregation (``SecAggPlusWorkflow`` on the server *and* ``secaggplus_mod`` on the
   clients; either alone does not mask anything) and its DP wrappers (central:
