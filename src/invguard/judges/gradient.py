@@ -249,18 +249,24 @@ def judge_gradient(ev: GradientEvidence, case: Case) -> AttackOutput:
             ),
         )
     ev_top1, ev_base = out.metrics.get("evaluator_top1"), out.metrics.get("baseline_evaluator_top1")
-    if not leak and ev_top1 is not None and ev_base is not None and ev_top1.low is not None:
-        if ev_base.high is not None and ev_top1.low > ev_base.high:
-            out.findings.append(
-                Finding(
-                    "Class content leaks, individual inputs do not",
-                    f"The reconstructions are no closer to the clients' own inputs than the public mean image, "
-                    f"but the independent evaluator names their true classes {ev_top1:.2f} of the time "
-                    f"(public mean image: {ev_base:.2f}): the update reveals which classes the clients hold "
-                    "and what they look like on average.",
-                    "medium",
-                )
+    if (
+        not leak
+        and ev_top1 is not None
+        and ev_base is not None
+        and ev_top1.low is not None
+        and ev_base.high is not None
+        and ev_top1.low > ev_base.high
+    ):
+        out.findings.append(
+            Finding(
+                "Class content leaks, individual inputs do not",
+                "The reconstructions are no closer to the clients' own inputs than the public mean image, "
+                f"but the independent evaluator names their true classes {ev_top1:.2f} of the time "
+                f"(public mean image: {ev_base:.2f}): the update reveals which classes the clients hold "
+                "and what they look like on average.",
+                "medium",
             )
+        )
     if evaluator_note:
         out.findings.append(Finding("Evaluator unavailable", evaluator_note, "low"))
     return out
