@@ -361,6 +361,48 @@ def _port_free(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
+guard_app = typer.Typer(help="Tune the guard.", no_args_is_help=True)
+app.add_typer(guard_app, name="guard")
+
+
+@guard_app.command("calibrate")
+def guard_calibrate(
+    config: Annotated[Path, typer.Argument(help="The guard config (guard.yaml).")],
+    benign: Annotated[Path, typer.Option(help="Benign samples: a .npy/.npz file or a directory of them.")],
+    fpr: Annotated[float, typer.Option(help="Target false-positive rate per request.")] = 0.001,
+    out: Annotated[Path | None, typer.Option(help="Where to write (default: detection.calibration).")] = None,
+) -> None:
+    """Set every detection threshold from benign traffic to a target false-positive rate."""
+    from invguard.core.errors import ConfigError, InvguardError
+    from invguard.guard import load
+    from invguard.guard.auditlog.signing import read_secret
+    from invguard.guard.detect.calibrate import calibrate, load_benign, write_calibration
+    from invguard.guard.keys import detect_salt_path
+
+    try:
+        cfg = load(config)
+        dest = out or (Path(cfg.detection.calibration) if cfg.detection.calibration else None)
+        if dest is None:
+            raise ConfigError(f"{config}: detection.calibration is not set; give --out or set it")
+        shape = cfg.model.input_shape
+        if shape is None:
+            from invguard.guard.upstream import build_model
+
+            shape = tuple(build_model(cfg.model).input_shape)
+        secret = read_secret(detect_salt_path(cfg.audit.path, cfg.detection.salt_key), "detection.salt_key")
+        doc = calibrate(cfg.detection, tuple(shape), load_benign(benign, tuple(shape)), fpr, secret)
+        write_calibration(doc, dest)
+    except InvguardError as e:
+        _fail(e)
+        return
+    console.print(
+        f"calibrated on {doc['samples']} benign samples in {doc['streams']} streams (fpr {fpr}): {dest}",
+        highlight=False,
+    )
+    for k, v in sorted(doc["thresholds"].items()):
+        console.print(f"  {k} = {v:g}", highlight=False)
+
+
 @keys_app.command("add")
 def keys_add(
     role: Annotated[str, typer.Option(help="The role the key grants (a role of guard.yaml).")],

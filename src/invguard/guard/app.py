@@ -258,6 +258,7 @@ class Guard:
         await self.model.start()
         await self.oncall.start(self.audit.append)
         self.metrics.ready.set(1)
+        self.loop = asyncio.get_running_loop()
         expiry = asyncio.create_task(self._expire_loop()) if self.detection is not None else None
         try:
             yield

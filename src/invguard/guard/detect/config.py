@@ -11,7 +11,7 @@ detection:
     fingerprint: {window: 20, quant_step: 50, keep: 50, match: 25, recent: 32, matches: 8}
     knn: {k: 10, history: 128}
     prada: {history: 128, min_queries: 20}
-    volume: {rows_per_hour: null, distinct_per_day: null, linked_keys: 2}
+    volume: {rows_per_hour: 10000, distinct_per_day: 20000, linked_keys: 3}
   roles:
     partner: {action: tighten, tighten_policy: label_only, duration_seconds: 3600}
     public: {action: block, duration_seconds: 86400}
@@ -79,7 +79,7 @@ class VolumeConfig(_Strict):
     rows_per_hour: int | None = Field(default=None, ge=1)
     rate_factor: float = Field(default=10.0, gt=1)
     distinct_per_day: int | None = Field(default=None, ge=1)
-    linked_keys: int = Field(default=2, ge=2)
+    linked_keys: int = Field(default=3, ge=2)
 
 
 class DetectorsConfig(_Strict):

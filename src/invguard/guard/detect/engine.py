@@ -218,11 +218,9 @@ class Detection:
     def digests(self, flat: np.ndarray) -> list[bytes]:
         return [hmac.digest(self.secret, row.tobytes(), "sha256")[:16] for row in flat]
 
-    async def observe(self, ex: Request) -> Verdict | None:
-        assert ex.x is not None and ex.client is not None and ex.role is not None
-        client, role = ex.client, ex.role.name
-        rcfg = self.role_cfg[role]
-        flat = np.ascontiguousarray(ex.x.reshape(len(ex.x), -1), dtype=np.float32)
+    async def measure(self, client: str, role: str, flat: np.ndarray) -> tuple[Any, Observation | None]:
+        """Fingerprint and encode the rows, exchange them with the state, and build what the
+        detectors read (None when the client is blocked: its queries are not recorded)."""
         hashes = (
             self.fingerprinter.hashes(flat)
             if "fingerprint" in self.detectors
@@ -230,15 +228,24 @@ class Detection:
         )
         rows = [RowIn(d, h) for d, h in zip(self.digests(flat), hashes, strict=True)]
         xc = await self.state.exchange(client, rows, len(flat))
-        verdict = await self._mitigated(client, role, rcfg, xc.mitigation)
         if xc.mitigation is not None and xc.mitigation.get("action") == "block":
-            return verdict
+            return xc, None
         feats = self.encoder(flat)
         skip = np.array([r.repeat for r in xc.rows], dtype=bool)
         hist = xc.features if xc.features.size else np.zeros((0, feats.shape[1]), np.float32)
         knn, dmins = neighbour_distances(hist, feats, self.cfg.detectors.knn.k, skip)
         await self.state.commit(client, feats[~skip], dmins)
-        obs = Observation(client, role, len(flat), xc, feats, knn, dmins)
+        return xc, Observation(client, role, len(flat), xc, feats, knn, dmins)
+
+    async def observe(self, ex: Request) -> Verdict | None:
+        assert ex.x is not None and ex.client is not None and ex.role is not None
+        client, role = ex.client, ex.role.name
+        rcfg = self.role_cfg[role]
+        flat = np.ascontiguousarray(ex.x.reshape(len(ex.x), -1), dtype=np.float32)
+        xc, obs = await self.measure(client, role, flat)
+        verdict = await self._mitigated(client, role, rcfg, xc.mitigation)
+        if obs is None:  # blocked: nothing recorded
+            return verdict
         names = rcfg.detectors if rcfg.detectors is not None else tuple(self.detectors)
         findings = [
             f for n in names if n in self.detectors if (f := self.detectors[n].check(obs)) is not None
@@ -290,7 +297,7 @@ class Detection:
         now = self.clock()
         action: Action = rcfg.action
         until = now + rcfg.duration_seconds
-        linked = sorted(set(linked_clients(obs)) | set(self._matched(obs)))
+        linked = linked_clients(obs, self.thresholds["fingerprint.matches"].value)
         events = []
         for f in findings:
             evidence = dict(f.evidence)
@@ -327,6 +334,7 @@ class Detection:
                 rec["linked_to"] = ex.client
                 await self.state.add_evidence(c, {**first.to_dict(), "linked_to": ex.client})
             await self.state.set_mitigation(c, rec, until)
+            await self.state.reset(c)
             self._known[c] = (until, action)
             mev = MitigationEvent(uuid.uuid4().hex, now, "applied", c, action, until, first.id)
             await self._audit({"event": "mitigation", "client": c, "mitigation": mev.to_dict()})
@@ -347,12 +355,6 @@ class Detection:
         if action == "block":
             return Verdict(status=403, code="forbidden", message="this client may not query this model")
         return None
-
-    def _matched(self, obs: Observation) -> list[str]:
-        """Clients whose queries this request's rows matched (links formed by this request)."""
-        return [
-            r.other for r in obs.exchange.rows if r.other and r.other != obs.client and r.best >= self.match
-        ]
 
     async def _audit(self, rec: dict[str, Any]) -> None:
         if self.audit is not None:
@@ -394,6 +396,7 @@ class Detection:
         m: dict[str, Any] | None = await self.state.lift(client)
         if m is None:
             return None
+        await self.state.reset(client)  # an admin judged the client: its recent queries start afresh
         self._known.pop(client, None)
         mev = MitigationEvent(
             uuid.uuid4().hex,

@@ -210,6 +210,15 @@ class MemoryState:
             c.feats.append(f.tobytes())
         c.dmins.extend(dmins)
 
+    async def reset(self, client: str) -> None:
+        """Forget the client's recent queries (a mitigation starts: when it ends, the client has to
+        show the pattern anew); its links and the global index stay."""
+        c = self._clients.get(client)
+        if c is not None:
+            c.feats.clear()
+            c.dmins.clear()
+            c.flags.clear()
+
     # ------------------------------------------------------------------ mitigations and evidence
     async def get_mitigation(self, client: str) -> dict[str, Any] | None:
         return self.mitigation(client)
@@ -422,6 +431,10 @@ class RedisState:
             pipe.ltrim(ck + ":dm", 0, self.history - 1)
             pipe.expire(ck + ":dm", self.ttl)
         await pipe.execute()
+
+    async def reset(self, client: str) -> None:
+        ck = f"{self.p}:c:{client}"
+        await self.r.delete(ck + ":f", ck + ":x", ck + ":dm")
 
     async def get_mitigation(self, client: str) -> dict[str, Any] | None:
         v = await self.r.get(f"{self.p}:m:{client}")

@@ -6,7 +6,8 @@
 - ``distinct``: distinct inputs per client per UTC day above ``distinct_per_day``: a membership
   sweep queries many different real records once each, which the similarity detectors rightly
   find natural.
-- ``keys``: ``linked_keys`` or more keys whose queries match each other (one actor behind several
+- ``keys``: ``linked_keys`` or more keys whose queries match each other (each link at least as
+  many matched queries as the fingerprint detector's threshold) (one actor behind several
   keys; the fingerprint index is global, so the links cross accounts).
 
 The statistic is the largest of the three ratios to their thresholds (flagged at >= 1).
@@ -20,11 +21,12 @@ import numpy as np
 
 from invguard.guard.detect.base import DETECTORS, Detector, Observation
 
-MIN_LINK_MATCHES = 3  # matched queries before two clients count as linked
 
-
-def linked_clients(obs: Observation) -> list[str]:
-    return sorted(k for k, n in obs.exchange.linked.items() if n >= MIN_LINK_MATCHES)
+def linked_clients(obs: Observation, min_matches: float) -> list[str]:
+    """Clients with at least ``min_matches`` queries matching this client's (the fingerprint
+    detector's own threshold: two clients are linked by as much similarity as flags one client;
+    natural traffic does share the odd popular image across clients)."""
+    return sorted(k for k, n in obs.exchange.linked.items() if n >= min_matches)
 
 
 @DETECTORS.register("volume")
@@ -46,7 +48,9 @@ class VolumeDetector(Detector):
         else:
             out["rows"] = x.rows_this_hour / floor
         out["distinct"] = x.distinct_today / v["volume.distinct_per_day"]
-        out["keys"] = (len(linked_clients(obs)) + 1) / self.cfg.linked_keys
+        out["keys"] = (
+            len(linked_clients(obs, self.values["fingerprint.matches"])) + 1
+        ) / self.cfg.linked_keys
         return out
 
     def statistic(self, obs: Observation) -> float | None:
@@ -63,5 +67,5 @@ class VolumeDetector(Detector):
             "reason": max(r, key=lambda k: r[k]),
             "rows_this_hour": x.rows_this_hour,
             "distinct_today": x.distinct_today,
-            "linked": linked_clients(obs),
+            "linked": linked_clients(obs, self.values["fingerprint.matches"]),
         }
