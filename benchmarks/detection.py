@@ -355,14 +355,18 @@ def memory_per_query(size: int, n: int = 5000) -> None:
         for i in range(n):
             await det.measure(f"c{i % 50}", "r", X[i : i + 1])
 
-    det = Detection(
-        cfg,
-        input_shape=(size,),
-        secret=b"s" * 32,
-        roles={"r": None},
-        limiter=None,
-        registry=CollectorRegistry(),
-    )
+    def make(state: Any = None) -> Detection:
+        return Detection(
+            cfg,
+            input_shape=(size,),
+            secret=b"s" * 32,
+            roles={"r": None},
+            limiter=None,
+            registry=CollectorRegistry(),
+            state=state,
+        )
+
+    det = make()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     asyncio.run(feed(det))
@@ -403,15 +407,7 @@ def memory_per_query(size: int, n: int = 5000) -> None:
         async def feed_redis() -> None:
             fp = cfg.detectors.fingerprint
             st = RedisState(f"redis://127.0.0.1:{port}/0", "bench", match=25, recent=fp.recent, history=128)
-            det2 = Detection(
-                cfg,
-                input_shape=(size,),
-                secret=b"s" * 32,
-                roles={"r": None},
-                limiter=None,
-                registry=CollectorRegistry(),
-                state=st,
-            )
+            det2 = make(st)
             await feed(det2)
             await st.close()
 
