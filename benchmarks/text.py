@@ -119,22 +119,29 @@ def main() -> None:
                 guard_url, model="lm", access="text", api_key=keys["text"], timeout=600
             ),
         }
-        samples = 200 if q else 2000
-        for view, target in views.items():
-            out: dict[str, dict] = {}
-            runs = []
+        samples = 200 if q else 1000
+        plan = []  # (view, label, attack): the local white-box figures first
+        for view in views:
             if view == "local":
-                runs.append(("exposure", get("text.exposure")(samples=samples)))
+                plan.append((view, "exposure", get("text.exposure")(samples=samples)))
             elif view != "guard/text":
-                runs.append(("exposure", get("text.exposure")(samples=samples // 4, max_exact=0)))
-            runs.append(("exposure_generations", get("text.exposure_generations")(samples=100 if q else 300)))
-            runs.append(
+                plan.append((view, "exposure", get("text.exposure")(samples=samples // 4, max_exact=0)))
+            if view in ("local", "guard/text"):
+                plan.append(
+                    (
+                        view,
+                        "exposure_generations",
+                        get("text.exposure_generations")(samples=100 if q else 200),
+                    )
+                )
+            plan.append(
                 (
+                    view,
                     "extraction",
                     get("text.extraction")(
-                        samples=120 if q else 600,
+                        samples=120 if q else (600 if view == "local" else 300),
                         max_tokens=24 if q else 32,
-                        top=20 if q else 100,
+                        top=20 if q else 50,
                         reference_spec=ref_spec,
                         show_secrets=args.show_secrets,
                     ),
@@ -142,24 +149,37 @@ def main() -> None:
             )
             if view != "guard/text":
                 for st in ("loss", "zlib", "min_k"):
-                    runs.append((f"membership_{st}", get("text.membership")(statistic=st, n_boot=300)))
-                runs.append(
-                    (
-                        "membership_reference",
-                        get("text.membership_reference")(n_models=2, spec=ref_spec, n_boot=300),
-                    )
+                    plan.append((view, f"membership_{st}", get("text.membership")(statistic=st, n_boot=300)))
+        for view in ("local", "guard/full", "guard/top5"):
+            plan.append(
+                (
+                    view,
+                    "membership_reference",
+                    get("text.membership_reference")(n_models=2, spec=ref_spec, n_boot=300),
                 )
-            for label, attack in runs:
-                try:
-                    attack.check_access(target)
-                except Exception as e:
-                    out[label] = {"skipped": str(e)}
-                    continue
-                t = time.perf_counter()
-                res = attack.run(target, splits, seed=0, context=ctx)
-                out[label] = {"result": res.to_json(), "wall_s": time.perf_counter() - t}
-                print(f"[{view}] {label}: {res.wall_time_s:.1f} s, {res.queries_used} queries", flush=True)
-            results[view] = out
+            )
+        for view, label, attack in plan:
+            target = views[view]
+            out = results.setdefault(view, {})
+            try:
+                attack.check_access(target)
+            except Exception as e:
+                out[label] = {"skipped": str(e)}
+                continue
+            t = time.perf_counter()
+            res = attack.run(target, splits, seed=0, context=ctx)
+            out[label] = {"result": res.to_json(), "wall_s": time.perf_counter() - t}
+            keys = [
+                k
+                for k in res.metrics
+                if k.startswith(("exposure", "approx", "canaries_recovered", "auc", "tpr_at_fpr_0.001"))
+            ]
+            shown = ", ".join(f"{k} {res.metrics[k]:.2f}" for k in keys)
+            print(
+                f"[{view}] {label}: {res.wall_time_s:.1f} s, {res.queries_used} queries; {shown}", flush=True
+            )
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(results, indent=1))
     report(results, splits)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))

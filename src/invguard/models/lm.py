@@ -78,9 +78,10 @@ class LMSpec:
 
 # named reference LMs: the corpus options and the spec
 REFERENCE_LMS: dict[str, dict[str, Any]] = {
-    # the benchmark's model: 300 documents of the corpus, 3 canaries per insertion count
+    # the benchmark's model: 300 documents of the corpus, 3 canaries per insertion count, 5-digit
+    # secrets (|R| = 10^5, the Secret Sharer's 5-character secrets)
     "pydoc-gpt2-tiny": {
-        "data": {"max_documents": 300, "canaries_per_count": 3},
+        "data": {"max_documents": 300, "canaries_per_count": 3, "canary_format": {"length": 5}},
         "spec": {"n_layer": 2, "n_embd": 96, "n_head": 4, "epochs": 20},
     },
     # the tests' model: a few dozen documents, trains in seconds
@@ -343,12 +344,15 @@ def reference_lm(
     Returns ``(model directory, TextSplits)``. The tokenizer is trained on the training stream and
     the public documents (never on the non-members).
     """
-    from invguard.data.text import load_text
+    from invguard.data.text import CanaryFormat, load_text
 
     if name not in REFERENCE_LMS:
         raise ConfigError(f"unknown reference LM {name!r}; known: {sorted(REFERENCE_LMS)}")
     ref = REFERENCE_LMS[name]
-    splits = load_text(seed=seed, **ref["data"])
+    opts = dict(ref["data"])
+    if "canary_format" in opts:
+        opts["canary_format"] = CanaryFormat(**opts["canary_format"])
+    splits = load_text(seed=seed, **opts)
     docs = splits.training_documents()
     path = cached_lm(
         name,

@@ -209,9 +209,39 @@ class HFLMTarget(BaseTextTarget):
         for members in groups.values():
             for b in range(0, len(members), self.batch_size * 4):
                 chunk = members[b : b + self.batch_size * 4]
-                lsm = self._forward([ids[i] for i in chunk], last_only=True)
-                out[chunk] = lsm[:, -1][:, sel].double().numpy()
+                rows = [ids[i] for i in chunk]
+                lsm = self._shared_prefix_last(rows)
+                if lsm is None:
+                    lsm = self._forward(rows, last_only=True)[:, -1]
+                out[chunk] = lsm[:, sel].double().numpy()
         return out
+
+    def _shared_prefix_last(self, rows: list[list[int]]) -> Any:
+        """Last-position log-softmax of equal-length ``rows`` sharing a token prefix: the prefix runs
+        once and its key/value cache is repeated for the rows' suffixes (a candidate tree shares its
+        canary prefix). ``None`` when there is no shared prefix or the model's cache cannot be
+        repeated (the caller then runs the rows whole)."""
+        import torch
+
+        first = rows[0]
+        n = len(first) - 1  # at least the last token is run per row
+        for r in rows[1:]:
+            while n and r[:n] != first[:n]:
+                n -= 1
+        if n < 2 or len(rows) < 2:
+            return None
+        try:
+            with torch.no_grad():
+                pre = self.model(input_ids=torch.tensor([first[:n]], dtype=torch.long), use_cache=True)
+                cache = pre.past_key_values
+                cache.batch_repeat_interleave(len(rows))
+                suffix = torch.tensor([r[n:] for r in rows], dtype=torch.long)
+                logits = self.model(
+                    input_ids=suffix, past_key_values=cache, use_cache=True, logits_to_keep=1
+                ).logits
+        except (AttributeError, TypeError, RuntimeError):
+            return None
+        return torch.log_softmax(logits[:, -1].float(), dim=-1)
 
     # ------------------------------------------------------------------ generation
     def _generate(
