@@ -187,6 +187,7 @@ def http_targets(url: str, dataset: str, keys: list[str], access: Access, shape,
             input_shape=shape,
             num_classes=k,
             batch_size=64,
+            returns="labels" if access == Access.LABEL else "scores",
         )
         for key in keys
     ]
@@ -249,7 +250,8 @@ def adaptive_transform(seed: int, quant: float = 50 / 255):
 
 
 # ------------------------------------------------------------------------------------- attacks
-def attack_list(quick: bool) -> list[tuple[str, dict, str]]:
+def attack_list(quick: bool, arch: dict) -> list[tuple[str, dict, str]]:
+    """``arch``: the target's architecture, for the reference models (an HTTP endpoint does not say it)."""
     q = 300 if quick else 1000
     return [
         ("inversion.blackbox", {"queries_per_class": q}, "partner"),
@@ -260,7 +262,7 @@ def attack_list(quick: bool) -> list[tuple[str, dict, str]]:
         ),
         ("inversion.label_only", {"queries_per_class": q}, "public"),
         ("membership.threshold", {"n_boot": 200}, "partner"),
-        ("membership.lira", {"n_models": 4, "n_boot": 200}, "partner"),
+        ("membership.lira", {"n_models": 4, "n_boot": 200, "arch": arch}, "partner"),
     ]
 
 
@@ -447,7 +449,7 @@ def main() -> None:
         keys = keys_for(dataset)
         # calibration on the public split
         cal_streams = benign_streams(
-            splits.public.X, splits.public.y, 20, max(100, args.benign // 40), seed=1
+            splits.public.X, splits.public.y, 20, max(250, args.benign // 40), seed=1
         )
         secret = tmp / f"salt-{dataset}"
         from invguard.guard.auditlog.signing import read_secret
@@ -475,7 +477,7 @@ def main() -> None:
                 "adaptive after |"
             )
             print("|---|---|---|---|---|---|---|---|---|")
-            for name, params, role in attack_list(args.quick):
+            for name, params, role in attack_list(args.quick, dict(module.invguard_spec["arch"])):
                 if wanted and name not in wanted:
                     continue
                 acc = Access.LABEL if role == "public" else Access.SCORES

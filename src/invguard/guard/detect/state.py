@@ -94,7 +94,7 @@ class MemoryState:
             max_distinct,
         )
         self.clock = clock
-        self._index: OrderedDict[int, deque[tuple[int, str, float]]] = OrderedDict()
+        self._index: OrderedDict[int, list[tuple[int, str, float]]] = OrderedDict()
         self._digests: OrderedDict[bytes, float] = OrderedDict()
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._mitigations: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -154,7 +154,7 @@ class MemoryState:
             for h in r.hashes.tolist():
                 post = self._index.get(h)
                 if post is None:
-                    post = self._index[h] = deque(maxlen=self.postings)
+                    post = self._index[h] = []  # a list: a deque costs ~600 bytes even when empty
                     while len(self._index) > self.max_hashes:
                         self._index.popitem(last=False)
                 else:
@@ -164,6 +164,8 @@ class MemoryState:
                             counts[q] += 1
                             owner[q] = who
                 post.append((qid, client, now))
+                if len(post) > self.postings:
+                    del post[0]
             best, other = 0, None
             if counts and not repeat:
                 q, best = counts.most_common(1)[0]
