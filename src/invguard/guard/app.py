@@ -35,6 +35,7 @@ from starlette.routing import Route
 
 from invguard.core.errors import ConfigError
 from invguard.guard import openapi
+from invguard.guard.admin import AdminPage
 from invguard.guard.auditlog import AuditLog, AuditLogError, witness_from_spec
 from invguard.guard.auditlog.signing import read_secret
 from invguard.guard.auth import Authenticator, KeyRecord, KeyStore
@@ -213,6 +214,7 @@ class Guard:
                 Route("/openapi.json", self.openapi_endpoint, methods=["GET"]),
                 Route("/admin/flagged", self.admin_flagged, methods=["GET"]),
                 Route("/admin/flagged/{client}/lift", self.admin_lift, methods=["POST"]),
+                *AdminPage(self).routes(),  # the admin page and the incident API
                 # the prediction routes are answered by __call__; listed so a GET is a 405, not a 404
                 Route(V1, _served_by_fast_path, methods=["POST"]),
                 Route(V2, _served_by_fast_path, methods=["POST"]),

@@ -278,6 +278,13 @@ class Authenticator:
                     found.append(token.strip())
         return found
 
+    def by_hash(self, digest: str) -> Principal | None:
+        """The principal of a valid (not revoked) key given its SHA-256 hex digest (admin sessions)."""
+        rec = self._index.get(digest)
+        if rec is None or not hmac.compare_digest(rec.sha256, digest) or rec.role not in self.roles:
+            return None
+        return Principal(rec.id, rec.role, rec.owner)
+
     def authenticate(self, headers: list[tuple[bytes, bytes]]) -> tuple[Principal | None, str]:
         """``(principal, "")`` for a valid key, else ``(None, reason)``. Call ``await refresh()`` first."""
         keys = self._presented(headers, self.header)

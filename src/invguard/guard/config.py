@@ -209,6 +209,7 @@ class GuardConfig(_Strict):
         for where, names in (
             ("detection.roles", list(self.detection.roles)),
             ("detection.admin_roles", list(self.detection.admin_roles)),
+            ("incidents.admin_roles", list(self.incidents.admin_roles) if self.incidents else []),
         ):
             for r in names:
                 if r not in self.roles:

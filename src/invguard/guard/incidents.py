@@ -142,6 +142,7 @@ class IncidentsConfig(BaseModel):
     store: str = "incidents.db"
     group_window_seconds: float = Field(default=3600.0, gt=0)
     history: str | None = None  # an audit history store: failed gates open incidents
+    admin_roles: tuple[str, ...] = ()  # roles whose keys sign in to /admin (default: detection.admin_roles)
     webhook: WebhookConfig | None = None
 
 
