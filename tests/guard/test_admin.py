@@ -63,7 +63,8 @@ def browser(tmp_path):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(require("chromedriver", "chromium-driver")), options=opts)
-    driver.set_page_load_timeout(30)
+    driver.set_page_load_timeout(60)
+    driver.implicitly_wait(10)  # a loaded machine: elements may take a moment
     try:
         yield driver
     finally:

@@ -149,3 +149,40 @@ def test_detection_events_become_grouped_incidents_with_their_mitigations(tmp_pa
         ("block", "applied"),
     ]
     assert zeta.clients == ("zeta",) and zeta.severity == "ticket"
+
+
+def test_every_record_and_incident_carries_the_model_version(make_guard, tmp_path):
+    import urllib.request
+
+    from tests.guard.conftest import KEYS
+
+    doc = base_config(tmp_path)
+    doc["model"]["version"] = "2026-12-01.3"
+    doc["incidents"] = {"store": str(tmp_path / "incidents.db")}
+    url, guard = make_guard(doc)
+    body = json.dumps({"inputs": [[[[0.0] * 8] * 8]]}).encode()
+    req = urllib.request.Request(
+        url + "/v1/models/digits/predict",
+        data=body,
+        headers={"X-API-Key": KEYS["partner"], "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert 'invguard_guard_model_info{model="digits",model_version="2026-12-01.3"} 1.0' in metrics
+    recs = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    served = [r for r in recs if r.get("kind") == "record" and r.get("decision") == "served"]
+    assert served and all(r["model"] == "digits" and r["model_version"] == "2026-12-01.3" for r in served)
+    # an incident reported without a version gets the guard's
+    oc = OnCall(from_dict(doc), CollectorRegistry(), model_version=guard.model_version)
+
+    async def go():
+        await oc.start(lambda rec: asyncio.sleep(0), background=False)
+        oc.report(Detection("manual", "on-call", "check", "digits"))
+        await oc.tick()
+        await oc.close()
+
+    asyncio.run(go())
+    (inc,) = IncidentStore(tmp_path / "incidents.db").find()
+    assert inc.model_version == "2026-12-01.3"

@@ -155,7 +155,9 @@ class Guard:
             on_tail_rejected=lambda n: self.metrics.audit_tail_rejected.inc(n),
             on_witness_failed=lambda n: self.metrics.audit_witness_failures.inc(n),
         )
-        self.oncall = OnCall(cfg, self.registry)  # incidents, SLOs, webhook: off the request path
+        self.model_version = cfg.model.version
+        # incidents, SLOs, webhook: off the request path
+        self.oncall = OnCall(cfg, self.registry, model_version=self.model_version)
         self.store_inputs = cfg.audit.store_inputs
         self.hc_threshold = cfg.metrics.high_confidence_entropy
         self.openapi = (
@@ -241,7 +243,7 @@ class Guard:
             roles=self.roles,
             limiter=self.limiter,
             registry=self.registry,
-            audit=self.audit.append,
+            audit=self.append,
             events=events,
             state=state,
             model_name=self.model_name,
@@ -258,7 +260,7 @@ class Guard:
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         await self.audit.start()
         await self.model.start()
-        await self.oncall.start(self.audit.append)
+        await self.oncall.start(self.append)
         self.metrics.ready.set(1)
         self.loop = asyncio.get_running_loop()
         expiry = asyncio.create_task(self._expire_loop()) if self.detection is not None else None
@@ -330,7 +332,7 @@ class Guard:
         record["route"] = route
         try:
             if audit:
-                await self.audit.append(record)
+                await self.append(record)
         except AuditLogError:
             status, doc = (
                 503,
@@ -349,6 +351,14 @@ class Guard:
         hist.observe(time.perf_counter() - t0)
         body = ENCODER.encode(doc).encode()
         return status, body, headers or []
+
+    async def append(self, record: dict[str, Any]) -> int:
+        """Write an audit record stamped with the model and its version (every record the guard
+        writes goes through here: requests, detections, incident transitions, admin actions)."""
+        record["model"] = self.model_name
+        record["model_version"] = self.model_version
+        seq: int = await self.audit.append(record)
+        return seq
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: the label values are bounded (routes, roles, kinds),

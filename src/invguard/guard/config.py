@@ -46,6 +46,8 @@ class ModelConfig(_Strict):
     """What the guard serves: an in-process model (torch or scikit-learn) or an upstream."""
 
     name: str = Field(default="model", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # on every audit record, incident and (through invguard_guard_model_info) metric
+    version: str = Field(default="unversioned", pattern=r"^[A-Za-z0-9_.+-]{1,64}$")
     kind: Literal["torch", "sklearn", "proxy", "hf_lm", "openai"] = "torch"
     path: str | None = None
     input_shape: tuple[int, ...] | None = None

@@ -221,6 +221,8 @@ class OnCall:
 
     def _apply(self, store: IncidentStore, item: Any) -> None:
         if isinstance(item, Detection):
+            if item.model_version == "unversioned":
+                item.model_version = self.model_version
             store.open(item)
         elif getattr(item, "type", None) == "invguard.detection":
             store.open(self._from_event(item))

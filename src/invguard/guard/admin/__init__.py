@@ -164,7 +164,7 @@ class AdminPage:
                 **extra,
             }
         )
-        await self.g.audit.append(rec)
+        await self.g.append(rec)
 
     def _headers(self, r: Response) -> Response:
         r.headers["Content-Security-Policy"] = _CSP
