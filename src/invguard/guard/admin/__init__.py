@@ -442,13 +442,20 @@ class AdminPage:
             )
         return principal, None
 
-    async def api_incidents(self, request: Request) -> Response:
+    async def _api_store(self, request: Request) -> tuple[Any, Response | None]:
+        """The incident store for an authorised API request, or the refusal."""
         _principal, refused = await self._api_principal(request)
         if refused is not None:
-            return refused
+            return None, refused
         store = self.g.oncall.store
         if store is None:
-            return JSONResponse({"code": "not_found", "error": "no incident store is configured"}, 404)
+            return None, JSONResponse({"code": "not_found", "error": "no incident store is configured"}, 404)
+        return store, None
+
+    async def api_incidents(self, request: Request) -> Response:
+        store, refused = await self._api_store(request)
+        if refused is not None:
+            return refused
         state = request.query_params.get("state", "active")
         try:
             rows = await asyncio.to_thread(store.find, state=None if state == "all" else state)
@@ -457,12 +464,9 @@ class AdminPage:
         return JSONResponse({"incidents": [i.to_dict() for i in rows]})
 
     async def api_incident(self, request: Request) -> Response:
-        _principal, refused = await self._api_principal(request)
+        store, refused = await self._api_store(request)
         if refused is not None:
             return refused
-        store = self.g.oncall.store
-        if store is None:
-            return JSONResponse({"code": "not_found", "error": "no incident store is configured"}, 404)
         iid = request.path_params["id"]
         try:
             inc = await asyncio.to_thread(store.get, iid)
