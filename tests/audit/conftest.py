@@ -15,7 +15,8 @@ TINY = {
     "name": "tiny",
     "seed": 0,
     "plugins": ["tests.audit_attacks"],
-    "target": {"name": "tiny-digits", "model": "reference/digits-mlp"},
+    # a total query budget for the whole audit: divided among the jobs (ample here)
+    "target": {"name": "tiny-digits", "model": "reference/digits-mlp", "budget": 20000},
     "data": {"dataset": "digits"},
     "attacks": [
         {"name": "test.prototype", "params": {"steps": 15, "population": 6}},

@@ -29,6 +29,14 @@ def test_dask_local_cluster_matches_the_process_pool(passing_run, tmp_path):
     workers = {a["worker"] for a in run.results["attacks"] + run.results["exposure_sweep"]["jobs"]}
     assert len(workers) >= 1
     assert _numbers(run.results) == _numbers(passing_run["results"])
+    # the audit's total budget: the same shares as in the local pool, the same queries, never exceeded
+    jobs = run.results["attacks"] + run.results["exposure_sweep"]["jobs"]
+    local = passing_run["results"]["attacks"] + passing_run["results"]["exposure_sweep"]["jobs"]
+    assert run.results["provenance"]["budget"] == passing_run["results"]["provenance"]["budget"]
+    assert [(j["budget"], j["job_queries"]) for j in jobs] == [(j["budget"], j["job_queries"]) for j in local]
+    assert all(j["job_queries"] <= j["budget"] for j in jobs)
+    assert run.results["provenance"]["queries_total"] == passing_run["results"]["provenance"]["queries_total"]
+    assert run.results["provenance"]["queries_total"] <= 20000
     # the attack's own jobs (RunContext.map) went to the cluster too; in the local pool they ran in-process
     assert all(
         w.startswith("dask:tcp://127.0.0.1:")
