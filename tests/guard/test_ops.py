@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import yaml
 from invguard.guard.ops import RUNBOOKS, export, runbook_names
 from invguard.guard.ops.dashboards import DASHBOARDS
 from invguard.guard.slo import SLOConfig
+from tests.programs import require
 
 SLOS = (
     SLOConfig(name="m2", sli="high_confidence_rate", objective=0.95),
@@ -27,10 +27,7 @@ MODEL = {"model": "digits", "model_version": "v1"}
 
 
 def promtool() -> str:
-    exe = shutil.which("promtool")
-    if exe is None:
-        pytest.fail("promtool is not installed (Debian package prometheus; `make test` installs it)")
-    return exe
+    return require("promtool", "prometheus")
 
 
 @pytest.fixture(scope="module")

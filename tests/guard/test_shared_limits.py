@@ -3,7 +3,6 @@ and the start-up check that the server persists what the budgets are made of."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 
@@ -12,6 +11,7 @@ import pytest
 from invguard.core.errors import ConfigError
 from tests.guard.conftest import base_config
 from tests.guard.test_app import call
+from tests.programs import require
 from tests.servers import free_port
 
 
@@ -55,8 +55,7 @@ def test_a_redis_with_an_append_only_file_passes_the_check(tmp_path, torch_model
     from invguard.guard import from_dict
     from invguard.guard.app import Guard
 
-    exe = shutil.which("redis-server")
-    assert exe is not None
+    exe = require("redis-server", "redis-server")
     port = free_port()
     proc = subprocess.Popen(
         [
