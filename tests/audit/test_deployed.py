@@ -108,3 +108,22 @@ def test_an_audit_through_the_guard_stays_within_the_key_and_counts_what_the_gua
         "1 attack did not finish (membership.threshold: budget exhausted, partial)"
         in doc2["verdict"]["headline"]
     )
+
+
+def test_a_reference_attack_without_arch_on_a_url_is_a_config_error_before_any_query(tmp_path, monkeypatch):
+    path = tmp_path / "a.yaml"
+    path.write_text(
+        "target:\n"
+        "  url: http://127.0.0.1:9/v1/models/digits/predict\n"  # nobody listens: no query is ever sent
+        "  preset: invguard\n"
+        "attacks:\n"
+        "  - name: membership.threshold\n"
+        "  - name: membership.lira\n"
+        "    params: {n_models: 2}\n"
+    )
+    r = runner.invoke(app, ["audit", str(path)])
+    assert r.exit_code == 2, r.output
+    assert (
+        "attacks[1].params.arch (line 7): membership.lira trains reference models like the target, and an "
+        "HTTP endpoint does not say its architecture: give params.arch"
+    ) in " ".join(r.output.split())

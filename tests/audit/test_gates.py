@@ -140,3 +140,23 @@ def test_an_unquoted_on_key_in_yaml_is_the_gate_field():
     raw = yaml.safe_load("metric: membership.threshold.auc\nthreshold: 0.6\non: estimate\n")
     assert True in raw  # YAML 1.1 reads `on` as a boolean key
     assert GateConfig.model_validate(raw).on == "estimate"
+
+
+def test_every_report_opens_with_the_same_headline_and_findings(passing_run):
+    import xml.etree.ElementTree as ET
+
+    doc = passing_run["results"]
+    v = doc["verdict"]
+    assert v["findings"], "the tiny audit's prototype attack reports a medium finding"
+    title = v["findings"][0]["title"]
+    assert v["headline"].startswith("PASS: 2 of 2 gates pass; 1 medium finding: ")
+    out = passing_run["out"]
+    assert v["headline"] in (out / "summary.md").read_text()
+    html = (out / "report.html").read_text()
+    assert v["gates_summary"] in html and title in html.split('id="gates"')[0]  # in the banner
+    suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
+    props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert props["verdict"] == v["headline"] and props["finding.1"].startswith(f"medium: {title}")
+    assert suite.find("system-out").text.splitlines()[0] == v["headline"]
+    console = " ".join(passing_run["result"].output.split())
+    assert " ".join(v["headline"].split()) in console

@@ -39,6 +39,13 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class Secret(str):
+    """A credential carried to the workers: its repr never shows it."""
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
 @dataclass(frozen=True)
 class ResolvedTarget:
     """A target in portable form; ``build()`` makes the live :class:`~invguard.core.target.Target`."""
@@ -56,7 +63,8 @@ class ResolvedTarget:
         h = hashlib.sha256()
         h.update(self.kind.encode())
         h.update(self.payload or b"")
-        h.update(json.dumps(self.options, sort_keys=True, default=str).encode())
+        public = {k: v for k, v in self.options.items() if k != "api_key"}
+        h.update(json.dumps(public, sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
 
     def build(self) -> Any:
@@ -201,8 +209,12 @@ def resolve_target(
             "retries": cfg.retries,
             "max_wait": cfg.max_wait,
         }
-        if cfg.api_key_env and cfg.api_key_env not in os.environ:
-            raise ConfigError(f"target.api_key_env: environment variable {cfg.api_key_env} is not set")
+        if cfg.api_key_env:
+            if cfg.api_key_env not in os.environ:
+                raise ConfigError(f"target.api_key_env: environment variable {cfg.api_key_env} is not set")
+            # read once here: workers (a forkserver started earlier, Dask workers on other hosts)
+            # need not have the variable; never printed (Secret) nor part of the digest
+            opts["api_key"], opts["api_key_env"] = Secret(os.environ[cfg.api_key_env]), None
         return ResolvedTarget("http", name, shape, classes, None, opts, None)
     if cfg.kind == "sklearn":
         assert cfg.model is not None
