@@ -260,7 +260,7 @@ def run_setting(job: TrainJob) -> dict[str, Any]:
         "private": job.setting.private,
         "threads": torch.get_num_threads(),
     }
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         _warm_up(job.spec, job.splits)
         row.update(_measure(job))
@@ -272,6 +272,7 @@ def run_setting(job: TrainJob) -> dict[str, Any]:
             status="crashed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8)
         )
     row["job_wall_time_s"] = time.perf_counter() - t0
+    row["job_cpu_time_s"] = time.process_time() - c0  # training and every measurement of the setting
     return row
 
 

@@ -440,11 +440,14 @@ def membership_output(
 ) -> AttackOutput:
     """Metrics with CIs, ROC arrays, per-record scores and the risk ranking, plus findings."""
     from invguard.metrics.membership import membership_metrics, risk_ranking, roc_for_plot
+    from invguard.metrics.privacy import roc_epsilon_metric
 
     scores = np.asarray(scores, dtype=np.float64)
     metrics = membership_metrics(
         scores, cand.is_member, decision_threshold=decision_threshold, n_boot=n_boot, seed=seed
     )
+    # "this model behaves as no better than epsilon >= x": the bound its ROC implies at low FPR
+    metrics["epsilon_at_fpr_0.01"] = roc_epsilon_metric(scores, cand.is_member, max_fpr=0.01)
     fpr, tpr = roc_for_plot(scores, cand.is_member)
     ranking = risk_ranking(scores, cand.is_member, cand.indices, cand.y, top=top)
     findings = [_verdict(attack, metrics, len(cand), int(cand.is_member.sum()))]
@@ -488,6 +491,12 @@ def _verdict(attack: str, m: dict[str, Metric], n: int, members: int) -> Finding
         f"On {n} candidate records ({members} members), {attack} reaches AUC {auc:.3f}, "
         f"TPR {t1:.3f} at 1% FPR and {t01:.3f} at 0.1% FPR (95% bootstrap CIs)."
     )
+    eps = m.get("epsilon_at_fpr_0.01")
+    if eps is not None and eps.low is not None:
+        detail += (
+            f" Its ROC at FPR <= 1% says the model behaves as no better than epsilon >= {eps.low:.2f}-DP "
+            f"(95% confidence, delta 0; estimate {eps.value:.2f})."
+        )
     if auc_low > 0.5 and t1_low > 0.01:
         sev = "high" if t1.value >= 0.1 or auc.value >= 0.75 else "medium"
         return Finding(
