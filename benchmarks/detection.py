@@ -315,7 +315,7 @@ def cost(tmp: Path, dataset: str, seconds: float) -> None:
                 stderr=subprocess.DEVNULL,
             )
             procs.append(proc)
-            gbench._wait(port, proc)
+            _wait_ready(port, proc)
             urls[det] = f"http://127.0.0.1:{port}/v1/models/{dataset}/predict"
         res: dict[tuple[bool, int], list[dict]] = {}
         for _ in range(2):  # interleaved rounds
@@ -341,6 +341,22 @@ def cost(tmp: Path, dataset: str, seconds: float) -> None:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, seconds: float = 300.0) -> None:
+    """Until the guard answers /healthz (a loaded machine can take minutes to import torch)."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"guard on port {port} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"guard on port {port} did not start in {seconds:.0f} s")
 
 
 def memory_per_query(size: int, n: int = 5000) -> None:
