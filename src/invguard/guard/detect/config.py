@@ -67,6 +67,7 @@ class PradaConfig(_Strict):
     enabled: bool = True
     history: int = Field(default=128, ge=8, le=4096)
     min_queries: int = Field(default=20, ge=8)
+    every: int = Field(default=8, ge=1)  # test once per `every` queries of a client (the test costs)
     threshold: float | None = Field(default=None, gt=0, le=1)
 
 

@@ -5,8 +5,9 @@ For every new query, its distance to the nearest of the client's earlier queries
 ``D`` (the last ``history`` of them). Natural queries give distances that are close to normally
 distributed; synthetic sequences (searches stepping from their own earlier queries, random
 samples from a prior) give a skewed or spiked distribution. The Shapiro-Wilk statistic ``W`` of
-``D`` (scipy) is compared with the threshold ``delta`` once ``min_queries`` distances are in;
-below it, the client is flagged. The paper's growing set keeps only queries farther than
+``D`` (scipy) is compared with the threshold ``delta`` once ``min_queries`` distances are in, at
+every ``every``-th query of the client (the test is the costliest step of detection); below it,
+the client is flagged. The paper's growing set keeps only queries farther than
 ``mean - std`` of ``D``; here the history is the client's last queries (bounded memory), and exact
 repeats are left out of ``D``.
 """
@@ -43,6 +44,9 @@ class PradaDetector(Detector):
 
     def statistic(self, obs: Observation) -> float | None:
         if not obs.dmins:
+            return None
+        q, every = obs.exchange.queries, self.cfg.every
+        if q // every == (q - obs.rows) // every:  # no multiple of `every` in this request's queries
             return None
         d = self.window(obs)
         if len(d) < self.cfg.min_queries:
