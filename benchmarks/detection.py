@@ -250,6 +250,11 @@ def adaptive_transform(seed: int, quant: float = 50 / 255):
 
 
 # ------------------------------------------------------------------------------------- attacks
+def _arch(spec: dict) -> dict:
+    """The architecture part of an invguard model spec (what reference models are built from)."""
+    return {k: v for k, v in spec.items() if k not in ("input_shape", "num_classes")}
+
+
 def attack_list(quick: bool, arch: dict) -> list[tuple[str, dict, str]]:
     """``arch``: the target's architecture, for the reference models (an HTTP endpoint does not say it)."""
     q = 300 if quick else 1000
@@ -493,7 +498,7 @@ def main() -> None:
                 "adaptive after |"
             )
             print("|---|---|---|---|---|---|---|---|---|")
-            for name, params, role in attack_list(args.quick, dict(module.invguard_spec["arch"])):
+            for name, params, role in attack_list(args.quick, _arch(module.invguard_spec)):
                 if wanted and name not in wanted:
                     continue
                 acc = Access.LABEL if role == "public" else Access.SCORES
