@@ -128,7 +128,7 @@ def spawn_guard(config: Path, port: int) -> subprocess.Popen:
 def wait_ready(proc: subprocess.Popen, port: int) -> None:
     import urllib.request
 
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # a loaded CI machine: the start imports numpy, sklearn (torch)
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
