@@ -41,6 +41,10 @@ from invguard.attacks.text.common import LN2, TextAttack, batched, text_splits_o
 from invguard.core.access import TextAccess
 from invguard.judges.text import CanaryExposure, CanaryRow
 
+# the pruning bound's slack over the canary's separately scored log-perplexity (float32 round-off
+# between two forward passes); the final ranking compares with the canary's own enumerated value
+PRUNE_SLACK_BITS = 1e-3
+
 
 def skewnormal_exposure(sample_bits: np.ndarray, canary_bits: float, space: int) -> float:
     """Exposure by the Secret Sharer's skew-normal approximation (Sec. 5.2), capped at log2|R|."""
@@ -105,15 +109,19 @@ class CanaryExposureAttack(TextAttack):
         check = getattr(target, "per_character", None)
         return bool(check is not None and check(prefix, fmt.alphabet, fmt.secret(fmt.space_size // 3)))
 
-    def _tree_rank(self, target: Any, fmt: Any, prefix: str, canary_bits: float, ctx: RunContext) -> float:
+    def _tree_rank(
+        self, target: Any, fmt: Any, prefix: str, secret: str, canary_bits: float, ctx: RunContext
+    ) -> float:
         """The canary's exact rank, by a branch-and-bound walk of the candidate tree: a prefix of a
         secret whose log-perplexity already reaches the canary's cannot lead to a candidate ranked
         above it (log-perplexity only grows with each character), so its subtree is never expanded
-        (the Secret Sharer's shortest-path search, Sec. 5.1)."""
+        (the Secret Sharer's shortest-path search, Sec. 5.1). The canary's own path is always
+        expanded, so the last level compares every leaf with the canary's value from the same
+        enumeration."""
         alphabet = fmt.alphabet
         frontier = [""]
         front_bits = np.zeros(1)
-        bound = canary_bits - 1e-9
+        bound = canary_bits + PRUNE_SLACK_BITS
         for depth in range(fmt.length):
             lp = np.concatenate(
                 [
@@ -122,14 +130,16 @@ class CanaryExposureAttack(TextAttack):
                 ]
             )
             child = front_bits[:, None] - lp / LN2
+            mine = frontier.index(secret[:depth])
             if depth == fmt.length - 1:
-                return float(1 + np.sum(child < bound))
-            keep = np.argwhere(child < bound)
+                own = child[mine, alphabet.index(secret[-1])]
+                return float(1 + np.sum(child < own - 1e-12))
+            keep_mask = child < bound
+            keep_mask[mine, alphabet.index(secret[depth])] = True
+            keep = np.argwhere(keep_mask)
             frontier = [frontier[i] + alphabet[j] for i, j in keep]
             front_bits = child[keep[:, 0], keep[:, 1]]
             ctx.report("exposure: enumerate", depth + 1, fmt.length)
-            if not frontier:
-                return 1.0
         return 1.0  # pragma: no cover - the loop returns at the last depth
 
     def _scored_bits(self, target: Any, prefix: str, secrets: list[str]) -> tuple[np.ndarray, bool]:
@@ -158,13 +168,13 @@ class CanaryExposureAttack(TextAttack):
             method = ""
             if space <= self.max_exact:
                 if self._tree_ok(target, fmt, c.prefix):
-                    rank = self._tree_rank(target, fmt, c.prefix, float(canary_bits[0]), ctx)
+                    rank = self._tree_rank(target, fmt, c.prefix, c.secret, float(canary_bits[0]), ctx)
                     method = "tree"
                 elif space <= self.max_scored:
                     all_bits, ex = self._scored_bits(target, c.prefix, fmt.secrets(np.arange(space)))
                     bounded = bounded or not ex
                     own = all_bits[fmt.index(c.secret)]
-                    rank = float(1 + np.sum(all_bits < own - 1e-9))
+                    rank = float(1 + np.sum(all_bits < own - 1e-12))
                     method = "scored"
                 if not math.isnan(rank):
                     exact = exposure_of_rank(rank, space)
