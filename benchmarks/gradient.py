@@ -47,7 +47,7 @@ from invguard.attacks.gradient.labels import recover_labels  # noqa: E402
 from invguard.federated import DPConfig, FederatedSetup  # noqa: E402
 from invguard.federated.simulation import Simulation  # noqa: E402
 from invguard.judges.gradient import label_overlap, match  # noqa: E402
-from invguard.metrics.inversion import _pixel_similarity, class_metric  # noqa: E402
+from invguard.metrics.inversion import class_metric, pixel_similarity  # noqa: E402
 
 BREACHING_DLG = "breaching's DLG example (ConvNet, its README): 23.4 dB PSNR, SSIM 0.876"
 
@@ -76,8 +76,8 @@ def attack_updates(attack: Any, module: Any, obs: list[Any], splits: Any) -> dic
         rec, _ = attack._reconstruct(module, o, lab, shape, splits.public, rng)
         secs.append(time.perf_counter() - t0)
         rec = rec[match(rec, X)]
-        s, p, _, _ = _pixel_similarity(rec, X)
-        b, _, _, _ = _pixel_similarity(np.broadcast_to(mean, X.shape).astype(float), X)
+        s, p, _, _ = pixel_similarity(rec, X)
+        b, _, _, _ = pixel_similarity(np.broadcast_to(mean, X.shape).astype(float), X)
         sims.extend(s)
         psnrs.extend(np.where(np.isfinite(p), p, 100.0))
         base.extend(b)
@@ -158,7 +158,7 @@ def section_mnist_batch1(args: argparse.Namespace, splits: Any) -> None:
             except (subprocess.CalledProcessError, OSError) as e:
                 print(f"  {snap:7s} breaching failed: {e}")
                 break
-            s, p, _, _ = _pixel_similarity(np.clip(rec, 0, 1), X)
+            s, p, _, _ = pixel_similarity(np.clip(rec, 0, 1), X)
             sims.append(s[0])
             psnrs.append(p[0] if np.isfinite(p[0]) else 100.0)
             labs.append(label_overlap(np.asarray(lab).reshape(-1), y))

@@ -34,7 +34,8 @@ import invguard as ig
 from invguard import models, policies
 from invguard.attacks import RunContext
 from invguard.attacks.inversion.sweep import exposure_sweep
-from invguard.metrics.inversion import build_evaluator, score_reconstructions
+from invguard.judges.inversion.scoring import score_reconstructions
+from invguard.models.evaluator import build_evaluator
 from invguard.targets import TorchTarget
 
 OUT = Path(__file__).parent / "out"

@@ -37,6 +37,13 @@ def digits_sklearn(digits):
     return LogisticRegression(max_iter=300).fit(X, digits.members.y)
 
 
+@pytest.fixture(scope="session")
+def run_cache(tmp_path_factory):
+    """One cache of trained artifacts (evaluators, controls, generators) for the whole session: the
+    test files that judge the same splits share them instead of training their own."""
+    return tmp_path_factory.mktemp("run-cache")
+
+
 @pytest.fixture()
 def rng():
     return np.random.default_rng(0)

@@ -87,6 +87,23 @@ def train(
         _fail(e)
 
 
+@app.command("export-onnx")
+def export_onnx(
+    model: Annotated[str, typer.Argument(help="A model file from `invguard train`, or reference/NAME.")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="Where to write the ONNX file.")] = Path(
+        "model.onnx"
+    ),
+) -> None:
+    """Write an invguard-trained model as an ONNX file (what an app ships to a device)."""
+    from invguard.core.errors import InvguardError
+    from invguard.workflows import export_model_onnx
+
+    try:
+        export_model_onnx(model, output, console=out)
+    except InvguardError as e:
+        _fail(e)
+
+
 def _audit_errors(fn: Any) -> Any:
     """Run ``fn``; map invguard errors to their exit codes and an interrupt to 130, never a traceback."""
     from invguard.core.errors import InvguardError

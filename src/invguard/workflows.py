@@ -115,3 +115,32 @@ def train_model(
         )
     console.print(f"saved to {output}")
     return out
+
+
+def export_model_onnx(model: str, output: Path, *, console: Console) -> Path:
+    """Export an invguard model file (or ``reference/NAME``) to ONNX and check that onnxruntime
+    gives the same logits as torch on a few inputs."""
+    import numpy as np
+    import torch
+
+    from invguard import models
+    from invguard.core.errors import TargetError
+    from invguard.targets.onnx import OnnxTarget, export_onnx
+
+    module = models.load(model)
+    spec = getattr(module, "invguard_spec", None) or {}
+    shape = tuple(int(d) for d in spec.get("input_shape", ()))
+    if not shape:
+        from invguard.core.errors import ConfigError
+
+        raise ConfigError(f"{model}: not an invguard-built model (no architecture spec to export)")
+    export_onnx(module, output, input_shape=shape)
+    x = np.random.default_rng(0).random((4, *shape)).astype(np.float32)
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).double().numpy()
+    target = OnnxTarget(output)
+    got = target.predict(x).logits
+    if got is None or not np.allclose(got, want, atol=1e-4):
+        raise TargetError(f"{output}: onnxruntime's logits differ from the torch model's")
+    console.print(f"exported {model} to {output} (input shape {shape}; {target.describe()} on a device)")
+    return output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from invguard.cli import app
@@ -36,9 +37,11 @@ def test_demo_config_runs_every_image_attack_and_is_valid(tmp_path):
     raw = demo_config(out_dir=tmp_path)
     cfg = parse_config(raw)
     names = [a.name for a in cfg.attacks]
-    families = {n.split(".")[0] for n in ATTACKS.names()} - {"test"}
-    assert {"inversion", "membership"} <= families
-    assert set(names) == {n for n in ATTACKS.names() if n.split(".")[0] in ("inversion", "membership")}
+    bundled = {n for n in ATTACKS.names() if ATTACKS.get(n).__module__.startswith("invguard.")}
+    assert {n.split(".")[0] for n in bundled} >= {"inversion", "membership"}
+    assert set(names) == {n for n in bundled if ATTACKS.get(n).data_kind == "any"}
+    assert {"inversion.whitebox", "membership.lira"} <= set(names) and "attribute.map" not in names
+    assert not any(n.startswith(("gradient.", "text.")) for n in names)
     assert cfg.exposures is not None and cfg.exposures.attacks == list(SWEEP_ATTACKS)
     assert SWEEP_ATTACKS == ("inversion.blackbox", "membership.threshold")
     assert cfg.target.name == "digits-mlp"  # the name examples/inventory.yaml knows the model by
@@ -68,7 +71,9 @@ def test_a_real_membership_attack_end_to_end(tmp_path):
     assert rows == {"scores": "ok", "label only": "not_applicable"}
 
 
-def test_inversion_sweep_goes_through_the_inversion_family_sweep(tmp_path):
+def test_inversion_sweep_substitutes_by_declared_strength(tmp_path):
+    """The sweep runs the configured attack where the exposure allows it and the strongest attack of
+    its family the exposure leaves room for elsewhere (declared strength, no family branch)."""
     fast = {
         "reconstructions_per_class": 1,
         "classes": [0, 1, 2],
@@ -76,7 +81,6 @@ def test_inversion_sweep_goes_through_the_inversion_family_sweep(tmp_path):
         "bootstrap": 100,
         "evaluator_epochs": 5,
         "queries_per_class": 200,
-        "role_swap": "off",
     }
     path = write_config(
         tmp_path / "inv",
@@ -86,7 +90,10 @@ def test_inversion_sweep_goes_through_the_inversion_family_sweep(tmp_path):
             "policies": ["whitebox", "label_only"],
             "params": {"inversion.blackbox": fast},
         },
-        gates=["inversion.blackbox.lift_over_prior <= 1.0"],
+        # a pipeline that loses the no-model prior (lift near 1) or the attack (accuracy at chance,
+        # 1/3 here) fails these; a working one on digits passes (the public class mean is a
+        # recognisable digit, so the lift is small)
+        gates=["inversion.blackbox.lift_over_prior <= 0.5", "inversion.blackbox.attack_accuracy >= 0.5"],
     )
     r = CliRunner().invoke(app, ["audit", str(path)])
     assert r.exit_code == 0, r.output
@@ -101,9 +108,9 @@ def test_inversion_sweep_goes_through_the_inversion_family_sweep(tmp_path):
     assert jobs["label only"]["substituted_for"] == "inversion.blackbox"
     for row in rows.values():
         m = row["metrics"]
-        assert row["status"] == "ok" and 0 <= m["attack_accuracy"]["value"] <= 1
-        assert (
-            m["lift_over_prior"]["value"]
-            == m["attack_accuracy"]["value"] - m["baseline_prior_accuracy"]["value"]
+        assert row["status"] == "ok" and 0.5 <= m["attack_accuracy"]["value"] <= 1
+        assert m["baseline_prior_accuracy"]["value"] >= 0.5
+        assert m["lift_over_prior"]["value"] == pytest.approx(
+            m["attack_accuracy"]["value"] - m["baseline_prior_accuracy"]["value"]
         )
-    assert jobs["whitebox"]["tables"]["exposure_sweep"][0]["exposure"] == "whitebox"
+    assert jobs["whitebox"]["info"]["role_swap"] == "not run"  # sweep_params: the sweep compares exposures

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import tests.conformance.toys  # noqa: F401  (registers the toy target)
 from invguard.core import Access, BudgetExhausted, ConfigError, Prediction, TargetError
 from invguard.targets import CallableTarget, HttpTarget, SklearnTarget
 from tests.servers import serve
@@ -201,14 +202,47 @@ def make_http_labels(budget=None, server=None):
     )
 
 
+def make_onnx(budget=None, **_):
+    """The same linear model exported to an ONNX file (a model shipped to a device)."""
+    import tempfile
+
+    from invguard.targets.onnx import OnnxTarget, export_onnx
+
+    path = _ONNX.get("path")
+    if path is None:
+        path = export_onnx(
+            make_torch().inner_module(), f"{tempfile.mkdtemp()}/linear.onnx", input_shape=SHAPE
+        )
+        _ONNX["path"] = path
+    return OnnxTarget(path, budget=budget)
+
+
+_ONNX: dict = {}
+
+
+def make_toy(budget=None, **_):
+    from tests.conformance.toys import LinearSoftmax
+
+    return LinearSoftmax(_W, _B, input_shape=SHAPE, budget=budget)
+
+
+#: one row per registered target kind (and the HTTP presets): adding a kind without one fails below
 ADAPTERS = {
     "torch": (make_torch, Access.WHITEBOX),
+    "onnx": (make_onnx, Access.WHITEBOX),
+    "toy": (make_toy, Access.LOGITS),
     "sklearn": (make_sklearn, Access.SCORES),
     "callable": (make_callable, Access.LOGITS),
     "http-kserve-v2": (make_http_kserve, Access.LOGITS),
     "http-instances": (make_http_instances, Access.SCORES),
     "http-labels": (make_http_labels, Access.LABEL),
 }
+
+
+def test_every_registered_target_kind_is_in_the_suite():
+    from invguard.targets import TARGETS
+
+    assert set(TARGETS.names()) == {k.split("-")[0] for k in ADAPTERS}
 
 
 @pytest.fixture(params=sorted(ADAPTERS))

@@ -14,6 +14,16 @@ from invguard.judges import register_judge
 from invguard.targets import CallableTarget
 
 
+@dataclass(frozen=True, kw_only=True)
+class TopScores(Evidence):
+    scores: np.ndarray
+
+
+@register_judge(TopScores)
+def _judge_top_scores(ev: TopScores, case: Case) -> AttackOutput:
+    return AttackOutput(metrics={"mean_top_score": Metric(float(ev.scores.mean()))}, info={"judged": True})
+
+
 @dataclass(frozen=True)
 class MeanScore(Attack):
     """A tiny real attack used only to test the contract: mean top score over random probes."""
@@ -25,10 +35,9 @@ class MeanScore(Attack):
     def validate(self):
         return [] if self.probes >= 1 else [f"probes must be >= 1, got {self.probes}"]
 
-    def _run(self, target, data, rng, ctx):
+    def search(self, target, data, rng, ctx):
         x = rng.random((self.probes, *target.input_shape))
-        s = target.predict(x).scores.max(1)
-        return AttackOutput(metrics={"mean_top_score": Metric(float(s.mean()))})
+        return TopScores(scores=target.predict(x).scores.max(1))
 
 
 def target():
@@ -66,16 +75,6 @@ def test_run_context_maps_serially_or_through_an_executor():
 # ------------------------------------------------------------------ search -> evidence -> judge
 
 
-@dataclass(frozen=True, kw_only=True)
-class TopScores(Evidence):
-    scores: np.ndarray
-
-
-@register_judge(TopScores)
-def _judge_top_scores(ev: TopScores, case: Case) -> AttackOutput:
-    return AttackOutput(metrics={"mean_top_score": Metric(float(ev.scores.mean()))}, info={"judged": True})
-
-
 @dataclass(frozen=True)
 class SearchingMeanScore(Attack):
     name = "test.searching_mean_score"
@@ -102,8 +101,8 @@ class UnjudgedAttack(Attack):
 
 def test_search_evidence_is_judged_by_its_registered_judge():
     a = SearchingMeanScore().run(target(), None, seed=3)
-    legacy = MeanScore().run(target(), None, seed=3)
-    assert a.metric("mean_top_score") == legacy.metric("mean_top_score")  # same generator, same probes
+    same = MeanScore().run(target(), None, seed=3)
+    assert a.metric("mean_top_score") == same.metric("mean_top_score")  # same generator, same probes
     assert a.info["judged"] is True and a.info["probes"] == 10 and a.queries_used == 10
 
 

@@ -94,7 +94,7 @@ def test_analytic_recovery_is_exact_at_batch_1_including_fedavg(digits_mlp, digi
 
 def test_inverting_gradients_reaches_an_ssim_band_on_a_tiny_mlp(digits_mlp, digits):
     from invguard.attacks.gradient.inverting import InvertingGradients
-    from invguard.metrics.inversion import _pixel_similarity
+    from invguard.metrics.inversion import pixel_similarity
 
     _, obs = simulate(digits_mlp, digits, seed=2, clients=2, batch_size=1)
     attack = InvertingGradients(iterations=150, restarts=1)
@@ -102,19 +102,19 @@ def test_inverting_gradients_reaches_an_ssim_band_on_a_tiny_mlp(digits_mlp, digi
     sims = []
     for o in obs:
         rec, _ = attack._reconstruct(digits_mlp, o, digits.members.y[o.truth], (1, 8, 8), digits.public, rng)
-        sims.append(_pixel_similarity(rec, digits.members.X[o.truth].astype(float))[0][0])
+        sims.append(pixel_similarity(rec, digits.members.X[o.truth].astype(float))[0][0])
     assert np.mean(sims) >= 0.85
 
 
 def test_dlg_with_recovered_labels_reconstructs_batch_1(digits_mlp, digits):
     from invguard.attacks.gradient.dlg import DeepLeakage
-    from invguard.metrics.inversion import _pixel_similarity
+    from invguard.metrics.inversion import pixel_similarity
 
     _, obs = simulate(digits_mlp, digits, seed=3, clients=1, batch_size=1)
     rec, _loss = DeepLeakage(iterations=30, restarts=1)._reconstruct(
         digits_mlp, obs[0], digits.members.y[obs[0].truth], (1, 8, 8), digits.public, np.random.default_rng(0)
     )
-    assert _pixel_similarity(rec, digits.members.X[obs[0].truth].astype(float))[0][0] > 0.95
+    assert pixel_similarity(rec, digits.members.X[obs[0].truth].astype(float))[0][0] > 0.95
 
 
 def test_optimal_matching_undoes_a_shuffled_batch(digits):

@@ -18,8 +18,8 @@ SMALL_LABEL = {"queries_per_class": 400, **FAST}
 
 
 @pytest.fixture(scope="session")
-def ctx(tmp_path_factory):
-    return RunContext(cache_dir=tmp_path_factory.mktemp("inversion-cache"))
+def ctx(run_cache):
+    return RunContext(cache_dir=run_cache)
 
 
 @pytest.fixture(scope="session")
@@ -320,8 +320,8 @@ def test_role_swap_on_refuses_an_unknown_architecture(digits_mlp, digits, ctx):
 def test_a_lift_from_one_class_is_not_significant():
     """4 of 25 hits, all in one of 5 classes, against a prior with none: per-record resampling called
     this a lift of 0.16 [0.04, 0.32]; over classes it is not distinguishable from 0."""
-    from invguard.attacks.inversion.common import beats_baselines
     from invguard.core.result import Metric
+    from invguard.judges.inversion import beats_baselines
     from invguard.metrics.inversion import class_metric, lift_test
 
     classes = np.repeat(np.arange(5), 5)
@@ -370,7 +370,7 @@ def test_private_specificity_detects_copies_and_not_fresh_draws():
 
 
 def test_prior_baseline_uses_class_means_only_where_public_holds_the_class(digits, disjoint):
-    from invguard.metrics.inversion import prior_baseline
+    from invguard.judges.inversion.scoring import prior_baseline
 
     rng = np.random.default_rng(0)
     shared = prior_baseline(digits, np.array([3]), rng)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from invguard.metrics.inversion import _shift_augment, build_evaluator, evaluator_spec
+from invguard.models.evaluator import _shift_augment, build_evaluator, evaluator_spec
 from invguard.models.train import fit
 
 PER_CLASS = 3

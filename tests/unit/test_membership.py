@@ -7,7 +7,7 @@ import pytest
 
 from invguard import attacks, policies
 from invguard.attacks import RunContext
-from invguard.core import AccessError, ConfigError
+from invguard.core import Access, AccessError, ConfigError
 from invguard.metrics import membership as mm
 
 FRACTIONS = {"members": 0.15, "nonmembers": 0.3, "public": 0.25, "evaluation": 0.3}
@@ -183,9 +183,20 @@ def test_threshold_is_tie_safe_on_rounded_scores(overfit_target, splits):
     assert calibrated_threshold(np.array([0.0] * 96 + [1.0] * 4), 0.05) == 1.0
 
 
-@pytest.mark.parametrize(
-    "name", ["membership.threshold", "membership.lira", "membership.rmia", "membership.shadow"]
-)
+SCORE_BASED = [
+    n
+    for n in attacks.ATTACKS.names()
+    if attacks.ATTACKS.get(n).family() == "membership" and attacks.ATTACKS.get(n).requires >= Access.SCORES
+]
+
+
+def test_the_score_based_membership_attacks_are_the_registered_ones():
+    assert {"membership.threshold", "membership.lira", "membership.rmia", "membership.shadow"} <= set(
+        SCORE_BASED
+    )
+
+
+@pytest.mark.parametrize("name", SCORE_BASED)
 def test_score_based_attacks_refuse_a_label_only_target(name, overfit_target, splits):
     target = policies.LabelOnly().wrap(overfit_target)
     before = target.queries_used
@@ -201,7 +212,9 @@ def test_bad_parameters_and_data_are_refused(overfit_target):
         ConfigError, match=r"n_models must be >= 2, got 1; mode must be 'online' or 'offline'"
     ):
         attacks.get("membership.lira")(n_models=1, mode="both")
-    with pytest.raises(ConfigError, match=r"membership.threshold: needs data splits .* got ndarray"):
+    with pytest.raises(
+        ConfigError, match=r"^membership\.threshold: data must be the splits of a dataset .*, got ndarray$"
+    ):
         attacks.get("membership.threshold")().run(overfit_target, np.zeros((3, 64)))
 
 

@@ -91,6 +91,23 @@ def test_every_policy_returns_valid_probabilities(logits):
             assert np.all(out.scores >= 0) and np.all(out.scores <= 1 + 1e-12)
 
 
+def test_noise_is_unseeded_by_default_and_declares_its_randomness():
+    """The default draws OS entropy (a known seed hands an attacker the noise stream); an audit
+    seeds an unseeded step from its run seed; the guard rebuilds a seeded one unseeded."""
+    logits = np.random.default_rng(0).normal(size=(50, 10))
+    noise = policies.Noise(0.2)
+    assert noise.seed is None and noise.random and not policies.TopK(3).random
+    a, b = (policies.Noise(0.2).apply(pred_of(logits)).scores for _ in range(2))
+    assert not np.allclose(a, b)
+    chain = policies.TopK(3) | policies.Noise(0.2)
+    assert chain.random and chain.leaves == Access.SCORES
+    audit = chain.seeded_by_default(5)
+    assert audit.steps()[1].seed == 5 and policies.Noise(0.2, seed=1).seeded_by_default(5).seed == 1
+    fresh = chain.reseeded(None).steps()
+    assert fresh[1].seed is None and fresh[0] == policies.TopK(3)
+    assert policies.TopK(1).leaves == Access.LABEL and policies.TopK(1).cap == Access.SCORES
+
+
 def test_noise_is_seeded():
     logits = np.random.default_rng(0).normal(size=(4, 5))
     a = policies.Noise(0.2, seed=7).apply(pred_of(logits)).scores

@@ -29,7 +29,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -39,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from invguard.configfile import line_map, line_of, path_text, problems, read_yaml
 from invguard.core.errors import ConfigError
 
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -99,16 +99,19 @@ class TargetConfig(_Strict):
 
     ``kind`` is inferred when omitted: ``url`` -> http, ``factory`` -> torch, a ``model`` of the form
     ``reference/NAME`` or a ``.pt`` file -> model, a ``.pkl``/``.joblib`` file -> sklearn, a
-    ``federated`` section -> federated (a model trained with shared gradients).
+    ``federated`` section -> federated (a model trained with shared gradients), ``path`` or a
+    ``.onnx`` model -> onnx (a model file shipped to a device: unlimited queries, logits, and
+    gradients where the graph converts to torch).
     """
 
-    kind: Literal["model", "torch", "sklearn", "http", "federated"] | None = None
+    kind: Literal["model", "torch", "sklearn", "http", "federated", "onnx"] | None = None
     name: str | None = Field(None, description="The model's name in the history store and the report.")
     model: str | None = Field(None, description="reference/NAME, a file from `invguard train`, or a pickle")
     factory: str | None = Field(None, description="module:callable that builds the torch module")
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="state_dict file loaded into the factory's module")
     url: str | None = None
+    path: str | None = Field(None, description="an ONNX file (kind: onnx)")
     preset: Literal["kserve-v2", "instances", "invguard", "custom"] = "kserve-v2"
     returns: Literal["labels", "scores", "logits"] = "scores"
     api_key_env: str | None = None
@@ -162,6 +165,8 @@ class TargetConfig(_Strict):
                 kind = "federated"
             elif self.url:
                 kind = "http"
+            elif self.path or (self.model and self.model.endswith(".onnx")):
+                kind = "onnx"
             elif self.factory:
                 kind = "torch"
             elif self.model and self.model.endswith((".pkl", ".pickle", ".joblib")):
@@ -171,12 +176,15 @@ class TargetConfig(_Strict):
             else:
                 raise ValueError("give one of model (reference/NAME or a file), factory + weights, or url")
             object.__setattr__(self, "kind", kind)
+        if kind == "onnx" and self.path is None and self.model:
+            object.__setattr__(self, "path", self.model)
         need = {
             "model": ["model"],
             "sklearn": ["model"],
             "torch": ["factory", "weights"],
             "http": ["url"],
             "federated": ["model"],
+            "onnx": ["path"],
         }
         missing = [f for f in need[kind] if not getattr(self, f)]
         if missing:
@@ -198,7 +206,7 @@ class TargetConfig(_Strict):
 
     @property
     def display_name(self) -> str:
-        return self.name or self.model or self.url or f"{self.factory} ({self.weights})"
+        return self.name or self.model or self.path or self.url or f"{self.factory} ({self.weights})"
 
 
 class MembersConfig(_Strict):
@@ -462,60 +470,8 @@ class AuditConfig(_Strict):
 
 
 # ---------------------------------------------------------------------------- YAML with line numbers
-def _line_map(text: str) -> dict[tuple[Any, ...], int]:
-    """``(path) -> 1-based line`` for every node of the YAML document."""
-    lines: dict[tuple[Any, ...], int] = {}
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
-    if node is None:
-        return lines
-
-    def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
-        lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                key = k.value
-                lines[(*path, key)] = k.start_mark.line + 1
-                walk(v, (*path, key))
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                walk(v, (*path, i))
-
-    walk(node, ())
-    return lines
-
-
-def _path_text(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
-def _line_of(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
-    loc = tuple(loc)
-    while loc:
-        if loc in lines:
-            return lines[loc]
-        loc = loc[:-1]
-    return lines.get(())
-
-
-def _problems(e: ValidationError, lines: dict[tuple[Any, ...], int]) -> list[str]:
-    out = []
-    for err in e.errors():
-        loc = tuple(
-            p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
-        )
-        # pydantic names the Literal/union branch tried in the loc; keep only real field names/indices
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling)"
-        line = _line_of(loc, lines)
-        where = _path_text(loc) + (f" (line {line})" if line else "")
-        out.append(f"{where}: {msg}")
-    return out
+# (one reader for every config: invguard.configfile)
+_line_map, _path_text, _line_of, _problems = line_map, path_text, line_of, problems
 
 
 def _raise(source: str, probs: list[str]) -> None:
@@ -628,15 +584,7 @@ def parse_config(
 def load_config(path: str | Path) -> AuditConfig:
     """Read and validate an audit config file (relative paths in it are relative to the file)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
-    text = p.read_text()
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ConfigError(f"{p}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    raw, text = read_yaml(p, "config file")
     return parse_config(raw, source=str(p), text=text, base=p.parent)
 
 

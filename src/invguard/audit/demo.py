@@ -1,8 +1,9 @@
 """``invguard demo``: an audit of the bundled digits model with every attack available.
 
 It writes the config it ran (``audit.yaml``) next to the reports in ``reports/demo/`` so that a
-newcomer can copy and edit it. Parameters are chosen so the whole demo fits in about two minutes on
-two CPU cores; they are smaller than a real audit's.
+newcomer can copy and edit it. Each attack runs at its declared ``fast_params`` (its smallest
+meaningful configuration), so the whole demo fits in about two minutes on two CPU cores; they are
+smaller than a real audit's.
 """
 
 from __future__ import annotations
@@ -14,32 +15,6 @@ from typing import Any
 import yaml
 
 from invguard.core.errors import ConfigError
-
-# fast parameters per attack for the demo (attacks not listed run with their defaults)
-_INV = {"reconstructions_per_class": 2, "permutations": 200, "bootstrap": 200, "evaluator_epochs": 30}
-DEMO_PARAMS: dict[str, dict[str, Any]] = {
-    "inversion.whitebox": {**_INV, "steps": 120, "restarts": 1},
-    "inversion.blackbox": {**_INV, "queries_per_class": 600},
-    "inversion.generative": {
-        **_INV,
-        "queries_per_class": 600,
-        "generator_epochs": 60,
-        "steps": 80,
-        "refine_steps": 40,
-        "restarts": 1,
-    },
-    "inversion.label_only": {**_INV, "queries_per_class": 600},
-    "membership.threshold": {"n_boot": 300},
-    "membership.shadow": {"n_models": 4, "n_boot": 300},
-    "membership.lira": {"n_models": 8, "n_boot": 300},
-    "membership.rmia": {"n_models": 2, "n_boot": 300},
-    "membership.label_only": {"queries_per_record": 8, "n_boot": 300},
-}
-
-# families that need data the digits model does not have (attribute inference works on tabular
-# records with a sensitive column, e.g. the Adult dataset), or that audit something other than a
-# deployed classifier (gradient: federated clients' shared updates; text: language models)
-DEMO_SKIP_FAMILIES = ("attribute", "hybrid", "gradient", "text")
 
 # the demo's gates, used for whichever of these attacks are installed
 # Inversion is gated on the lift over the no-model prior: what the attack recognises beyond what
@@ -63,10 +38,16 @@ def demo_config(*, seed: int = 0, out_dir: str | Path = "reports/demo") -> dict[
     """The demo audit config (a plain mapping, as it would be read from YAML)."""
     from invguard.attacks import ATTACKS
 
-    names = [n for n in ATTACKS.names() if n.split(".")[0] not in ("test", *DEMO_SKIP_FAMILIES)]
+    # every bundled attack that runs on the digits splits (attacks declaring other data, e.g. tabular
+    # records with a sensitive column, need a dataset the demo does not have)
+    names = [
+        n
+        for n in ATTACKS.names()
+        if ATTACKS.get(n).__module__.startswith("invguard.") and ATTACKS.get(n).data_kind == "any"
+    ]
     if not names:
         raise ConfigError("invguard demo: no attacks are installed (invguard.attacks has none registered)")
-    attacks = [{"name": n, "params": DEMO_PARAMS.get(n, {})} for n in names]
+    attacks = [{"name": n, "params": dict(ATTACKS.get(n).fast_params)} for n in names]
     cfg: dict[str, Any] = {
         "name": "digits-mlp (demo)",
         "seed": seed,
@@ -82,7 +63,7 @@ def demo_config(*, seed: int = 0, out_dir: str | Path = "reports/demo") -> dict[
         cfg["exposures"] = {
             "attacks": sweep,
             "policies": SWEEP_POLICIES,
-            "params": {a: DEMO_PARAMS[a] for a in sweep if a in DEMO_PARAMS},
+            "params": {a: dict(ATTACKS.get(a).fast_params) for a in sweep},
         }
     return cfg
 

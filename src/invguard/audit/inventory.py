@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from invguard.audit.config import _line_map, _problems
-from invguard.core.errors import ConfigError
+from invguard.configfile import read_yaml, validate
 
 SENSITIVE = ("confidential", "sensitive", "special")
 MITIGATIONS = ("dp_training", "output_policy", "monitoring", "secure_aggregation", "rate_limit")
@@ -83,25 +81,8 @@ class ModelCheck:
 
 def load_inventory(path: str | Path) -> Inventory:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: inventory file not found")
-    text = p.read_text()
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{p}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the inventory must be a YAML mapping with a 'models' list")
-    try:
-        inv = Inventory.model_validate(raw)
-    except ValidationError as e:
-        probs = _problems(e, _line_map(text))
-        raise ConfigError(
-            f"{p}: {len(probs)} problem{'s' if len(probs) != 1 else ''} in the inventory\n"
-            + "\n".join(f"  - {m}" for m in probs)
-        ) from None
+    raw, text = read_yaml(p, "inventory file")
+    inv = validate(Inventory, raw, source=str(p), what="inventory", text=text)
     if not Path(inv.history).is_absolute():
         inv = inv.model_copy(update={"history": str((p.parent / inv.history).resolve())})
     return inv

@@ -112,46 +112,25 @@ def _utility(raw: Any, exposed: Any, data: Any) -> dict[str, Any]:
     return exposure_utility(data.nonmembers.y, base, shown)
 
 
-def _metric(row: dict[str, Any], name: str) -> dict[str, Any] | None:
-    v = row.get(name)
-    if v is None:
-        return None
-    if isinstance(v, dict):
-        return {"value": v.get("value"), "low": v.get("low"), "high": v.get("high")}
-    return {"value": v, "low": row.get(f"{name}_low"), "high": row.get(f"{name}_high")}
+def _sweep_run(job: Job, target: Any, leaves: Any, ctx: Any) -> dict[str, Any]:
+    """One (exposure, attack) cell of the sweep: the attack, or the strongest of its family (by the
+    attacks' declared ``strength``) that the access the exposure leaves allows, with its declared
+    ``sweep_params``."""
+    from invguard.attacks.base import for_sweep, substitute
+    from invguard.core.errors import AccessError
 
-
-def _sweep_with_inversion(job: Job, raw: Any, ctx: Any) -> dict[str, Any]:
-    """One exposure of the inversion family's own sweep: it substitutes the strongest inversion
-    attack the exposure allows when the configured one needs more access."""
-    from invguard.attacks.inversion.sweep import exposure_sweep
-
-    rows = exposure_sweep(
-        job.attack, raw, job.data, exposures=[(job.exposure_label, job.exposure)], seed=job.seed, context=ctx
+    chosen = substitute(job.attack, leaves)
+    if chosen is None:
+        raise AccessError(
+            f"{job.attack.name} needs {job.attack.requires.name} and no {job.attack.family()} attack runs "
+            f"at {leaves.name} access ({target.describe()})"
+        )
+    out = for_sweep(chosen).run(target, job.data, seed=job.seed, context=ctx).to_json()
+    out.update(
+        attack=job.attack.name,
+        attack_used=chosen.name,
+        substituted_for=job.attack.name if chosen is not job.attack else None,
     )
-    row = dict(rows[0])
-    metrics = {
-        k: m
-        for k in ("attack_accuracy", "knn_distance", "baseline_prior_accuracy", "lift_over_prior")
-        if (m := _metric(row, k)) is not None
-    }
-    acc, prior = metrics.get("attack_accuracy"), metrics.get("baseline_prior_accuracy")
-    if "lift_over_prior" not in metrics and acc and prior and None not in (acc["value"], prior["value"]):
-        # the same definition as the attack's own: accuracy beyond the no-model prior baseline
-        metrics["lift_over_prior"] = {"value": acc["value"] - prior["value"], "low": None, "high": None}
-    used = row.get("attack")
-    out: dict[str, Any] = {
-        "attack": job.attack.name,
-        "attack_used": used,
-        "substituted_for": row.get("substituted_for"),
-        "access": row.get("access"),
-        "status": "ok" if used else "not_applicable",
-        "error": None if used else row.get("note"),
-        "metrics": metrics,
-        "queries_used": int(row.get("queries") or 0),
-        "params": job.attack.params(),
-        "tables": {"exposure_sweep": [row]},
-    }
     return out
 
 
@@ -188,16 +167,18 @@ def run_job(job: Job) -> dict[str, Any]:
 
     try:
         raw = job.target.build()
-        target = raw if job.exposure is None else policies.parse(job.exposure, "exposure").wrap(raw)
+        policy = None if job.exposure is None else policies.parse(job.exposure, "exposure")
+        if policy is not None:  # a seeded audit reproduces: unseeded noise draws from the run seed
+            policy = policy.seeded_by_default(job.seed)
+        target = raw if policy is None else policy.wrap(raw)
         ctx = RunContext(
             executor=nested,
             cache_dir=None if job.cache_dir is None else Path(job.cache_dir),
             progress=progress,
         )
-        if job.sweep and job.attack.name.startswith("inversion."):
-            t1 = time.perf_counter()
-            out = {**meta, **_sweep_with_inversion(job, raw, ctx)}
-            out["wall_time_s"] = time.perf_counter() - t1
+        if job.sweep:
+            leaves = target.access if policy is None else min(target.access, policy.leaves)
+            out = {**_sweep_run(job, target, leaves, ctx), **meta, "status": "ok", "error": None}
         else:
             out = job.attack.run(target, job.data, seed=job.seed, context=ctx).to_json()
             out.update(meta, status="ok", error=None)

@@ -23,20 +23,13 @@ import numpy as np
 
 from invguard.audit.config import DataConfig, TargetConfig
 from invguard.core.errors import ConfigError, DataError
+from invguard.storage import atomic_write
 
 BUNDLED = ("digits", "mnist5k", "adult")
 
 
 def _sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()[:16]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file and a rename (an interrupt never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class Secret(str):
@@ -50,7 +43,7 @@ class Secret(str):
 class ResolvedTarget:
     """A target in portable form; ``build()`` makes the live :class:`~invguard.core.target.Target`."""
 
-    kind: str  # "torch-file", "torch-factory", "sklearn", "http"
+    kind: str  # "torch-file", "torch-factory", "sklearn", "http", "onnx"
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
@@ -68,6 +61,17 @@ class ResolvedTarget:
         return h.hexdigest()[:16]
 
     def build(self) -> Any:
+        if self.kind == "onnx":
+            from invguard.targets.onnx import OnnxTarget
+
+            return OnnxTarget(
+                self.payload or b"",
+                input_shape=self.input_shape,
+                num_classes=self.num_classes,
+                access=self.access,
+                budget=self.options.get("budget"),
+                name=self.name,
+            )
         if self.kind == "http":
             from invguard.targets import HttpTarget
 
@@ -216,6 +220,11 @@ def resolve_target(
             # need not have the variable; never printed (Secret) nor part of the digest
             opts["api_key"], opts["api_key_env"] = Secret(os.environ[cfg.api_key_env]), None
         return ResolvedTarget("http", name, shape, classes, None, opts, None)
+    if cfg.kind == "onnx":
+        assert cfg.path is not None
+        return ResolvedTarget(
+            "onnx", name, shape, classes, _read(cfg.path, "target.path"), {"budget": cfg.budget}, cfg.access
+        )
     if cfg.kind == "sklearn":
         assert cfg.model is not None
         return ResolvedTarget(

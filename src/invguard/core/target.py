@@ -105,6 +105,15 @@ class Prediction:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def probabilities(self) -> NDArray[np.float64] | None:
+        """The probability vector behind this prediction: its scores, or the softmax of its logits
+        (float64, one row per input); None for a label-only prediction."""
+        if self.scores is not None:
+            return np.asarray(self.scores, dtype=np.float64)
+        if self.logits is not None:
+            return softmax(self.logits)
+        return None
+
     @classmethod
     def from_logits(cls, logits: FloatArray, access: Access) -> Prediction:
         """Build the prediction a target at ``access`` returns for raw ``logits``."""
@@ -162,6 +171,75 @@ class Target(Protocol):
     def predict(self, x: FloatArray) -> Prediction: ...
 
     def describe(self) -> str: ...
+
+
+@runtime_checkable
+class WhiteBox(Protocol):
+    """The white-box capability: a target granting ``Access.WHITEBOX`` exposes its torch module and
+    differentiable logits. ``forward`` counts ``len(x)`` queries like ``predict``."""
+
+    @property
+    def module(self) -> Any: ...
+
+    def forward(self, x: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Unwrapped:
+    """A target seen through every wrapper around it (output policies, ...).
+
+    ``chain``: the targets from the outermost (the one given) to ``base``, the innermost;
+    ``policies``: the output policies on the way, outermost first; ``whitebox``: the target itself
+    when it grants WHITEBOX access and implements :class:`WhiteBox`, else None; ``module``: the
+    model object behind ``base`` when the adapter holds one (a torch module), whatever the access:
+    read for its published architecture (``invguard_spec``) and recipe (``invguard_meta``), never
+    for gradients below WHITEBOX.
+    """
+
+    chain: tuple[Any, ...]
+    policies: tuple[Any, ...]
+    whitebox: WhiteBox | None
+    module: Any
+
+    @property
+    def base(self) -> Any:
+        return self.chain[-1]
+
+    @property
+    def spec(self) -> dict[str, Any] | None:
+        """The invguard architecture spec of the module (``invguard.models.build``), or None."""
+        spec = getattr(self.module, "invguard_spec", None)
+        return None if spec is None else dict(spec)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The module's saved metadata (``invguard_meta``: recipe, ...), empty when unknown."""
+        return dict(getattr(self.module, "invguard_meta", None) or {})
+
+    def queries_left(self) -> int | None:
+        """Queries left before the first budget along the chain runs out (None: no budget)."""
+        lefts = [int(t.budget) - int(t.queries_used) for t in self.chain if t.budget is not None]
+        return None if not lefts else max(0, min(lefts))
+
+
+def unwrap(target: Target) -> Unwrapped:
+    """Walk ``target``'s wrappers down to the model adapter: the one place that reads them.
+
+    A wrapper declares itself by an ``inner`` target and, for an output policy, its ``policy``;
+    an adapter declares the model object it holds with ``inner_module()``.
+    """
+    chain: list[Any] = [target]
+    policies: list[Any] = []
+    t: Any = target
+    while getattr(t, "inner", None) is not None and len(chain) < 64:
+        if getattr(t, "policy", None) is not None:
+            policies.append(t.policy)
+        t = t.inner
+        chain.append(t)
+    held = getattr(t, "inner_module", None)
+    module = held() if callable(held) else None
+    whitebox = target if target.access >= Access.WHITEBOX and isinstance(target, WhiteBox) else None
+    return Unwrapped(chain=tuple(chain), policies=tuple(policies), whitebox=whitebox, module=module)
 
 
 class BaseTarget:

@@ -44,18 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from invguard.audit.config import (
     SEVERITIES,
     AttackConfig,
     DataConfig,
     GateConfig,
-    _line_map,
-    _problems,
     _Strict,
 )
+from invguard.configfile import read_yaml, validate
 from invguard.core.errors import ConfigError
 
 ONE_RUN = "dp.one_run"
@@ -167,22 +165,12 @@ class TradeoffConfig(_Strict):
 def load_tradeoff_config(path: str | Path) -> TradeoffConfig:
     """Read and validate a trade-off config; every problem at once, with its field path and line."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
-    text = p.read_text()
+    raw, text = read_yaml(p, "config file")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the config must be a YAML mapping, got {type(raw).__name__}")
-    try:
-        return TradeoffConfig.model_validate(raw)
-    except ValidationError as e:
-        probs = _problems(e, _line_map(text))
-        head = f"{p}: {len(probs)} problem{'s' if len(probs) != 1 else ''} in the trade-off config"
-        raise ConfigError(head + "\n" + "\n".join(f"  - {x}" for x in probs)) from None
+        return validate(TradeoffConfig, raw, source=str(p), what="trade-off config", text=text)
     except ConfigError as e:
+        if str(e).startswith(f"{p}: "):  # the loader's own report of every problem
+            raise
         raise ConfigError(f"{p}: {e}") from None
 
 

@@ -50,7 +50,7 @@ from invguard.guard.pipeline import INTERNAL, Observer, Outcome, Pipeline, Role,
 from invguard.guard.ratelimit import Limits, MemoryLimiter, RedisLimiter
 from invguard.guard.text import TEXT_ROUTES, TextPipeline, text_openapi
 from invguard.guard.upstream import build_model
-from invguard.policies import Chain, Identity, Noise, OutputPolicy, parse
+from invguard.policies import Identity, OutputPolicy, parse
 
 __all__ = ["Guard", "Role", "build_app", "key_paths"]
 
@@ -105,7 +105,9 @@ class Guard:
                 self.text_policies[name] = text_policy(rc.policy, f"roles.{name}.policy")
                 pol: OutputPolicy = Identity()
             else:
-                pol = _unseeded(parse(rc.policy, f"roles.{name}.policy"))
+                # noise is drawn from OS entropy: a seed in the config would hand an attacker the
+                # noise stream to subtract, so every step that declares itself random is rebuilt unseeded
+                pol = parse(rc.policy, f"roles.{name}.policy").reseeded(None)
             self.roles[name] = Role(
                 name,
                 pol,
@@ -535,13 +537,6 @@ async def _served_by_fast_path(request: Request) -> Response:
     """Never called: ``Guard.__call__`` answers every POST to a prediction route before Starlette
     sees it. The routes are declared so that another method gets a 405 rather than a 404."""
     raise HTTPException(405)
-
-
-def _unseeded(policy: OutputPolicy) -> OutputPolicy:
-    """The guard draws policy noise from OS entropy: a seed in the config would hand an attacker
-    the noise stream to subtract, so seeded ``Noise`` steps are rebuilt unseeded."""
-    steps = [Noise(p.scale, p.kind, seed=None) if isinstance(p, Noise) else p for p in policy.steps()]
-    return steps[0] if len(steps) == 1 else Chain(*steps)
 
 
 _FAST = re.compile(r"^/v1/models/([^/]+)/predict$|^/v2/models/([^/]+)/infer$")

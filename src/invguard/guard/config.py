@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from invguard.core.errors import ConfigError
@@ -288,12 +287,11 @@ def from_dict(doc: Any, where: str = "guard config", base: Path | None = None) -
 
 
 def load(path: str | Path) -> GuardConfig:
-    """Read and validate ``guard.yaml``."""
+    """Read and validate ``guard.yaml`` (problems with field paths and line numbers, see
+    :mod:`invguard.configfile`)."""
+    from invguard.configfile import read_yaml, validate
+
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: guard config not found")
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    doc, text = read_yaml(p, "guard config")
+    validate(GuardConfig, doc, source=str(p), what="guard config", text=text)
     return from_dict(doc, str(p), base=p.parent)

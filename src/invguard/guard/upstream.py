@@ -15,7 +15,7 @@ import numpy as np
 
 from invguard.core.access import Access
 from invguard.core.errors import ConfigError, TargetError
-from invguard.core.target import Prediction
+from invguard.core.target import Prediction, unwrap
 from invguard.guard.config import ModelConfig, UpstreamConfig
 from invguard.targets.callable import prediction_from_output
 from invguard.wire import instances, kserve
@@ -47,10 +47,10 @@ class LocalModel:
         self.input_shape: tuple[int, ...] = tuple(target.input_shape)
         self.num_classes: int = int(target.num_classes)
         self._forward: Any = None
-        if type(target).__name__ == "TorchTarget":
+        module = unwrap(target).module if target is unwrap(target).base else None
+        if module is not None and callable(getattr(module, "eval", None)):
             import torch
 
-            module = target._module
             module.eval()
 
             def forward(x: np.ndarray) -> Prediction:

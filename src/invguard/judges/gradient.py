@@ -24,12 +24,8 @@ from invguard.attacks.gradient.common import GradientEvidence
 from invguard.core.result import Finding, Metric
 from invguard.core.run import AttackOutput, Case
 from invguard.judges.registry import register_judge
-from invguard.metrics.inversion import (
-    _pixel_similarity,
-    build_evaluator,
-    class_metric,
-    paired_class_difference,
-)
+from invguard.metrics.inversion import class_metric, paired_class_difference, pixel_similarity
+from invguard.models.evaluator import build_evaluator
 
 MAX_SHOWN = 16
 
@@ -125,11 +121,11 @@ def judge_gradient(ev: GradientEvidence, case: Case) -> AttackOutput:
     truth = np.concatenate(true_all)
     ys = np.concatenate(true_y)
     cluster = np.asarray(ids)
-    sim, psnr, mse, is_image = _pixel_similarity(recs, truth)
+    sim, psnr, mse, is_image = pixel_similarity(recs, truth)
     psnr = np.where(np.isfinite(psnr), psnr, 100.0)
     public = data.public
     mean_img = np.broadcast_to(public.X.mean(axis=0), truth.shape).astype(np.float64)
-    b_sim, b_psnr, _b_mse, _ = _pixel_similarity(mean_img, truth)
+    b_sim, b_psnr, _b_mse, _ = pixel_similarity(mean_img, truth)
     b_psnr = np.where(np.isfinite(b_psnr), b_psnr, 100.0)
     what = "SSIM" if is_image else "cosine similarity"
 

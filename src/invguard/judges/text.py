@@ -365,19 +365,15 @@ class TextMembershipScores(Evidence):
 
 @register_judge(TextMembershipScores)
 def judge_text_membership(ev: TextMembershipScores, case: Case) -> AttackOutput:
-    from invguard.attacks.membership.common import Candidates, membership_output
+    from invguard.judges.membership import membership_output
 
     n = int(ev.scores.shape[0])
-    cand = Candidates(
-        X=np.zeros((n, 1), dtype=np.float32),
-        y=np.zeros(n, dtype=np.int64),
-        is_member=np.asarray(ev.is_member, dtype=np.int64),
-        indices=np.arange(n, dtype=np.int64),
-    )
     out = membership_output(
         case.attack.name,
         ev.scores,
-        cand,
+        is_member=np.asarray(ev.is_member, dtype=np.int64),
+        indices=np.arange(n, dtype=np.int64),
+        labels=np.zeros(n, dtype=np.int64),
         decision_threshold=ev.decision_threshold,
         n_boot=ev.n_boot,
         seed=case.seed,

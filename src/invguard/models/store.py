@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ from torch import nn
 
 from invguard.core.errors import ConfigError
 from invguard.models.nets import build, spec_of
+from invguard.storage import atomic_path, cached
 
 FORMAT = "invguard-model/1"
 
@@ -41,22 +39,15 @@ def save(module: nn.Module, path: str | Path, *, meta: dict[str, Any] | None = N
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{p}: is a folder; give a file path for the model, e.g. {p / 'model.pt'}")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot write the model file ({e.strerror})") from None
     meta = {"torch": str(torch.__version__), "torch_threads": torch.get_num_threads(), **(meta or {})}
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(p) as tmp:
             torch.save(
                 {"format": FORMAT, "spec": spec_of(module), "state_dict": module.state_dict(), "meta": meta},
-                f,
+                tmp,
             )
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot write the model file ({e.strerror})") from None
     return p
 
 
@@ -101,24 +92,26 @@ def reference(name: str, *, seed: int = 0, cache: bool = True, progress: Any = N
     ref = REFERENCES[name]
     splits = data.load(ref["dataset"], seed=seed)
     spec = {**ref["arch"], "input_shape": list(splits.input_shape), "num_classes": splits.num_classes}
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "spec": spec,
-                "recipe": RECIPES[ref["recipe"]],
-                "seed": seed,
-                "data": splits.provenance(),
-                "torch": torch.__version__,
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:16]
-    path = _cache_dir() / f"{name}-{key}.pt"
-    if cache and path.exists():
-        return load(path), splits
-    module, report = fit(
-        spec, splits.members.X, splits.members.y, recipe=ref["recipe"], seed=seed, progress=progress
-    )
-    if cache:
-        save(module, path, meta={"reference": name, "seed": seed, "train_accuracy": report.train_accuracy})
+    parts = {
+        "spec": spec,
+        "recipe": RECIPES[ref["recipe"]],
+        "seed": seed,
+        "data": splits.provenance(),
+        "torch": torch.__version__,
+    }
+
+    def make() -> nn.Module:
+        module, report = fit(
+            spec, splits.members.X, splits.members.y, recipe=ref["recipe"], seed=seed, progress=progress
+        )
+        meta = {"reference": name, "seed": seed, "train_accuracy": report.train_accuracy}
+        module.invguard_meta = meta  # type: ignore[assignment]
+        return module
+
+    module = cached(_cache_dir() if cache else None, name, parts, make=make, load=load, save=save_with_meta)
     return module, splits
+
+
+def save_with_meta(module: nn.Module, path: Path) -> None:
+    """``save`` with the module's own ``invguard_meta`` (the form :func:`invguard.storage.cached` takes)."""
+    save(module, path, meta=dict(getattr(module, "invguard_meta", None) or {}))

@@ -9,7 +9,7 @@ The same objects are measured by the audit (wrap a target, attack it) and enforc
 'SCORES (top_k=3, rounded to 2 decimals)'
 """
 
-from invguard.policies.base import Chain, OutputPolicy, PolicyTarget, parse
+from invguard.policies.base import POLICIES, Chain, OutputPolicy, PolicyTarget, parse
 from invguard.policies.standard import (
     Identity,
     LabelOnly,
@@ -22,6 +22,7 @@ from invguard.policies.standard import (
 )
 
 __all__ = [
+    "POLICIES",
     "Chain",
     "Identity",
     "LabelOnly",

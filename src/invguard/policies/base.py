@@ -6,30 +6,19 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from invguard.core.access import Access
 from invguard.core.errors import BudgetExhausted, ConfigError
 from invguard.core.registry import Registry
-from invguard.core.target import BaseTarget, FloatArray, Prediction, Target, softmax
+from invguard.core.target import BaseTarget, FloatArray, Prediction, Target, unwrap
 
 POLICIES: Registry[type[OutputPolicy]] = Registry("output policy")
-
-
-def probabilities(pred: Prediction) -> NDArray[np.float64] | None:
-    """The probability vector behind a prediction: its scores, or the softmax of its logits."""
-    if pred.scores is not None:
-        return np.asarray(pred.scores, dtype=np.float64)
-    if pred.logits is not None:
-        return softmax(pred.logits)
-    return None
 
 
 class OutputPolicy:
     """Reduce what a prediction reveals.
 
-    ``cap`` is the highest access a response passing through this policy can carry. Subclasses set
+    ``cap`` is the highest access a response passing through this policy can carry; ``leaves``
+    what the answers actually tell an attacker; ``random`` whether they draw randomness. Subclasses set
     ``name`` (the config key) and implement ``transform(pred)``. Policies compose left to right
     with ``|``: ``TopK(3) | Round(2)`` keeps the top three scores, then rounds them.
     """
@@ -37,6 +26,24 @@ class OutputPolicy:
     name: str = "policy"
     cap: Access = Access.SCORES
     preserves_argmax: bool = True
+    #: whether answers draw randomness (the guard rebuilds such a policy unseeded, see ``reseeded``)
+    random: bool = False
+
+    @property
+    def leaves(self) -> Access:
+        """The access an attacker is left with: what the answers carry, which can be less than the
+        format ``cap`` allows (a top-1 score vector is a one-hot label). The exposure sweep picks
+        the attacks to run by this."""
+        return self.cap
+
+    def reseeded(self, seed: int | None) -> OutputPolicy:
+        """This policy with its random steps drawing from ``seed`` (None: OS entropy)."""
+        return self
+
+    def seeded_by_default(self, seed: int) -> OutputPolicy:
+        """This policy with its *unseeded* random steps drawing from ``seed`` (an audit's run seed,
+        so that a seeded audit reproduces); steps given a seed of their own keep it."""
+        return self
 
     def apply(self, pred: Prediction) -> Prediction:
         if pred.access <= Access.LABEL:
@@ -96,6 +103,17 @@ class Chain(OutputPolicy):
         self.policies: tuple[OutputPolicy, ...] = tuple(policies)
         self.cap = min(p.cap for p in self.policies)
         self.preserves_argmax = all(p.preserves_argmax for p in self.policies)
+        self.random = any(p.random for p in self.policies)
+
+    @property
+    def leaves(self) -> Access:
+        return min(p.leaves for p in self.policies)
+
+    def reseeded(self, seed: int | None) -> OutputPolicy:
+        return Chain(*(p.reseeded(seed) for p in self.policies)) if self.random else self
+
+    def seeded_by_default(self, seed: int) -> OutputPolicy:
+        return Chain(*(p.seeded_by_default(seed) for p in self.policies)) if self.random else self
 
     def apply(self, pred: Prediction) -> Prediction:
         for p in self.policies:
@@ -155,13 +173,8 @@ class PolicyTarget(BaseTarget):
 
     @property
     def queries_left(self) -> int | None:
-        """The effective number of queries left: the lower of this wrapper's and the wrapped target's."""
-        own = None if self._budget is None else max(0, self._budget - self._queries)
-        inner = getattr(self.inner, "queries_left", None)
-        if inner is None and self.inner.budget is not None:
-            inner = max(0, self.inner.budget - self.inner.queries_used)
-        lefts = [v for v in (own, inner) if v is not None]
-        return min(lefts) if lefts else None
+        """The effective number of queries left: the lowest along the chain of wrapped targets."""
+        return unwrap(self).queries_left()
 
     def policy_label(self) -> str:
         """Every policy between the caller and the model, innermost first."""

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from invguard.core.access import Access
 from invguard.core.errors import ConfigError
 from invguard.core.target import Prediction, softmax
-from invguard.policies.base import POLICIES, OutputPolicy, probabilities
+from invguard.policies.base import POLICIES, OutputPolicy
 
 
 def _is_number(v: object) -> bool:
@@ -47,7 +47,7 @@ class ScoresOnly(OutputPolicy):
     cap = Access.SCORES
 
     def transform(self, pred: Prediction) -> Prediction:
-        p = probabilities(pred)
+        p = pred.probabilities()
         assert p is not None  # apply() only calls transform above LABEL
         return _scored(pred, p)
 
@@ -88,11 +88,16 @@ class TopK(OutputPolicy):
     def params(self) -> dict[str, Any]:
         return {"k": self.k}
 
+    @property
+    def leaves(self) -> Access:
+        """Top-1 scores are renormalised to a one-hot vector: the label and nothing more."""
+        return Access.LABEL if self.k == 1 else Access.SCORES
+
     def label(self) -> str:
         return f"top_k={self.k}"
 
     def transform(self, pred: Prediction) -> Prediction:
-        p = probabilities(pred)
+        p = pred.probabilities()
         assert p is not None
         n, c = p.shape
         k = min(self.k, c)
@@ -138,7 +143,7 @@ class Round(OutputPolicy):
         return f"rounded to {self.decimals} decimals"
 
     def transform(self, pred: Prediction) -> Prediction:
-        p = probabilities(pred)
+        p = pred.probabilities()
         assert p is not None
         return _scored(pred, np.round(p, self.decimals))
 
@@ -156,8 +161,9 @@ class Noise(OutputPolicy):
 
     name = "noise"
     preserves_argmax = False
+    random = True
 
-    def __init__(self, scale: float = 0.05, kind: str = "gaussian", seed: int | None = 0) -> None:
+    def __init__(self, scale: float = 0.05, kind: str = "gaussian", seed: int | None = None) -> None:
         if not _is_number(scale) or not np.isfinite(scale) or scale < 0:
             raise ConfigError(f"noise: scale must be a finite number >= 0, got {scale!r}")
         if kind not in ("gaussian", "laplace"):
@@ -172,11 +178,17 @@ class Noise(OutputPolicy):
     def params(self) -> dict[str, Any]:
         return {"scale": self.scale, "kind": self.kind, "seed": self.seed}
 
+    def reseeded(self, seed: int | None) -> Noise:
+        return Noise(self.scale, self.kind, seed=seed)
+
+    def seeded_by_default(self, seed: int) -> Noise:
+        return self if self.seed is not None else self.reseeded(seed)
+
     def label(self) -> str:
         return f"{self.kind} noise scale={self.scale:g}"
 
     def transform(self, pred: Prediction) -> Prediction:
-        p = probabilities(pred)
+        p = pred.probabilities()
         assert p is not None
         if self.kind == "gaussian":
             noisy = p + self._rng.normal(0.0, self.scale, size=p.shape)
@@ -210,7 +222,7 @@ class Temperature(OutputPolicy):
         if pred.logits is not None:
             z = np.asarray(pred.logits, dtype=np.float64)
         else:
-            p = probabilities(pred)
+            p = pred.probabilities()
             assert p is not None
             z = np.log(np.clip(p, 1e-300, None))
         return _scored(pred, softmax(z / self.t))
@@ -243,7 +255,7 @@ class ReverseSigmoid(OutputPolicy):
         return f"reverse sigmoid beta={self.beta:g} gamma={self.gamma:g}"
 
     def transform(self, pred: Prediction) -> Prediction:
-        p = probabilities(pred)
+        p = pred.probabilities()
         assert p is not None
         eps = 1e-12
         q = np.clip(p, eps, 1 - eps)

@@ -340,7 +340,7 @@ def dumps(results: dict[str, Any]) -> str:
 
 
 def write(results: dict[str, Any], path: Path) -> Path:
-    from invguard.audit.resolve import atomic_write
+    from invguard.storage import atomic_write
 
     atomic_write(path, dumps(results).encode())
     return path

@@ -100,7 +100,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def write(results: dict[str, Any], path: Path) -> Path:
-    from invguard.audit.resolve import atomic_write
+    from invguard.storage import atomic_write
 
     atomic_write(path, render(results).encode())
     return path

@@ -74,7 +74,7 @@ def _cell(text: str) -> str:
 
 
 def write(results: dict[str, Any], path: Path, *, report_link: str | None = None) -> Path:
-    from invguard.audit.resolve import atomic_write
+    from invguard.storage import atomic_write
 
     atomic_write(path, render(results, report_link=report_link).encode())
     return path

@@ -10,6 +10,7 @@ import numpy as np
 from invguard.core.access import Access
 from invguard.core.errors import ConfigError, TargetError
 from invguard.core.target import BaseTarget, Prediction
+from invguard.targets.registry import TARGETS
 
 _KINDS = {"labels": Access.LABEL, "scores": Access.SCORES, "logits": Access.LOGITS}
 
@@ -52,6 +53,7 @@ def prediction_from_output(out: Any, kind: str, n: int, num_classes: int, where:
     return Prediction.from_logits(arr, Access.LOGITS)
 
 
+@TARGETS.register("callable")
 class CallableTarget(BaseTarget):
     """Wrap ``fn(x: ndarray[n, *input_shape]) -> labels | scores | logits``.
 

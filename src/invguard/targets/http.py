@@ -37,6 +37,7 @@ import urllib3
 from invguard.core.errors import BudgetExhausted, ConfigError, TargetError
 from invguard.core.target import BaseTarget, Prediction
 from invguard.targets.callable import _KINDS, prediction_from_output
+from invguard.targets.registry import TARGETS
 from invguard.wire import instances, kserve
 from invguard.wire.urls import redact_url
 
@@ -105,6 +106,7 @@ class _CappedRetry(urllib3.Retry):
         return None if value is None else min(value, self.max_retry_after)
 
 
+@TARGETS.register("http")
 class HttpTarget(BaseTarget):
     """Query a model served over HTTP. See the module docstring for presets."""
 

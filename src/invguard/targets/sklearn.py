@@ -9,8 +9,10 @@ import numpy as np
 from invguard.core.access import Access
 from invguard.core.errors import ConfigError
 from invguard.core.target import BaseTarget, Prediction
+from invguard.targets.registry import TARGETS
 
 
+@TARGETS.register("sklearn")
 class SklearnTarget(BaseTarget):
     """Wrap a fitted scikit-learn classifier. Inputs are flattened to 2-D before ``predict_proba``.
 

@@ -11,8 +11,10 @@ from invguard.core.access import Access
 from invguard.core.errors import ConfigError, TargetError
 from invguard.core.target import BaseTarget, Prediction
 from invguard.targets.callable import prediction_from_output
+from invguard.targets.registry import TARGETS
 
 
+@TARGETS.register("torch")
 class TorchTarget(BaseTarget):
     """Wrap a classifier whose forward pass returns logits of shape ``(n, num_classes)``.
 
@@ -69,6 +71,11 @@ class TorchTarget(BaseTarget):
                 f"{self.name}: the module is only exposed at WHITEBOX access; this target grants "
                 f"{self.access.name}"
             )
+        return self._module
+
+    def inner_module(self) -> torch.nn.Module:
+        """The module this target holds, whatever its access (for its architecture metadata; use
+        ``module`` for white-box access)."""
         return self._module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

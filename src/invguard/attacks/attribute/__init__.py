@@ -6,6 +6,8 @@ picks the most exposed records, then attribute inference on tabular data or a se
 hidden image region on images).
 """
 
+import invguard.judges.attribute
+import invguard.judges.hybrid  # noqa: F401
 from invguard.attacks.attribute import baseline, hybrid, inference
 
 __all__ = ["baseline", "hybrid", "inference"]

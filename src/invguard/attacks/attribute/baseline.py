@@ -10,17 +10,18 @@ An attribute attack's **advantage** is its accuracy minus a baseline's on the sa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from invguard.attacks.base import ATTACKS, Attack, AttackOutput, RunContext
+from invguard.attacks.base import ATTACKS, Attack, RunContext
 from invguard.core.access import Access
+from invguard.core.data import Splits, require_splits
 from invguard.core.errors import ConfigError, DataError
-from invguard.core.result import Finding
+from invguard.core.evidence import BaselineGuesses, GuessedRecords
 from invguard.core.target import Target
-from invguard.metrics.stats import bootstrap_metric
 
 
 @dataclass(frozen=True)
@@ -71,23 +72,18 @@ class SensitiveColumn:
         return out
 
 
-def tabular_splits(data: Any, attack: str) -> Any:
-    for name in ("members", "nonmembers", "public"):
-        if not hasattr(data, name):
-            raise ConfigError(
-                f"{attack}: needs tabular data splits (invguard.data.load(...)) with members, nonmembers "
-                f"and public; got {type(data).__name__}"
-            )
-    ds = getattr(data, "dataset", None)
+def tabular_splits(data: object, attack: str) -> Splits:
+    splits = require_splits(data, attack, nonempty=())
+    ds = getattr(splits, "dataset", None)
     if ds is None or ds.kind != "tabular" or not ds.feature_groups:
         kind = getattr(ds, "kind", "unknown")
         raise DataError(
             f"{attack}: attribute inference needs a tabular dataset with named columns (feature_groups); "
             f"this one is {kind!r}"
         )
-    if len(data.public) < 2:
-        raise DataError(f"{attack}: the public split needs at least 2 records, has {len(data.public)}")
-    return data
+    if len(splits.public) < 2:
+        raise DataError(f"{attack}: the public split needs at least 2 records, has {len(splits.public)}")
+    return splits
 
 
 def sensitive_column(splits: Any, name: str, bins: int, attack: str) -> SensitiveColumn:
@@ -169,6 +165,9 @@ class AttributeBaseline(Attack):
 
     name: ClassVar[str] = "attribute.baseline"
     requires: ClassVar[Access] = Access.LABEL
+    strength: ClassVar[int] = 0
+    fast_params: ClassVar[Mapping[str, Any]] = {"max_records": 300, "n_boot": 300}
+    data_kind: ClassVar[str] = "tabular"
 
     sensitive: str = "sex"
     bins: int = 5
@@ -186,34 +185,19 @@ class AttributeBaseline(Attack):
             p.append(f"max_records must be >= 1, got {self.max_records}")
         return p
 
-    def _run(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> AttackOutput:
+    def search(
+        self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext
+    ) -> BaselineGuesses:
         splits = tabular_splits(data, self.name)
         col = sensitive_column(splits, self.sensitive, self.bins, self.name)
         seed = int(rng.integers(2**31))
         s = splits.members
         ix = np.sort(rng.permutation(len(s))[: min(self.max_records, len(s))])
         X, y = s.X[ix], s.y[ix]
-        truth = col.value_of(X)
         guess = baseline_guess(self.method, col, splits.public, X, y, seed)
-        marginal = baseline_guess("marginal", col, splits.public, X, y, seed)
-        c = correct_array(guess, truth)
-        acc = bootstrap_metric(
-            np.mean,
-            c,
-            n_boot=self.n_boot,
-            seed=seed,
-            description=f"{self.method} baseline accuracy on members",
-        )
-        return AttackOutput(
-            metrics={"accuracy": acc},
-            tables={"per_value": per_value_table(col, truth, guess, marginal)},
-            findings=[
-                Finding(
-                    f"{col.name} inferred without the model",
-                    f"A {self.method} attacker with public data only infers {col.name} of {c.size} training "
-                    f"records with accuracy {acc:.3f} (95% CI); model-based attacks are judged against this.",
-                    "info",
-                )
-            ],
-            info={"sensitive": col.name, "method": self.method, "records": int(c.size)},
+        return BaselineGuesses(
+            column=col,
+            method=self.method,
+            members=GuessedRecords(X=X, y=y, indices=s.indices[ix], truth=col.value_of(X), guess=guess),
+            info={"sensitive": col.name, "method": self.method},
         )

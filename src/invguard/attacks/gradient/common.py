@@ -80,6 +80,8 @@ class GradientAttack(Attack):
     reconstructions with (cached by content hash in the run context's cache folder)."""
 
     requires: ClassVar[Access] = Access.WHITEBOX
+    #: the clients' records (splits with a members split) and a model trained on shared updates
+    data_kind: ClassVar[str] = "federated"
 
     evaluator_epochs: int = 30
 

@@ -6,6 +6,7 @@
 output policies.
 """
 
+import invguard.judges.inversion  # noqa: F401  (registers the judge of Reconstructions)
 from invguard.attacks.inversion.blackbox import BlackBoxInversion
 from invguard.attacks.inversion.common import InversionAttack
 from invguard.attacks.inversion.generative import GenerativeInversion

@@ -9,13 +9,14 @@ components, ``space="pca"``), which can express classes the public data does not
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from invguard.attacks.base import ATTACKS, RunContext
-from invguard.attacks.inversion.common import InversionAttack, _positive, _positive_int, pca_space
+from invguard.attacks.inversion.common import _FAST, InversionAttack, _positive, _positive_int, pca_space
 from invguard.attacks.inversion.priors import PixelSpace, Space
 from invguard.attacks.inversion.search import Meter, SearchState, nes_search, score_prior_pool
 from invguard.core.access import Access
@@ -26,7 +27,7 @@ from invguard.core.target import Target
 class _ZerothOrder(InversionAttack):
     """Parameters of the score-based searches."""
 
-    cap: float = 10.0
+    margin_cap: float = 10.0
     queries_per_class: int = 2000
     init_fraction: float = 0.2
     population: int = 20
@@ -64,7 +65,7 @@ class _ZerothOrder(InversionAttack):
         n_traj = len(classes)
         if start is None:
             pool = max(len(np.unique(classes)), int(budget * self.init_fraction))
-            start = score_prior_pool(meter, space, classes, pool, rng, self.cap)
+            start = score_prior_pool(meter, space, classes, pool, rng, self.margin_cap)
             budget -= pool
         sigma = self.sigma or space.scale()
         lr = self.nes_lr or sigma / 2
@@ -77,7 +78,7 @@ class _ZerothOrder(InversionAttack):
             population=self.population,
             sigma=sigma,
             lr=lr,
-            cap=self.cap,
+            margin_cap=self.margin_cap,
             rng=rng,
         )
 
@@ -90,6 +91,8 @@ class BlackBoxInversion(_ZerothOrder):
 
     name: ClassVar[str] = "inversion.blackbox"
     requires: ClassVar[Access] = Access.SCORES
+    strength: ClassVar[int] = 20
+    fast_params: ClassVar[Mapping[str, Any]] = {**_FAST, "queries_per_class": 600}
 
     space: str = "pca"
     components: int = 40

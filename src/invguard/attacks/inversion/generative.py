@@ -12,6 +12,7 @@ classes absent from the public data skip the latent stage altogether.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.inversion.blackbox import _ZerothOrder
-from invguard.attacks.inversion.common import _positive, _positive_int, latent_space, pca_space
+from invguard.attacks.inversion.common import _FAST, _positive, _positive_int, latent_space, pca_space
 from invguard.attacks.inversion.search import Meter, SearchState, gradient_search
 from invguard.core.access import Access
 from invguard.core.target import Target
@@ -38,6 +39,15 @@ class GenerativeInversion(_ZerothOrder):
 
     name: ClassVar[str] = "inversion.generative"
     requires: ClassVar[Access] = Access.SCORES
+    strength: ClassVar[int] = 30
+    fast_params: ClassVar[Mapping[str, Any]] = {
+        **_FAST,
+        "queries_per_class": 600,
+        "generator_epochs": 60,
+        "steps": 80,
+        "refine_steps": 40,
+        "restarts": 1,
+    }
 
     latent_dim: int = 0
     generator_epochs: int = 200
@@ -87,7 +97,7 @@ class GenerativeInversion(_ZerothOrder):
                 theta0,
                 steps=self.steps,
                 lr=self.lr,
-                cap=self.cap,
+                margin_cap=self.margin_cap,
                 jitter=1,
                 rng=rng,
                 restarts=self.restarts,
@@ -101,7 +111,7 @@ class GenerativeInversion(_ZerothOrder):
                     pca.encode(state.images),
                     steps=self.refine_steps,
                     lr=self.lr,
-                    cap=self.cap,
+                    margin_cap=self.margin_cap,
                     jitter=1,
                     rng=rng,
                 )

@@ -11,6 +11,7 @@ centre is a robust, typical member of the class in the target's eyes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.inversion.common import (
+    _FAST,
     InversionAttack,
     _positive,
     _positive_int,
@@ -40,6 +42,8 @@ class LabelOnlyInversion(InversionAttack):
 
     name: ClassVar[str] = "inversion.label_only"
     requires: ClassVar[Access] = Access.LABEL
+    strength: ClassVar[int] = 10
+    fast_params: ClassVar[Mapping[str, Any]] = {**_FAST, "queries_per_class": 600}
 
     queries_per_class: int = 2000
     init_fraction: float = 0.25
@@ -112,7 +116,7 @@ class LabelOnlyInversion(InversionAttack):
             budget = self.queries_per_class * n_cls
             pool = max(n_cls, int(budget * self.init_fraction))
             before = meter.spent
-            start = score_prior_pool(meter, space, sub, pool, rng, cap=1.0, labels_only=True)
+            start = score_prior_pool(meter, space, sub, pool, rng, margin_cap=1.0, labels_only=True)
             state, R = brep_search(
                 meter,
                 space,

@@ -14,14 +14,14 @@ torch, samples from its prior, encodes inputs back, and scores a prior penalty p
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from invguard.storage import TRAINING_CODE, cached
 
 
 def total_variation_t(x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +171,16 @@ def train_vae(
     X: np.ndarray, *, latent_dim: int, hidden: int, epochs: int, seed: int, batch_size: int = 64
 ) -> VAE:
     """Train a VAE (binary cross-entropy + KL) with Adam; seeded and deterministic on CPU."""
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the global generator
+        torch.manual_seed(seed)
+        return _train_vae(
+            X, latent_dim=latent_dim, hidden=hidden, epochs=epochs, seed=seed, batch_size=batch_size
+        )
+
+
+def _train_vae(
+    X: np.ndarray, *, latent_dim: int, hidden: int, epochs: int, seed: int, batch_size: int
+) -> VAE:
     vae = VAE(tuple(X.shape[1:]), latent_dim, hidden)
     Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
     opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
@@ -196,33 +205,34 @@ def generator_for(
 ) -> VAE:
     """The VAE trained on ``splits.public`` only, cached in ``cache_dir`` by a hash of data and recipe."""
     pub = splits.public
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "latent": latent_dim,
-                "hidden": hidden,
-                "epochs": epochs,
-                "seed": seed,
-                "data": splits.dataset.fingerprint(),
-                "public": pub.hash,
-                "v": 1,
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:16]
-    path = None if cache_dir is None else Path(cache_dir) / f"inversion-vae-{key}.pt"
-    if path is not None and path.exists():
-        vae = VAE(tuple(pub.X.shape[1:]), latent_dim, hidden)
+    shape = tuple(pub.X.shape[1:])
+    parts = {
+        "latent": latent_dim,
+        "hidden": hidden,
+        "epochs": epochs,
+        "seed": seed,
+        "data": splits.dataset.fingerprint(),
+        "public": pub.hash,
+    }
+
+    def load(path: Path) -> VAE:
+        vae = VAE(shape, latent_dim, hidden)
         vae.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         vae.eval()
         return vae
-    vae = train_vae(pub.X, latent_dim=latent_dim, hidden=hidden, epochs=epochs, seed=seed)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(vae.state_dict(), tmp)
-        tmp.replace(path)
-    return vae
+
+    def save(vae: VAE, path: Path) -> None:
+        torch.save(vae.state_dict(), path)
+
+    return cached(
+        cache_dir,
+        "inversion-vae",
+        parts,
+        make=lambda: train_vae(pub.X, latent_dim=latent_dim, hidden=hidden, epochs=epochs, seed=seed),
+        load=load,
+        save=save,
+        code=(*TRAINING_CODE, __name__),
+    )
 
 
 class LatentSpace(Space):

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from invguard.attacks.inversion.priors import Space
-from invguard.core.target import Prediction, Target, softmax
+from invguard.core.errors import AccessError
+from invguard.core.target import Prediction, Target, WhiteBox, softmax, unwrap
 
 
 class OutOfQueries(Exception):
@@ -31,16 +32,7 @@ class OutOfQueries(Exception):
 
 def budget_left(target: Target) -> int | None:
     """Queries left before any budget along a chain of wrapped targets (policy wrappers, ...) runs out."""
-    lefts: list[int] = []
-    t: object = target
-    seen = 0
-    while t is not None and seen < 32:
-        budget = getattr(t, "budget", None)
-        if budget is not None:
-            lefts.append(int(budget) - int(getattr(t, "queries_used", 0)))
-        t = getattr(t, "inner", None)
-        seen += 1
-    return None if not lefts else max(0, min(lefts))
+    return unwrap(target).queries_left()
 
 
 class Meter:
@@ -60,6 +52,15 @@ class Meter:
             lefts.append(outer)
         return None if not lefts else max(0, min(lefts))
 
+    def whitebox(self) -> WhiteBox:
+        """The target's white-box capability (AccessError when it grants less)."""
+        wb = unwrap(self.target).whitebox
+        if wb is None:
+            raise AccessError(
+                f"gradient search needs WHITEBOX access; this target grants {self.target.describe()}"
+            )
+        return wb
+
     def can(self, n: int) -> bool:
         left = self.left()
         return left is None or n <= left
@@ -76,7 +77,7 @@ class Meter:
         n = int(x.shape[0])
         if not self.can(n):
             raise OutOfQueries
-        out: torch.Tensor = self.target.forward(x)  # type: ignore[attr-defined]
+        out: torch.Tensor = self.whitebox().forward(x)
         self.spent += n
         return out
 
@@ -136,13 +137,13 @@ def gradient_search(
     *,
     steps: int,
     lr: float,
-    cap: float,
+    margin_cap: float,
     jitter: int,
     rng: np.random.Generator,
     restarts: int = 1,
     patience: int = 50,
 ) -> SearchState:
-    """Minimise ``relu(cap - margin) + prior`` by Adam through the target's gradients.
+    """Minimise ``relu(margin_cap - margin) + prior`` by Adam through the target's gradients.
 
     ``theta0`` holds ``restarts`` consecutive rows per trajectory; the best restart (highest capped
     margin minus prior, measured without jitter) is kept.
@@ -158,7 +159,7 @@ def gradient_search(
             z = meter.forward(_roll(x, jitter, rng))
             own = z[rows, cls_t]
             other = z.masked_fill(torch.nn.functional.one_hot(cls_t, z.shape[1]).bool(), -1e9).amax(dim=1)
-            per_row = torch.relu(cap - (own - other)) + space.penalty_t(theta, x)
+            per_row = torch.relu(margin_cap - (own - other)) + space.penalty_t(theta, x)
             loss = per_row.sum()
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
@@ -180,7 +181,7 @@ def gradient_search(
         m, conf = margins(pred, np.repeat(classes, restarts))
     except OutOfQueries:  # no query left to check: nothing is known to have converged
         m, conf = np.full(th.shape[0], -np.inf), np.zeros(th.shape[0])
-    fitness = np.minimum(m, cap) - space.penalty(th, images)
+    fitness = np.minimum(m, margin_cap) - space.penalty(th, images)
     pick = fitness.reshape(-1, restarts).argmax(axis=1) + np.arange(len(classes)) * restarts
     return SearchState(th[pick], images[pick], m[pick], conf[pick])
 
@@ -191,7 +192,7 @@ def score_prior_pool(
     classes: np.ndarray,
     pool: int,
     rng: np.random.Generator,
-    cap: float,
+    margin_cap: float,
     *,
     labels_only: bool = False,
 ) -> SearchState:
@@ -215,7 +216,7 @@ def score_prior_pool(
     for c in uniq:
         ix = np.flatnonzero(classes == c)
         m, conf = margins(pred, np.full(pool, c), labels_only=labels_only)
-        fit = np.minimum(m, cap) - space.penalty(theta, images)
+        fit = np.minimum(m, margin_cap) - space.penalty(theta, images)
         order = np.argsort(-fit, kind="stable")
         for j, i in enumerate(ix):
             k = order[j % pool]
@@ -233,10 +234,10 @@ def nes_search(
     population: int,
     sigma: float,
     lr: float,
-    cap: float,
+    margin_cap: float,
     rng: np.random.Generator,
 ) -> SearchState:
-    """Antithetic NES on ``min(margin, cap) - prior``, all trajectories in lock-step (one batch each
+    """Antithetic NES on ``min(margin, margin_cap) - prior``, all trajectories in lock-step (one batch each
     iteration); the best point seen (by fitness) is kept per trajectory."""
     T, d = start.theta.shape
     half = max(1, population // 2)
@@ -244,7 +245,7 @@ def nes_search(
     iters = max(0, queries_per_trajectory // per_iter)
     theta = start.theta.copy()
     best = SearchState(start.theta.copy(), start.images.copy(), start.margin.copy(), start.confidence.copy())
-    best_fit = np.minimum(best.margin, cap) - space.penalty(best.theta, best.images)
+    best_fit = np.minimum(best.margin, margin_cap) - space.penalty(best.theta, best.images)
     m_adam = np.zeros_like(theta)
     v_adam = np.zeros_like(theta)
     b1, b2 = 0.9, 0.999
@@ -260,9 +261,9 @@ def nes_search(
             break
         n_c = cand.shape[0]
         m_all, c_all = margins(pred, np.concatenate([cls_rep, classes]))
-        f = np.minimum(m_all[:n_c], cap) - space.penalty(cand, batch[:n_c])
+        f = np.minimum(m_all[:n_c], margin_cap) - space.penalty(cand, batch[:n_c])
         m_cur, c_cur = m_all[n_c:], c_all[n_c:]
-        f_cur = np.minimum(m_cur, cap) - space.penalty(theta, batch[n_c:])
+        f_cur = np.minimum(m_cur, margin_cap) - space.penalty(theta, batch[n_c:])
         better = f_cur > best_fit
         best.theta[better], best.images[better] = theta[better], batch[n_c:][better]
         best.margin[better], best.confidence[better], best_fit[better] = (

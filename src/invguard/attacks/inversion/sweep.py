@@ -3,25 +3,24 @@
 It answers the question the product exists for: *what may this API return?* For each exposure
 (white-box, logits, scores, top-3, rounded to 2 decimals, label only, and any configured policy)
 the target is wrapped in that policy and attacked; where the attack needs more access than the
-exposure grants, the strongest inversion attack allowed there runs instead (the row says which).
+exposure grants, the strongest attack of its family allowed there runs instead (by the attacks'
+declared ``strength``; the row says which), chosen by the access the policy *leaves* (its declared
+``leaves``: top-1 scores leave only the label).
 Each row also gives the model's utility under the policy: test accuracy of the labels it returns
 and, for policies that alter scores, how often the returned scores' argmax agrees with the raw one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from invguard.attacks.base import ATTACKS, Attack, RunContext
+from invguard.attacks.base import Attack, RunContext, for_sweep
+from invguard.attacks.base import substitute as base_substitute
 from invguard.core.access import Access
 from invguard.core.errors import ConfigError
 from invguard.core.target import Target
 from invguard.metrics.utility import exposure_utility
-
-#: inversion attacks from strongest to weakest (the substitution order)
-STRENGTH = ("inversion.whitebox", "inversion.generative", "inversion.blackbox", "inversion.label_only")
 
 #: the standard exposures: (name, policy spec); ``None`` is the white-box target itself
 DEFAULT_EXPOSURES: tuple[tuple[str, Any], ...] = (
@@ -31,20 +30,6 @@ DEFAULT_EXPOSURES: tuple[tuple[str, Any], ...] = (
     ("top-3", "top_k=3"),
     ("rounded-2", "round=2"),
     ("label", "label_only"),
-)
-
-_CARRY = (
-    "reconstructions_per_class",
-    "classes",
-    "ranking_queries_per_class",
-    "similarity_threshold",
-    "role_swap",
-    "control_recipe",
-    "permutations",
-    "bootstrap",
-    "evaluator_epochs",
-    "evaluator_eps",
-    "queries_per_class",
 )
 
 
@@ -69,32 +54,12 @@ def _exposures(exposures: Sequence[Any] | None, policies: Sequence[Any]) -> list
 def substitute(
     attack: Attack, access: Access, fallbacks: Mapping[str, Attack] | None = None
 ) -> Attack | None:
-    """``attack`` if ``access`` allows it, else the strongest allowed inversion attack (configured in
-    ``fallbacks`` or built with the parameters it shares with ``attack``); None if none is allowed."""
-    if attack.requires <= access:
-        return attack
-    for name in STRENGTH:
-        cls = ATTACKS.get(name)
-        if cls.requires > access:
-            continue
-        if fallbacks and name in fallbacks:
-            return fallbacks[name]
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: getattr(attack, k) for k in _CARRY if k in fields and hasattr(attack, k)})
-    return None
-
-
-def _effective_access(policy: Any, access: Access) -> tuple[Access, str | None]:
-    """Top-1 scores are a one-hot label: attack such an exposure as LABEL access."""
-    from invguard.policies.standard import TopK
-
-    if (
-        policy is not None
-        and access >= Access.SCORES
-        and any(isinstance(step, TopK) and step.k == 1 for step in policy.steps())
-    ):
-        return Access.LABEL, "top-1 scores carry only the label: attacked as label-only"
-    return access, None
+    """``attack`` if ``access`` allows it, else the strongest allowed attack of its family: the one
+    configured in ``fallbacks`` under that name, or built by :func:`invguard.attacks.base.substitute`."""
+    chosen = base_substitute(attack, access)
+    if chosen is not None and chosen is not attack and fallbacks and chosen.name in fallbacks:
+        return fallbacks[chosen.name]
+    return chosen
 
 
 def _utility(raw: Target, exposed: Target, splits: Any) -> tuple[float, float]:
@@ -135,16 +100,16 @@ def exposure_sweep(
         if access is None:
             rows.append({**row, "attack": None, "note": f"the target grants only {target.access.name}"})
             continue
-        access, note = _effective_access(policy, access)
-        if note:
-            row["note"] = note
+        if policy is not None and policy.leaves < access:
+            access = policy.leaves
+            row["note"] = f"{policy.label()} leaves only {access.name.lower()} access: attacked as such"
         chosen = substitute(attack, access, fallbacks)
         if chosen is None:
             rows.append({**row, "attack": None, "note": "no inversion attack runs at this access"})
             continue
         substituted = chosen is not attack
-        if not role_swap and any(f.name == "role_swap" for f in dataclasses.fields(chosen)):
-            chosen = dataclasses.replace(chosen, role_swap="off")  # type: ignore[call-arg]
+        if not role_swap:
+            chosen = for_sweep(chosen)
         result = chosen.run(exposed, splits, seed=seed, context=context)
         acc = result.metric("attack_accuracy")
         utility, agreement = _utility(target, exposed, splits)

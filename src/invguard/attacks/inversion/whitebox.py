@@ -9,13 +9,14 @@ take over (maximising log-softmax instead keeps adding adversarial detail).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from invguard.attacks.base import ATTACKS, RunContext
-from invguard.attacks.inversion.common import InversionAttack, _positive, _positive_int, pca_space
+from invguard.attacks.inversion.common import _FAST, InversionAttack, _positive, _positive_int, pca_space
 from invguard.attacks.inversion.priors import PixelSpace, Space
 from invguard.attacks.inversion.search import Meter, SearchState, gradient_search
 from invguard.core.access import Access
@@ -38,6 +39,8 @@ class WhiteBoxInversion(InversionAttack):
 
     name: ClassVar[str] = "inversion.whitebox"
     requires: ClassVar[Access] = Access.WHITEBOX
+    strength: ClassVar[int] = 40
+    fast_params: ClassVar[Mapping[str, Any]] = {**_FAST, "steps": 120, "restarts": 1}
 
     steps: int = 300
     lr: float = 0.05
@@ -92,7 +95,7 @@ class WhiteBoxInversion(InversionAttack):
             theta0,
             steps=self.steps,
             lr=self.lr,
-            cap=self.cap,
+            margin_cap=self.margin_cap,
             jitter=self.jitter,
             rng=rng,
             restarts=self.restarts,

@@ -6,6 +6,7 @@ Registered attacks: ``membership.threshold`` (loss, confidence, entropy, modifie
 2021). Every one scores the members and non-members splits and reports the same metrics.
 """
 
+import invguard.judges.membership  # noqa: F401  (registers the judge of MembershipScores)
 from invguard.attacks.membership import label_only, lira, rmia, shadow, threshold
 
 __all__ = ["label_only", "lira", "rmia", "shadow", "threshold"]

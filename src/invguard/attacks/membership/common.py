@@ -6,13 +6,12 @@
 - reference ("shadow") model training as independent, picklable jobs run through
   ``RunContext.map`` and cached by content hash;
 - what a reference model would have revealed through the target's own output policy;
-- turning scores into the AttackOutput the report reads.
+- the evidence a membership search returns (scored by :mod:`invguard.judges.membership`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from invguard.attacks.base import Attack, AttackOutput, RunContext
+from invguard.attacks.base import Attack, RunContext
 from invguard.core.access import Access
+from invguard.core.data import Splits, require_splits
 from invguard.core.errors import ConfigError
-from invguard.core.result import Finding, Metric
-from invguard.core.target import Prediction, Target, softmax
+from invguard.core.evidence import MembershipScores
+from invguard.core.result import Finding
+from invguard.core.target import Prediction, Target, unwrap
 
 EPS = 1e-12
 
@@ -45,21 +46,12 @@ class Candidates:
         return int(self.y.shape[0])
 
 
-def splits_of(data: Any, attack: str, needs_public: bool = True) -> Any:
-    """Check that ``data`` is an ``invguard.data.Splits`` (members, non-members, public)."""
-    missing = [n for n in ("members", "nonmembers", "public") if not hasattr(data, n)]
-    if missing:
-        raise ConfigError(
-            f"{attack}: needs data splits (invguard.data.load(...)) with members, nonmembers and public; "
-            f"got {type(data).__name__} without {', '.join(missing)}"
-        )
-    for name in ("members", "nonmembers") + (("public",) if needs_public else ()):
-        if len(getattr(data, name)) == 0:
-            raise ConfigError(f"{attack}: the {name} split is empty")
-    return data
+def splits_of(data: object, attack: str) -> Splits:
+    """``data`` as splits whose members, non-members and public splits hold records."""
+    return require_splits(data, attack, nonempty=("members", "nonmembers", "public"))
 
 
-def candidates_of(data: Any) -> Candidates:
+def candidates_of(data: Splits) -> Candidates:
     m, n = data.members, data.nonmembers
     return Candidates(
         X=np.concatenate([m.X, n.X]).astype(np.float32),
@@ -92,11 +84,11 @@ def calibrated_threshold(population: np.ndarray, fpr: float) -> float:
 
 
 def probabilities(pred: Prediction) -> np.ndarray:
-    if pred.scores is not None:
-        return np.asarray(pred.scores, dtype=np.float64)
-    if pred.logits is not None:
-        return softmax(pred.logits)
-    raise ConfigError("this statistic needs scores or logits; the prediction carries labels only")
+    """``pred.probabilities()``, refusing a label-only prediction."""
+    p = pred.probabilities()
+    if p is None:
+        raise ConfigError("this statistic needs scores or logits; the prediction carries labels only")
+    return p
 
 
 def true_prob(pred: Prediction, y: np.ndarray) -> np.ndarray:
@@ -203,18 +195,6 @@ class ReferenceSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def _inner_module(target: Any) -> Any:
-    t = target
-    for _ in range(16):
-        mod = getattr(t, "_module", None)
-        if mod is not None:
-            return mod
-        t = getattr(t, "inner", None)
-        if t is None:
-            return None
-    return None
-
-
 @dataclass(frozen=True, kw_only=True)
 class ReferenceAttack(Attack):
     """The parameters every attack that trains reference ("shadow") models shares.
@@ -263,16 +243,15 @@ def resolve_reference(
     """The reference-model recipe: ``arch`` (an ``invguard.models.build`` spec) or the target's own."""
     from invguard.models import RECIPES
 
-    module = _inner_module(target)
+    seen = unwrap(target)
     if arch is None:
-        spec = getattr(module, "invguard_spec", None) if module is not None else None
+        spec = seen.spec
         if spec is None:
             raise ConfigError(
                 f"{attack}: reference models need an architecture: give arch={{'arch': 'mlp', "
                 f"'hidden': [128]}} (an invguard.models.build spec); the target's architecture is only "
                 f"known when it is a TorchTarget around a module built by invguard.models.build"
             )
-        spec = dict(spec)
     else:
         spec = dict(arch)
     spec.setdefault("input_shape", list(target.input_shape))
@@ -280,8 +259,7 @@ def resolve_reference(
     if "arch" not in spec:
         raise ConfigError(f"{attack}: arch needs an 'arch' key (e.g. 'mlp' or 'cnn'); got {sorted(spec)}")
     if recipe is None:
-        meta = getattr(module, "invguard_meta", None) or {}
-        recipe = str(meta.get("recipe", "standard"))
+        recipe = str(seen.meta.get("recipe", "standard"))
     if recipe not in RECIPES:
         raise ConfigError(f"{attack}: unknown training recipe {recipe!r}; expected one of {sorted(RECIPES)}")
     return ReferenceSpec(spec=spec, recipe=recipe, overrides=dict(train or {}))
@@ -302,45 +280,49 @@ class ReferenceJob:
     queries: np.ndarray  # (n, A, *input_shape)
     cache_dir: str | None = None
 
-    def key(self) -> str:
+    def parts(self) -> dict[str, Any]:
+        """What the trained model depends on (the cache key's description, see invguard.storage)."""
         h = hashlib.sha256()
-        h.update(
-            json.dumps(
-                {
-                    "spec": self.ref.spec,
-                    "recipe": self.ref.recipe,
-                    "train": self.ref.overrides,
-                    "seed": self.seed,
-                },
-                sort_keys=True,
-                default=str,
-            ).encode()
-        )
         idx = np.sort(np.asarray(self.train_idx, dtype=np.int64))
         h.update(np.ascontiguousarray(self.X[idx]).tobytes())
         h.update(np.ascontiguousarray(self.y[idx]).tobytes())
-        return h.hexdigest()[:24]
+        return {
+            "spec": self.ref.spec,
+            "recipe": self.ref.recipe,
+            "train": self.ref.overrides,
+            "seed": self.seed,
+            "records": h.hexdigest(),
+        }
 
 
 def train_reference(job: ReferenceJob) -> np.ndarray:
     """Train (or load from the cache) one reference model; its logits on the queries ``(n, A, C)``."""
     import torch
 
-    from invguard.models import load, save
+    from invguard.models import load
+    from invguard.models.store import save_with_meta
     from invguard.models.train import fit
+    from invguard.storage import cached
 
     if multiprocessing.parent_process() is not None:  # a pool worker: one thread per job
         torch.set_num_threads(1)
-    path = Path(job.cache_dir) / "references" / f"ref-{job.key()}.pt" if job.cache_dir else None
-    if path is not None and path.exists():
-        module = load(path)
-    else:
+
+    def make() -> Any:
         idx = np.asarray(job.train_idx, dtype=np.int64)
         module, report = fit(
             job.ref.spec, job.X[idx], job.y[idx], recipe=job.ref.recipe, seed=job.seed, **job.ref.overrides
         )
-        if path is not None:
-            save(module, path, meta={"reference": True, "train_accuracy": report.train_accuracy})
+        module.invguard_meta = {"reference": True, "train_accuracy": report.train_accuracy}  # type: ignore[assignment]
+        return module
+
+    module = cached(
+        None if job.cache_dir is None else Path(job.cache_dir) / "references",
+        "ref",
+        job.parts(),
+        make=make,
+        load=load,
+        save=save_with_meta,
+    )
     q = np.asarray(job.queries, dtype=np.float32)
     n, a = q.shape[:2]
     flat = q.reshape((n * a, *q.shape[2:]))
@@ -397,17 +379,10 @@ def run_references(
     return np.stack(out)
 
 
-def policy_chain(target: Any) -> tuple[Access, list[Any]]:
+def policy_chain(target: Target) -> tuple[Access, list[Any]]:
     """The base access of the wrapped model and the output policies around it (innermost first)."""
-    policies = []
-    t = target
-    for _ in range(16):
-        if hasattr(t, "policy") and hasattr(t, "inner"):
-            policies.append(t.policy)
-            t = t.inner
-        else:
-            break
-    return min(Access(int(t.access)), Access.LOGITS), policies[::-1]
+    seen = unwrap(target)
+    return min(Access(int(seen.base.access)), Access.LOGITS), list(seen.policies[::-1])
 
 
 def as_target_would(logits: np.ndarray, target: Target) -> Prediction:
@@ -423,92 +398,24 @@ def as_target_would(logits: np.ndarray, target: Target) -> Prediction:
     return pred
 
 
-# --------------------------------------------------------------------------------------------- output
+# ------------------------------------------------------------------------------------------- evidence
 
 
-def membership_output(
-    attack: str,
+def scored(
     scores: np.ndarray,
     cand: Candidates,
     *,
     decision_threshold: float | None,
-    n_boot: int,
-    seed: int,
-    top: int = 20,
     notes: list[Finding] | None = None,
     info: dict[str, Any] | None = None,
-) -> AttackOutput:
-    """Metrics with CIs, ROC arrays, per-record scores and the risk ranking, plus findings."""
-    from invguard.metrics.membership import membership_metrics, risk_ranking, roc_for_plot
-    from invguard.metrics.privacy import roc_epsilon_metric
-
-    scores = np.asarray(scores, dtype=np.float64)
-    metrics = membership_metrics(
-        scores, cand.is_member, decision_threshold=decision_threshold, n_boot=n_boot, seed=seed
+) -> MembershipScores:
+    """The evidence of a membership search: ``scores`` of the candidates ``cand``."""
+    return MembershipScores(
+        scores=np.asarray(scores, dtype=np.float64),
+        is_member=cand.is_member.astype(np.int64),
+        indices=cand.indices,
+        labels=cand.y,
+        decision_threshold=decision_threshold,
+        notes=tuple(notes or ()),
+        info=dict(info or {}),
     )
-    # "this model behaves as no better than epsilon >= x": the bound its ROC implies at low FPR
-    metrics["epsilon_at_fpr_0.01"] = roc_epsilon_metric(scores, cand.is_member, max_fpr=0.01)
-    fpr, tpr = roc_for_plot(scores, cand.is_member)
-    ranking = risk_ranking(scores, cand.is_member, cand.indices, cand.y, top=top)
-    findings = [_verdict(attack, metrics, len(cand), int(cand.is_member.sum()))]
-    if ranking:
-        top_rows = ", ".join(f"#{r['index']} (class {r['class']})" for r in ranking[:5])
-        findings.append(
-            Finding(
-                "Most exposed training records",
-                f"The training records scored most confidently as members are {top_rows}; "
-                f"see the risk_ranking table for the top {len(ranking)}.",
-                "info",
-            )
-        )
-    findings += notes or []
-    return AttackOutput(
-        metrics=metrics,
-        arrays={
-            "roc_fpr": fpr,
-            "roc_tpr": tpr,
-            "scores": scores,
-            "is_member": cand.is_member.astype(np.int64),
-            "indices": cand.indices,
-            "labels": cand.y,
-        },
-        tables={"risk_ranking": ranking},
-        findings=findings,
-        info={
-            "candidates": len(cand),
-            "members": int(cand.is_member.sum()),
-            "decision_threshold": decision_threshold,
-            **(info or {}),
-        },
-    )
-
-
-def _verdict(attack: str, m: dict[str, Metric], n: int, members: int) -> Finding:
-    auc, t1, t01 = m["auc"], m["tpr_at_fpr_0.01"], m["tpr_at_fpr_0.001"]
-    auc_low = auc.low if auc.low is not None else auc.value
-    t1_low = t1.low if t1.low is not None else t1.value
-    detail = (
-        f"On {n} candidate records ({members} members), {attack} reaches AUC {auc:.3f}, "
-        f"TPR {t1:.3f} at 1% FPR and {t01:.3f} at 0.1% FPR (95% bootstrap CIs)."
-    )
-    eps = m.get("epsilon_at_fpr_0.01")
-    if eps is not None and eps.low is not None:
-        detail += (
-            f" Its ROC at FPR <= 1% says the model behaves as no better than epsilon >= {eps.low:.2f}-DP "
-            f"(95% confidence, delta 0; estimate {eps.value:.2f})."
-        )
-    if auc_low > 0.5 and t1_low > 0.01:
-        sev = "high" if t1.value >= 0.1 or auc.value >= 0.75 else "medium"
-        return Finding(
-            "Training membership is exposed",
-            detail + " The model reveals who was in its "
-            "training set, most sharply for the records in the risk ranking.",
-            sev,
-        )
-    if auc_low > 0.5:
-        return Finding(
-            "Weak average membership signal",
-            detail + " Members score higher on average, but no confident low-FPR identification.",
-            "low",
-        )
-    return Finding("No membership leak found", detail + " The attack does no better than chance.", "info")

@@ -11,14 +11,17 @@ Needs only LABEL access. The decision threshold is calibrated on the public (pop
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from invguard.attacks.base import ATTACKS, Attack, AttackOutput, RunContext
-from invguard.attacks.membership.common import candidates_of, membership_output, shift, splits_of
+from invguard.attacks.base import ATTACKS, Attack, RunContext
+from invguard.attacks.membership.common import candidates_of, scored, shift, splits_of
 from invguard.core.access import Access
+from invguard.core.data import Splits
+from invguard.core.evidence import MembershipScores
 from invguard.core.target import Target
 
 
@@ -46,6 +49,8 @@ class LabelOnlyAttack(Attack):
 
     name: ClassVar[str] = "membership.label_only"
     requires: ClassVar[Access] = Access.LABEL
+    strength: ClassVar[int] = 10
+    fast_params: ClassVar[Mapping[str, Any]] = {"queries_per_record": 8, "n_boot": 300}
 
     queries_per_record: int = 16
     noise: float = 0.1
@@ -77,7 +82,9 @@ class LabelOnlyAttack(Attack):
         out: np.ndarray = (labels == y[:, None]).mean(axis=1)
         return out
 
-    def _run(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> AttackOutput:
+    def search(
+        self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext
+    ) -> MembershipScores:
         splits = splits_of(data, self.name)
         cand = candidates_of(splits)
         scores = self._robustness(target, cand.X, cand.y, rng)
@@ -86,14 +93,10 @@ class LabelOnlyAttack(Attack):
         if np.mean(population >= threshold) > self.decision_fpr:  # ties at the top: go one step up
             higher = population[population > threshold]
             threshold = float(higher.min()) if higher.size else float(np.nextafter(1.0, 2.0))
-        return membership_output(
-            self.name,
+        return scored(
             scores,
             cand,
             decision_threshold=threshold,
-            n_boot=self.n_boot,
-            seed=int(rng.integers(2**31)),
-            top=self.top,
             info={
                 "queries_per_record": self.queries_per_record + 1,
                 "population_records": len(splits.public),

@@ -18,13 +18,14 @@ Variances are per example or fixed (one global variance, better with few models,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy.stats import norm
 
-from invguard.attacks.base import ATTACKS, AttackOutput, RunContext
+from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.membership.common import (
     AUGMENTATIONS,
     ReferenceAttack,
@@ -32,12 +33,14 @@ from invguard.attacks.membership.common import (
     augment,
     candidates_of,
     logit_confidence,
-    membership_output,
     paired_masks,
     run_references,
+    scored,
     splits_of,
 )
 from invguard.core.access import Access
+from invguard.core.data import Splits
+from invguard.core.evidence import MembershipScores
 from invguard.core.result import Finding
 from invguard.core.target import Target
 
@@ -59,6 +62,8 @@ class LiRA(ReferenceAttack):
 
     name: ClassVar[str] = "membership.lira"
     requires: ClassVar[Access] = Access.SCORES
+    strength: ClassVar[int] = 50
+    fast_params: ClassVar[Mapping[str, Any]] = {"n_models": 8, "n_boot": 300}
     min_models: ClassVar[int] = 2
 
     n_models: int = 16
@@ -79,7 +84,9 @@ class LiRA(ReferenceAttack):
             p.append(f"decision_fpr must be in (0, 1), got {self.decision_fpr}")
         return p
 
-    def _run(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> AttackOutput:
+    def search(
+        self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext
+    ) -> MembershipScores:
         splits = splits_of(data, self.name)
         cand = candidates_of(splits)
         ref = self.reference(target)
@@ -128,14 +135,10 @@ class LiRA(ReferenceAttack):
                     "info",
                 )
             )
-        return membership_output(
-            self.name,
+        return scored(
             scores,
             cand,
             decision_threshold=threshold,
-            n_boot=self.n_boot,
-            seed=seed,
-            top=self.top,
             notes=notes,
             info={
                 "mode": self.mode,

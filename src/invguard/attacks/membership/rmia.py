@@ -16,24 +16,27 @@ model trains on (scored exactly like a non-member candidate).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from invguard.attacks.base import ATTACKS, AttackOutput, RunContext
+from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.membership.common import (
     ReferenceAttack,
     as_target_would,
     candidates_of,
-    membership_output,
     paired_masks,
     run_references,
+    scored,
     splits_of,
     true_prob,
 )
 from invguard.core.access import Access
+from invguard.core.data import Splits
 from invguard.core.errors import ConfigError
+from invguard.core.evidence import MembershipScores
 from invguard.core.target import Target
 
 
@@ -52,6 +55,8 @@ class RMIA(ReferenceAttack):
 
     name: ClassVar[str] = "membership.rmia"
     requires: ClassVar[Access] = Access.SCORES
+    strength: ClassVar[int] = 40
+    fast_params: ClassVar[Mapping[str, Any]] = {"n_models": 2, "n_boot": 300}
 
     n_models: int = 4
     a: float = 0.3
@@ -74,7 +79,9 @@ class RMIA(ReferenceAttack):
             p.append(f"decision_fpr must be in (0, 1), got {self.decision_fpr}")
         return p
 
-    def _run(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> AttackOutput:
+    def search(
+        self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext
+    ) -> MembershipScores:
         splits = splits_of(data, self.name)
         cand = candidates_of(splits)
         ref = self.reference(target)
@@ -125,14 +132,10 @@ class RMIA(ReferenceAttack):
                 threshold = float(higher.min()) if higher.size else 1.0 + 1e-9
         else:
             threshold = 1.0 - self.decision_fpr
-        return membership_output(
-            self.name,
+        return scored(
             scores.astype(np.float64),
             cand,
             decision_threshold=threshold,
-            n_boot=self.n_boot,
-            seed=seed,
-            top=self.top,
             info={
                 "population_samples": int(z_idx.size),
                 "calibration_records": int(n_cal),

@@ -10,24 +10,27 @@ policy, so the attack model sees what the target's clients see.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from invguard.attacks.base import ATTACKS, AttackOutput, RunContext
+from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.membership.common import (
     ReferenceAttack,
     as_target_would,
     candidates_of,
-    membership_output,
     paired_masks,
     probabilities,
     run_references,
+    scored,
     splits_of,
 )
 from invguard.core.access import Access
+from invguard.core.data import Splits
 from invguard.core.errors import ConfigError
+from invguard.core.evidence import MembershipScores
 from invguard.core.target import Prediction, Target
 
 
@@ -52,6 +55,8 @@ class ShadowAttack(ReferenceAttack):
 
     name: ClassVar[str] = "membership.shadow"
     requires: ClassVar[Access] = Access.SCORES
+    strength: ClassVar[int] = 30
+    fast_params: ClassVar[Mapping[str, Any]] = {"n_models": 4, "n_boot": 300}
 
     n_models: int = 8
     attack_model: str = "per_class"
@@ -62,7 +67,9 @@ class ShadowAttack(ReferenceAttack):
             p.append(f"attack_model must be 'per_class' or 'global', got {self.attack_model!r}")
         return p
 
-    def _run(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> AttackOutput:
+    def search(
+        self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext
+    ) -> MembershipScores:
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         splits = splits_of(data, self.name)
@@ -97,14 +104,10 @@ class ShadowAttack(ReferenceAttack):
                 rows = cand.y == c
                 scores[rows] = model.predict_proba(target_feats[rows])[:, 1]
                 per_class_used += 1
-        return membership_output(
-            self.name,
+        return scored(
             scores,
             cand,
             decision_threshold=0.5,
-            n_boot=self.n_boot,
-            seed=seed,
-            top=self.top,
             info={
                 "attack_model": self.attack_model,
                 "per_class_models": per_class_used,

@@ -9,20 +9,23 @@ false-positive rate, never on the evaluation records.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from invguard.attacks.base import ATTACKS, Attack, AttackOutput, RunContext
+from invguard.attacks.base import ATTACKS, Attack, RunContext
 from invguard.attacks.membership.common import (
     calibrated_threshold,
     candidates_of,
-    membership_output,
+    scored,
     splits_of,
     statistic,
 )
 from invguard.core.access import Access
+from invguard.core.data import Splits
+from invguard.core.evidence import MembershipScores
 from invguard.core.target import Target
 
 STATISTICS = ("loss", "confidence", "entropy", "modified_entropy")
@@ -41,6 +44,8 @@ class ThresholdAttack(Attack):
 
     name: ClassVar[str] = "membership.threshold"
     requires: ClassVar[Access] = Access.SCORES
+    strength: ClassVar[int] = 20
+    fast_params: ClassVar[Mapping[str, Any]] = {"n_boot": 300}
 
     statistic: str = "loss"
     decision_fpr: float = 0.05
@@ -59,20 +64,18 @@ class ThresholdAttack(Attack):
             p.append(f"top must be >= 0, got {self.top}")
         return p
 
-    def _run(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> AttackOutput:
+    def search(
+        self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext
+    ) -> MembershipScores:
         splits = splits_of(data, self.name)
         cand = candidates_of(splits)
         scores = statistic(target.predict(cand.X), cand.y, self.statistic)
         population = statistic(target.predict(splits.public.X), splits.public.y, self.statistic)
         threshold = calibrated_threshold(population, self.decision_fpr)
-        return membership_output(
-            self.name,
+        return scored(
             scores,
             cand,
             decision_threshold=threshold,
-            n_boot=self.n_boot,
-            seed=int(rng.integers(2**31)),
-            top=self.top,
             info={
                 "statistic": self.statistic,
                 "population_records": len(splits.public),

@@ -23,6 +23,7 @@ class TextAttack(Attack):
     """Base of the text attacks: they need a language-model target (``invguard.targets.lm``)."""
 
     requires: ClassVar[TextAccess] = TextAccess.LOGPROBS  # type: ignore[assignment]
+    data_kind: ClassVar[str] = "text"  # text splits with canaries, and a language-model target
 
     def check_access(self, target: Any) -> None:
         need = self.required_access(target)

@@ -139,6 +139,6 @@ def calibrate(
 
 def write_calibration(doc: dict[str, Any], path: str | Path) -> None:
     """Write the calibration (through a temporary file and a rename: never half a file)."""
-    from invguard.audit.resolve import atomic_write
+    from invguard.storage import atomic_write
 
     atomic_write(Path(path), json.dumps(doc).encode())
