@@ -5,7 +5,7 @@ On the digits MLP and the MNIST-5k CNN reference models, in the shared-class and
 of the independent evaluation classifier (95% CI), KNN distance, SSIM, queries per class, search
 and total wall time, both baselines (no-model public prior; public ranking through the target)
 and the private-specificity verdict. The evaluator is the robust one of
-``invguard.metrics.inversion`` (an adversarially trained CNN and MLP that must agree), so images that
+``invguard.models.evaluator`` (an adversarially trained CNN and MLP that must agree), so images that
 only fool the target are not credited. ART's MIFace (Fredrikson et al. 2015, as implemented in the
 adversarial-robustness-toolbox) runs on the same model with its own defaults (10,000 iterations)
 and is scored by the same evaluator; the ratios ours/ART are for attack accuracy and wall time

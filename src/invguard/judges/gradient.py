@@ -5,7 +5,7 @@ update. Per update, reconstructions are matched to the true records by an optima
 pixel MSE (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``: a batch comes back in no
 particular order), then scored with PSNR, SSIM (cosine similarity for vectors) and MSE; labels by
 the multiset overlap of recovered and true labels; recognisability by the independent evaluator
-(:func:`invguard.metrics.inversion.build_evaluator`, trained on the evaluation split only; a
+(:func:`invguard.models.evaluator.build_evaluator`, trained on the evaluation split only; a
 reconstruction is credited when it names the record's true class). Beside them, the no-model
 baseline: the public mean image scored against the same records, so that an SSIM means something
 (8x8 digits are similar to their mean). Every number has a 95% CI that resamples *updates* (the
