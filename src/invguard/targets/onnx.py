@@ -12,6 +12,7 @@ gradients. ``export_onnx`` writes an invguard-trained torch module as such a fil
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,9 @@ class OnnxTarget(BaseTarget):
             from onnx2torch import convert
 
             self._module = convert(onnx.load_model_from_string(blob)).eval()
+            meta = self._session.get_modelmeta().custom_metadata_map
+            if "invguard_spec" in meta:  # exported by invguard: the architecture is in the file
+                self._module.invguard_spec = json.loads(meta["invguard_spec"])
         except Exception as e:  # a graph onnx2torch cannot translate: black-box only
             self.conversion_note = (
                 f"no gradients: the graph does not convert to torch ({type(e).__name__}: {e})"
@@ -133,7 +137,10 @@ class OnnxTarget(BaseTarget):
 
 
 def export_onnx(module: Any, path: str | Path, *, input_shape: tuple[int, ...]) -> Path:
-    """Write a torch classifier as an ONNX file (batch dimension dynamic, opset 17), atomically."""
+    """Write a torch classifier as an ONNX file (batch dimension dynamic, opset 17), atomically. An
+    invguard-built module's architecture spec goes into the file's metadata (``invguard_spec``), as
+    anyone holding the file can read the graph anyway."""
+    import onnx
     import torch
 
     from invguard.storage import atomic_path
@@ -152,4 +159,10 @@ def export_onnx(module: Any, path: str | Path, *, input_shape: tuple[int, ...]) 
             opset_version=17,
             dynamo=False,
         )
+        spec = getattr(module, "invguard_spec", None)
+        if spec is not None:
+            graph = onnx.load(str(tmp))
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = "invguard_spec", json.dumps(spec, sort_keys=True)
+            onnx.save(graph, str(tmp))
     return p
