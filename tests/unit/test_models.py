@@ -44,9 +44,9 @@ def test_bad_specs_and_training_inputs(tmp_path, digits_mlp):
     ):
         models.build({"arch": "cnn", "input_shape": [14], "num_classes": 2})
     with pytest.raises(ConfigError, match=r"labels must lie in \[0, 10\) for a model with 10 outputs"):
-        models.train(digits_mlp, np.zeros((2, 1, 8, 8), np.float32), np.array([0, 12]), recipe="quick")
+        models.train.train(digits_mlp, np.zeros((2, 1, 8, 8), np.float32), np.array([0, 12]), recipe="quick")
     with pytest.raises(ConfigError, match="training needs epochs >= 1, batch_size >= 1"):
-        models.train(digits_mlp, np.zeros((2, 1, 8, 8), np.float32), np.array([0, 1]), batch_size=0)
+        models.train.train(digits_mlp, np.zeros((2, 1, 8, 8), np.float32), np.array([0, 1]), batch_size=0)
     with pytest.raises(ConfigError, match="is a folder; give a file path for the model"):
         models.save(digits_mlp, tmp_path)
 
