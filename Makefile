@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-TORCH  ?= torch==2.13.0
+# torch first, from the files on this disk: onnx2torch (ONNX white-box access) needs torchvision, and
+# the torchvision release that imports beside it is 0.29.1, with torch 2.14.1
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
 LINT_PATHS := src tests $(wildcard benchmarks)
 # the system programs the tests run, as Debian package=program pairs; `make test` installs the
 # missing ones (as root or with passwordless sudo) or stops with the command to run
@@ -14,9 +16,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# torch first, pinned to the CPU build, so that nothing that depends on it pulls a CUDA build
+# torch first, pinned, so that nothing that depends on it resolves another build
 $(VENV)/.torch: | $(BIN)/python
-	$(BIN)/pip install --quiet "$(TORCH)" numpy
+	$(BIN)/pip install --quiet $(TORCH) numpy
 	touch $@
 
 $(VENV)/.base: pyproject.toml $(VENV)/.torch
