@@ -97,13 +97,17 @@ class _CappedRetry(urllib3.Retry):
         r.max_retry_after = self.max_retry_after
         return r
 
-    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
-        # a 429 is never retried here: HttpTarget tells a spent quota from a short rate limit
-        return status_code != 429 and bool(super().is_retry(method, status_code, has_retry_after))
-
     def get_retry_after(self, response: Any) -> float | None:
         value = super().get_retry_after(response)
         return None if value is None else min(value, self.max_retry_after)
+
+
+class _RetryNot429(_CappedRetry):
+    """The capped policy that never retries a 429: HttpTarget tells a spent quota from a short
+    rate limit itself (urllib3 would retry any 429 carrying Retry-After)."""
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        return status_code != 429 and bool(super().is_retry(method, status_code, has_retry_after))
 
 
 @TARGETS.register("http")
@@ -178,7 +182,7 @@ class HttpTarget(BaseTarget):
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         if api_key:
             self._headers[api_key_header] = api_key
-        self._retry = _CappedRetry(
+        self._retry = _RetryNot429(
             total=int(retries),
             connect=int(retries),
             read=0,
