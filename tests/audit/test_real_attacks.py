@@ -92,10 +92,11 @@ def test_inversion_sweep_substitutes_by_declared_strength(tmp_path):
             "policies": ["whitebox", "label_only"],
             "params": {"inversion.blackbox": fast},
         },
-        # a pipeline that loses the no-model prior (lift near 1) or the attack (accuracy at chance,
-        # 1/3 here) fails these; a working one on digits passes (the public class mean is a
-        # recognisable digit, so the lift is small)
-        gates=["inversion.blackbox.lift_over_prior <= 0.5", "inversion.blackbox.attack_accuracy >= 0.5"],
+        # a pipeline that loses the no-model prior (lift near 1) fails this gate; a working one on digits
+        # passes (the public class mean is a recognisable digit, so the lift is small). An accuracy gate
+        # cannot be decided on 3 classes (its CI straddles any threshold), so accuracy at chance (1/3) is
+        # caught by the per-row band below instead
+        gates=["inversion.blackbox.lift_over_prior <= 0.5"],
     )
     r = CliRunner().invoke(app, ["audit", str(path)])
     assert r.exit_code == 0, r.output
