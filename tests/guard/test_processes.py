@@ -183,7 +183,9 @@ def test_keys_commands_and_serve_errors(tmp_path):
     bad.write_text("model: {kind: torch}\nroles: {partner: {policy: top_k=0}}\n")
     res = runner.invoke(cli, ["serve", str(bad)])
     assert res.exit_code == 2
-    assert "model: Value error, kind 'torch' needs a path" in " ".join(res.output.split())
+    assert "model (line 1): kind 'torch' needs a path (a model file or reference/<name>)" in " ".join(
+        res.output.split()
+    )
     bad.write_text("model: {kind: sklearn, path: m.pkl}\nroles: {partner: {policy: top_k=0}}\n")
     res = runner.invoke(cli, ["serve", str(bad)])
     assert res.exit_code == 2 and "roles.partner.policy" in " ".join(res.output.split())
