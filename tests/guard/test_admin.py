@@ -77,9 +77,13 @@ def console_errors(driver):
 
 def wait(driver, cond):
     """Until the page the last click loaded shows ``cond`` (a form POST and its redirect)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 15).until(cond)
+    # while the redirect loads, an element read from the old page goes stale: poll again
+    WebDriverWait(driver, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+        cond
+    )
 
 
 def sign_in(driver, url, key):
