@@ -81,9 +81,8 @@ def wait(driver, cond):
     from selenium.webdriver.support.ui import WebDriverWait
 
     # while the redirect loads, an element read from the old page goes stale: poll again
-    WebDriverWait(driver, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
-        cond
-    )
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    WebDriverWait(driver, 15, ignored_exceptions=ignored).until(cond)
 
 
 def sign_in(driver, url, key):

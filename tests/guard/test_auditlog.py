@@ -623,3 +623,22 @@ def test_a_fast_fsync_stays_on_the_loop(tmp_path, monkeypatch):
 
     asyncio.run(main())
     assert set(where) == {"MainThread"}
+
+
+def test_processes_creating_one_secret_at_once_agree_and_an_empty_secret_is_refused(tmp_path):
+    """A secret (chain key, detection salt) shared by two guard processes that start together:
+    both read the one value written whole, never an empty file or each its own."""
+    import multiprocessing as mp
+
+    from invguard.guard.auditlog.signing import read_secret
+
+    ctx = mp.get_context("fork")
+    with ctx.Pool(4) as pool:
+        for i in range(5):
+            path = tmp_path / f"s{i}" / "salt"
+            got = pool.starmap(read_secret, [(path, "detection.salt_key")] * 8)
+            assert len(set(got)) == 1 and len(got[0]) == 32
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match=rf"^detection.salt_key: {empty} does not hold a hex secret$"):
+        read_secret(empty, "detection.salt_key")

@@ -6,6 +6,7 @@ that sign and chain it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -106,13 +107,27 @@ def read_secret(path: str | Path, where: str, *, create: bool = True) -> bytes:
         if not create:
             raise ConfigError(f"{where}: {p} not found")
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
+        # written whole under a private name, then linked into place: two processes starting at once
+        # agree on one secret (the loser's link fails and it reads the winner's), and none reads a
+        # file that is still empty
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
     try:
-        return bytes.fromhex(p.read_text().strip())
+        value = bytes.fromhex(p.read_text().strip())
     except ValueError:
-        raise ConfigError(f"{where}: {p} does not hold a hex secret") from None
+        value = b""
+    if len(value) < 16:
+        raise ConfigError(f"{where}: {p} does not hold a hex secret")
+    return value
 
 
 def load_chain_key(path: str | Path, *, create: bool = True) -> ChainKey:
