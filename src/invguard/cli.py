@@ -326,6 +326,14 @@ def serve(
     config: Annotated[Path, typer.Argument(help="The guard config (guard.yaml).")],
     host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Override server.port.")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes on one port (N > 1: limits and detection in Redis; one audit-log "
+            "chain per worker, bound by a signed manifest).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the guard: API keys, rate limits, output policies and an audit log in front of a model."""
     from invguard.core.errors import InvguardError
@@ -336,6 +344,11 @@ def serve(
         cfg = load(config)
         h = host or cfg.server.host
         pt = port if port is not None else cfg.server.port
+        if workers > 1:
+            from invguard.guard.workers import serve_workers
+
+            code = serve_workers(config, cfg, h, pt, workers, log=lambda m: console.print(m, highlight=False))
+            raise typer.Exit(code)
         _port_free(h, pt)  # before the model loads and the log opens: a clear exit 2, not exit 3 later
         asgi = build_app(cfg)
     except InvguardError as e:
@@ -530,23 +543,44 @@ def log_verify(
     """Check the keyed hash chain, the signed checkpoints, the head and the witnesses; name the
     first bad record and the exact range verified. Exit 1 if bad.
 
-    Pin the guard's signing key with --public-key (required unless --trust-embedded-key)."""
-    from invguard.core.errors import InvguardError
-    from invguard.guard.auditlog import load_chain_key, load_public_key_hex, verify, witness_from_spec
+    A log served by several workers (FILE.workers.json beside it) is checked as a whole: the signed
+    manifest, every worker's chain present and in its place, each verifying.
 
+    Pin the guard's signing key with --public-key (required unless --trust-embedded-key)."""
+    from invguard.core.errors import ConfigError, InvguardError
+    from invguard.guard.auditlog import load_chain_key, load_public_key_hex, verify, witness_from_spec
+    from invguard.guard.auditlog.workers import manifest_path, verify_workers
+
+    rep: Any
     try:
         pk = load_public_key_hex(public_key) if public_key is not None else None
         ck = load_chain_key(chain_key, create=False) if chain_key is not None else None
-        rep = verify(
-            file,
-            public_key=pk,
-            chain_key=ck,
-            head=head,
-            trusted=trusted,
-            witnesses=[witness_from_spec(w) for w in witness or ()],
-            trust_embedded_key=trust_embedded_key,
-            allow_missing_head=allow_missing_head,
-        )
+        if manifest_path(file).exists():
+            if head is not None or trusted is not None:
+                raise ConfigError(
+                    f"--head and --from name a checkpoint of one chain, and {file} is written by several "
+                    f"workers (manifest {manifest_path(file)}): verify that chain alone (invguard log "
+                    "verify <its .wN file>)"
+                )
+            rep = verify_workers(
+                file,
+                public_key=pk,
+                chain_key=ck,
+                witnesses=witness or (),
+                trust_embedded_key=trust_embedded_key,
+                allow_missing_head=allow_missing_head,
+            )
+        else:
+            rep = verify(
+                file,
+                public_key=pk,
+                chain_key=ck,
+                head=head,
+                trusted=trusted,
+                witnesses=[witness_from_spec(w) for w in witness or ()],
+                trust_embedded_key=trust_embedded_key,
+                allow_missing_head=allow_missing_head,
+            )
     except InvguardError as e:
         _fail(e)
         return

@@ -12,6 +12,11 @@ Requests without a valid key (and requests to unknown routes or with the wrong m
 the :class:`~invguard.guard.gate.KeylessGate` (limited per peer address, bodies never stored,
 refusals recorded at most once a second per address). Prediction routes are served by a direct
 ASGI path; service routes, unknown routes and wrong methods by Starlette.
+
+As worker ``i`` of ``invguard serve --workers N`` (:mod:`invguard.guard.workers`) the guard writes
+its own chain of the audit log (:mod:`invguard.guard.auditlog.workers`), stamps ``worker`` on every
+record, opens with a ``worker_start`` record naming the signed manifest, and serves on ``/metrics``
+the metrics of every worker summed.
 """
 
 from __future__ import annotations
@@ -37,14 +42,15 @@ from invguard.core.errors import ConfigError
 from invguard.guard import openapi
 from invguard.guard.admin import AdminPage
 from invguard.guard.auditlog import AuditLog, AuditLogError, witness_from_spec
-from invguard.guard.auditlog.signing import read_secret
+from invguard.guard.auditlog.signing import public_hex, read_secret
+from invguard.guard.auditlog.workers import read_manifest, worker_path, worker_start_record, worker_witness
 from invguard.guard.auth import Authenticator, KeyRecord, KeyStore
 from invguard.guard.codec import ENCODER, V1, V2, BadInput, InputCodec, read_body
 from invguard.guard.config import GuardConfig
 from invguard.guard.connections import ConnectionGuard
 from invguard.guard.gate import KeylessGate
 from invguard.guard.keys import detect_salt_path, key_paths, open_keys
-from invguard.guard.metrics import GuardMetrics
+from invguard.guard.metrics import GuardMetrics, aggregate, multiprocess
 from invguard.guard.oncall import OnCall
 from invguard.guard.pipeline import INTERNAL, Observer, Outcome, Pipeline, Role, record_template
 from invguard.guard.ratelimit import Limits, MemoryLimiter, RedisLimiter
@@ -75,8 +81,11 @@ class Guard:
         events: Any = None,
         detect_state: Any = None,
         clock: Any = None,
+        worker: int | None = None,
+        workers: int = 1,
     ) -> None:
         self.cfg = cfg
+        self.worker, self.workers = worker, workers
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = GuardMetrics(self.registry)
         self.text = cfg.model.is_text  # a language model: OpenAI-compatible routes (guard/text.py)
@@ -143,11 +152,17 @@ class Guard:
                 self.warnings.append(msg)
                 log.warning(msg)
         self._hkey = keys.hmac_key
+        audit_path, witnesses = cfg.audit.path, list(cfg.audit.witnesses)
+        self._manifest: dict[str, Any] | None = None
+        if worker is not None:  # its own chain, bound to the others by the manifest the supervisor signed
+            self._manifest = read_manifest(cfg.audit.path, public_hex(keys.signing_key))
+            audit_path = str(worker_path(cfg.audit.path, worker))
+            witnesses = [worker_witness(w, worker) for w in witnesses]
         self.audit = AuditLog(
-            cfg.audit.path,
+            audit_path,
             signing_key=keys.signing_key,
             chain_key=keys.chain_key,
-            witnesses=[witness_from_spec(w) for w in cfg.audit.witnesses],
+            witnesses=[witness_from_spec(w) for w in witnesses],
             checkpoint_every=cfg.audit.checkpoint_every,
             checkpoint_seconds=cfg.audit.checkpoint_seconds,
             rotate_bytes=cfg.audit.rotate_bytes,
@@ -261,6 +276,8 @@ class Guard:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         await self.audit.start()
+        if self.worker is not None and self._manifest is not None:
+            await self.append(worker_start_record(self.worker, self.workers, self._manifest))
         await self.model.start()
         await self.oncall.start(self.append)
         self.metrics.ready.set(1)
@@ -359,6 +376,8 @@ class Guard:
         writes goes through here: requests, detections, incident transitions, admin actions)."""
         record["model"] = self.model_name
         record["model_version"] = self.model_version
+        if self.worker is not None:
+            record["worker"] = self.worker
         seq: int = await self.audit.append(record)
         return seq
 
@@ -527,7 +546,8 @@ class Guard:
             if principal.role not in roles:
                 msg = f"role {principal.role!r} may not read /metrics (metrics.roles: {sorted(roles)})"
                 return _json({"code": "forbidden", "error": msg}, 403)
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        registry = aggregate(tuple(self.oncall.collectors)) if multiprocess() else self.registry
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi_endpoint(self, request: Request) -> Response:
         return Response(self._openapi_body, media_type="application/json")

@@ -12,11 +12,38 @@ Privacy SLIs:
 - **M6** ``invguard_guard_limit_violations_total``: requests refused by the rate limit or a budget.
 - **M7** ``invguard_guard_audit_records_written_total`` vs ``invguard_guard_requests_total`` and
   ``invguard_guard_audit_write_failures_total``: log fidelity.
+
+**Several workers** (``invguard serve --workers N``): prometheus-client's multiprocess mode. The
+supervisor gives every worker ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per run), each
+worker's values live in memory-mapped files there, and ``/metrics`` on any worker serves the sum
+over all of them (:func:`aggregate`): counters and histograms add up, the gauges say how they
+combine (``multiprocess_mode``), and the supervisor calls ``mark_process_dead`` when a worker exits.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+def multiprocess() -> bool:
+    """True in a worker of ``invguard serve --workers N`` (metrics are shared through files)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def aggregate(collectors: tuple[Any, ...] = ()) -> CollectorRegistry:
+    """A registry of every worker's metrics summed (MultiProcessCollector) and ``collectors``
+    (those reading shared stores at scrape time, e.g. the incident store)."""
+    from prometheus_client import multiprocess as mp
+
+    reg = CollectorRegistry()
+    mp.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+    for c in collectors:
+        reg.register(c)
+    return reg
+
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 ENTROPY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0)
@@ -113,4 +140,9 @@ class GuardMetrics:
             ["role"],
             registry=registry,
         )
-        self.ready = Gauge("invguard_guard_ready", "1 when the guard is ready to serve.", registry=registry)
+        self.ready = Gauge(
+            "invguard_guard_ready",
+            "1 when the guard is ready to serve (several workers: when one of them is).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )

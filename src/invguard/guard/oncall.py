@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from invguard.guard.incidents import Clock, Detection, IncidentCollector, IncidentStore
+from invguard.guard.metrics import aggregate, multiprocess
 from invguard.guard.slo import SLOEvaluator, counter_totals
 from invguard.guard.webhook import Transport, WebhookDispatcher
 
@@ -135,15 +136,20 @@ class OnCall:
             "The model this guard serves (always 1; join on job and instance for its labels).",
             ["model", "model_version"],
             registry=registry,
+            multiprocess_mode="livemax",
         ).labels(self.model_name, model_version).set(1)
         inc = cfg.incidents
+        # collectors reading shared stores at scrape time (served by every worker as they are)
+        self.collectors: list[Any] = []
         self.store: IncidentStore | None = None
         self.webhook: WebhookDispatcher | None = None
         if inc is not None:
             self.store = IncidentStore(inc.store, clock=clock, group_window=inc.group_window_seconds)
-            registry.register(IncidentCollector(self.store))
+            self.collectors.append(IncidentCollector(self.store))
             if inc.history:
-                registry.register(AuditHistoryCollector(inc.history))
+                self.collectors.append(AuditHistoryCollector(inc.history))
+            for c in self.collectors:
+                registry.register(c)
             if inc.webhook is not None:
                 from prometheus_client import Counter
 
@@ -163,7 +169,8 @@ class OnCall:
         self.slo = (
             SLOEvaluator(
                 cfg.slos,
-                lambda: counter_totals(registry),
+                # several workers: the SLOs are read from every worker's counters summed
+                lambda: counter_totals(aggregate() if multiprocess() else registry),
                 clock=clock,
                 registry=registry,
                 incidents=self.store,

@@ -177,18 +177,21 @@ class SLOEvaluator:
                 "Error-budget burn rate of a privacy SLO over a window (1: the budget lasts the window).",
                 ["slo", "window"],
                 registry=registry,
+                multiprocess_mode="livemostrecent",
             )
             self._g_left = Gauge(
                 "invguard_slo_error_budget_remaining",
                 "Fraction of a privacy SLO's error budget left over its window (negative: overspent).",
                 ["slo"],
                 registry=registry,
+                multiprocess_mode="livemostrecent",
             )
             self._g_obj = Gauge(
                 "invguard_slo_objective",
                 "A privacy SLO's objective (good fraction).",
                 ["slo"],
                 registry=registry,
+                multiprocess_mode="livemostrecent",
             )
             for s in self.slos:
                 self._g_obj.labels(s.name).set(s.objective)

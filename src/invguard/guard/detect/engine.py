@@ -106,12 +106,14 @@ class DetectionMetrics:
             "invguard_guard_flagged_clients",
             "Clients with a detection whose mitigation (or flag) is still in force.",
             registry=registry,
+            multiprocess_mode="livesum",  # several workers: each counts the mitigations it set
         )
         self.active = Gauge(
             "invguard_guard_mitigations_active",
             "Mitigations in force, by action.",
             ["action"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.mitigated = Counter(
             "invguard_guard_mitigated_requests",

@@ -1,0 +1,208 @@
+"""``invguard serve --workers N``: a supervisor and N guard worker processes on one listening socket.
+
+The supervisor checks that what must be shared is shared (below), opens every worker's chain of
+the audit log (recovering it as a single guard does at start) and signs the worker manifest
+(:mod:`invguard.guard.auditlog.workers`), binds the listening socket once, and starts each worker
+as ``python -m invguard.guard.workers CONFIG INDEX N FD``: a fresh interpreter (no fork of a
+process holding threads or a model) that inherits the socket (the kernel hands each new connection
+to one worker's ``accept``; a queued connection outlives a worker that dies) and
+``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per run: see :mod:`invguard.guard.metrics`).
+
+When a worker exits the supervisor calls prometheus-client's ``mark_process_dead`` for it and
+starts it again with the same index (its chain recovers: a torn last write is cut, as after any
+crash); the others keep serving meanwhile. A worker exiting with code 2 (a configuration error)
+stops the guard, and so does one that keeps dying within a second of its start. SIGTERM or
+SIGINT stops the workers gracefully (each seals its chain with a checkpoint) and then the
+supervisor.
+
+**What is shared.** Rate limits and budgets, the keyless limit per address and detection state
+live in Redis (``ratelimit.backend: redis``, ``detection.backend: redis``); in memory they would
+be per worker (a client would get N times its rate and budget, and detection would see a share of
+its queries), so the supervisor refuses N > 1 with them, naming the field. The incident store and
+the key store are SQLite files in WAL mode (shared as they are), admin sessions are signed cookies
+(any worker checks them), and the secrets are created race-free. The per-address connection cap
+(``server.max_connections_per_address``) and the header timeout are per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from invguard.core.errors import ConfigError
+from invguard.guard.config import GuardConfig
+
+GIVE_UP_AFTER = 5  # consecutive worker deaths within FAST_DEATH seconds of their start
+FAST_DEATH = 1.0
+
+
+def check_shared(cfg: GuardConfig, workers: int, where: str) -> None:
+    """Refuse several workers when limits or detection state would be per worker."""
+    if workers <= 1:
+        return
+    if cfg.ratelimit.backend == "memory":
+        raise ConfigError(
+            f"{where}: ratelimit.backend: 'memory' keeps each worker's rate limits and budgets apart: "
+            f"with --workers {workers} a client would get {workers} times its limits; set "
+            "ratelimit.backend: redis (and ratelimit.redis_url) to share them, or serve with one worker"
+        )
+    if cfg.detection.enabled and cfg.detection.backend == "memory":
+        raise ConfigError(
+            f"{where}: detection.backend: 'memory' keeps each worker's detector state apart: with "
+            f"--workers {workers} each would see only its share of a client's queries; set "
+            "detection.backend: redis (and detection.redis_url), or serve with one worker"
+        )
+
+
+def prepare_chains(cfg: GuardConfig, workers: int) -> dict[str, Any]:
+    """Open (and so recover, or create) every worker's chain, then sign the manifest listing them."""
+    from invguard.guard.auditlog import AuditLog, witness_from_spec
+    from invguard.guard.auditlog.workers import worker_path, worker_witness, write_manifest
+    from invguard.guard.keys import open_keys
+
+    a = cfg.audit
+    keys = open_keys(a.path, a.signing_key, a.hash_key, a.chain_key)
+    for i in range(workers):
+        chain = AuditLog(
+            worker_path(a.path, i),
+            signing_key=keys.signing_key,
+            chain_key=keys.chain_key,
+            witnesses=[witness_from_spec(worker_witness(w, i)) for w in a.witnesses],
+            checkpoint_every=a.checkpoint_every,
+            rotate_bytes=a.rotate_bytes,
+            fsync=a.fsync,
+        )
+        asyncio.run(chain.close())  # a tail recovered after a crash is sealed by a checkpoint
+    return write_manifest(a.path, workers, keys.signing_key)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket every worker accepts on (bound as uvicorn binds)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == 98:  # EADDRINUSE
+            raise ConfigError(
+                f"port {port} is in use on {host}: stop the server holding it, or pass --port"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    """Starts, restarts and stops the workers (see the module docstring)."""
+
+    def __init__(self, config: Path, workers: int, sock: socket.socket, log: Any = print) -> None:
+        self.config, self.n, self.sock, self.log = config.resolve(), workers, sock, log
+        self.metrics_dir = tempfile.mkdtemp(prefix="invguard-metrics-")
+        self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
+        self.procs: dict[int, tuple[int, subprocess.Popen[bytes], float]] = {}  # pid -> (index, proc, t0)
+        self.stopping = False
+        self.exit_code = 0
+
+    def _start(self, index: int) -> None:
+        fd = self.sock.fileno()
+        cmd = [sys.executable, "-m", "invguard.guard.workers", str(self.config), str(index), str(self.n)]
+        cmd.append(str(fd))
+        proc = subprocess.Popen(cmd, env=self.env, pass_fds=(fd,))
+        self.procs[proc.pid] = (index, proc, time.monotonic())
+
+    def _stop(self, *_: Any) -> None:
+        self.stopping = True
+        for _index, proc, _t0 in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        from prometheus_client import multiprocess
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+        fast = 0
+        try:
+            for i in range(self.n):
+                self._start(i)
+            while self.procs:
+                try:
+                    pid, status = os.wait()
+                except ChildProcessError:
+                    break
+                if pid not in self.procs:
+                    continue
+                index, proc, t0 = self.procs.pop(pid)
+                proc.returncode = code = os.waitstatus_to_exitcode(status)
+                multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+                if self.stopping:
+                    continue
+                fast = fast + 1 if time.monotonic() - t0 < FAST_DEATH else 0
+                if code == 2 or fast >= GIVE_UP_AFTER:
+                    why = "a configuration error" if code == 2 else f"{fast} deaths within {FAST_DEATH:g} s"
+                    self.log(f"worker {index} exited with code {code} ({why}): stopping the guard")
+                    self.exit_code = code if code > 0 else 1
+                    self._stop()
+                    continue
+                self.log(f"worker {index} (pid {pid}) exited with code {code}: restarting it")
+                self._start(index)
+        finally:
+            self._stop()
+            for _index, proc, _t0 in list(self.procs.values()):
+                with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):
+                    proc.wait(timeout=30)
+            self.sock.close()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        return self.exit_code
+
+
+def serve_workers(
+    config: Path, cfg: GuardConfig, host: str, port: int, workers: int, log: Any = print
+) -> int:
+    """Check, prepare the chains, bind, and supervise ``workers`` workers until stopped."""
+    check_shared(cfg, workers, str(config))
+    prepare_chains(cfg, workers)
+    sock = listen(host, port)
+    log(
+        f"guard serving model {cfg.model.name!r} on http://{host}:{port} with {workers} workers "
+        f"(audit log chains {Path(cfg.audit.path).stem}.w0-w{workers - 1}, manifest "
+        f"{Path(cfg.audit.path).stem}.workers.json)"
+    )
+    return Supervisor(config, workers, sock, log).run()
+
+
+def run_worker(config: str, index: int, workers: int, fd: int) -> None:
+    """One worker: the guard for ``config`` as worker ``index`` of ``workers``, on the inherited socket."""
+    import uvicorn
+
+    from invguard.core.errors import InvguardError
+    from invguard.guard import load
+    from invguard.guard.app import Guard
+
+    try:
+        guard = Guard(load(config), worker=index, workers=workers)
+    except InvguardError as e:
+        print(f"error: worker {index}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    sock = socket.socket(fileno=fd)
+    uc = uvicorn.Config(
+        guard.app, log_level="warning", access_log=False, lifespan="on", http=guard.http_protocol
+    )
+    uvicorn.Server(uc).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    run_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

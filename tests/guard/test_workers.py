@@ -1,0 +1,390 @@
+"""``invguard serve --workers N``: one audit-log chain per worker bound by a signed manifest that
+``log verify`` checks as a whole (attacks on it performed here), metrics summed over the workers,
+and SIGKILLs of one worker and of all of them with no acknowledged request lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from invguard.cli import app as cli
+from invguard.guard import from_dict
+from invguard.guard.auditlog import AuditLog, chain_key_path, segments, verify
+from invguard.guard.auditlog.workers import (
+    manifest_path,
+    verify_workers,
+    worker_path,
+    worker_start_record,
+)
+from invguard.guard.keys import key_paths, open_keys
+from invguard.guard.workers import prepare_chains
+from tests.guard.conftest import (
+    KEYS,
+    ROOT,
+    audit_chain_key,
+    audit_keys,
+    base_config,
+    input_hmac,
+    wait_ready,
+    write_sklearn_config,
+)
+from tests.servers import free_port
+
+
+# ------------------------------------------------------------------------------------ the manifest
+def _write(cfg, worker: int, workers: int, records: int) -> None:
+    """What worker ``worker`` writes at a start: its worker_start record, then ``records`` records."""
+    keys = open_keys(cfg.audit.path, None, None)
+    manifest = json.loads(manifest_path(cfg.audit.path).read_bytes())
+
+    async def go() -> None:
+        log = AuditLog(
+            worker_path(cfg.audit.path, worker),
+            signing_key=keys.signing_key,
+            chain_key=keys.chain_key,
+            checkpoint_every=4,
+        )
+        await log.start()
+        await log.append({**worker_start_record(worker, workers, manifest), "worker": worker})
+        for k in range(records):
+            await log.append({"decision": "served", "worker": worker, "k": k})
+        await log.close()
+
+    asyncio.run(go())
+
+
+def _check(log: Path):
+    return verify_workers(log, public_key=audit_keys(log)[0], chain_key=audit_chain_key(log))
+
+
+def _move(chain: Path, to: Path) -> None:
+    for f in [*segments(chain), chain.with_name(chain.name + ".head")]:
+        f.rename(to / f.name)
+
+
+def test_the_manifest_binds_the_workers_chains_and_verify_catches_a_deleted_or_swapped_one(tmp_path):
+    cfg = from_dict(base_config(tmp_path))
+    log = Path(cfg.audit.path)
+    prepare_chains(cfg, 2)
+    for w in (0, 1):
+        _write(cfg, w, 2, 5 + w)
+    rep = _check(log)
+    assert rep.ok, rep.problem
+    assert [name for name, _ in rep.chains] == ["audit.w0.jsonl", "audit.w1.jsonl"]
+    assert rep.records == 6 + 7
+    runner = CliRunner()
+    pub = key_paths(str(log), None, None)[0]
+    args = ["log", "verify", str(log), "--public-key", str(pub)]
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "2 chain(s) listed in the signed manifest" in res.stdout
+
+    w0, w1 = worker_path(log, 0), worker_path(log, 1)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    # a worker's chain deleted, head and all (each chain alone would say nothing: it is gone)
+    _move(w1, aside)
+    rep = _check(log)
+    assert rep.problem == (
+        f"{w1}: worker chain w1 listed in the signed manifest is missing: it was deleted or moved"
+    )
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 1 and "worker chain w1 listed in the signed manifest is missing" in res.output
+    _move(aside / w1.name, tmp_path)
+    assert _check(log).ok
+
+    # the chains swapped, heads and all: each verifies on its own, the manifest says they moved
+    swap = tmp_path / "swap"
+    swap.mkdir()
+    _move(w0, swap)
+    for f in [*segments(w1), w1.with_name(w1.name + ".head")]:
+        f.rename(f.with_name(f.name.replace(".w1.", ".w0.")))
+    for f in swap.iterdir():
+        f.rename(tmp_path / f.name.replace(".w0.", ".w1."))
+    assert verify(w0, public_key=audit_keys(log)[0]).ok and verify(w1, public_key=audit_keys(log)[0]).ok
+    rep = _check(log)
+    assert rep.problem == (
+        f"{w0}: worker chain w0 does not start with the genesis the signed manifest lists for it: the "
+        "file was swapped with another chain's or replaced"
+    )
+
+
+def test_an_older_manifest_put_back_to_hide_a_deleted_chain_is_caught(tmp_path):
+    cfg = from_dict(base_config(tmp_path))
+    log = Path(cfg.audit.path)
+    prepare_chains(cfg, 2)
+    _write(cfg, 0, 2, 3)
+    _write(cfg, 1, 2, 3)
+    old = manifest_path(log).read_bytes()
+    prepare_chains(cfg, 3)  # the guard restarted with a third worker
+    for w in (0, 1, 2):
+        _write(cfg, w, 3, 2)
+    assert _check(log).ok
+    # the attacker deletes w2's chain and puts back the signed manifest that did not list it
+    for f in [*segments(worker_path(log, 2)), worker_path(log, 2).with_name("audit.w2.jsonl.head")]:
+        f.unlink()
+    manifest_path(log).write_bytes(old)
+    rep = _check(log)
+    assert rep.problem == (
+        f"{worker_path(log, 0)}: worker chain w0 last started (record seq 5) under another manifest than "
+        f"{manifest_path(log)}: the manifest was replaced by an older one (a chain added since may have "
+        "been deleted)"
+    )
+    # nor can the manifest be edited: dropping w2 from the current one breaks its signature
+    prepare_chains(cfg, 3)
+    doc = json.loads(manifest_path(log).read_bytes())
+    doc["chains"] = doc["chains"][:2]
+    manifest_path(log).write_text(json.dumps(doc))
+    assert _check(log).problem == (
+        f"{manifest_path(log)}: the worker manifest's signature is invalid: it was modified or replaced"
+    )
+
+
+def test_several_workers_with_limits_in_memory_are_refused_naming_the_field(tmp_path, sklearn_model_file):
+    cfg = write_sklearn_config(tmp_path, sklearn_model_file)
+    res = CliRunner().invoke(cli, ["serve", str(cfg), "--workers", "2", "--port", str(free_port())])
+    assert res.exit_code == 2
+    assert (
+        f"{cfg}: ratelimit.backend: 'memory' keeps each worker's rate limits and budgets apart: with "
+        "--workers 2 a client would get 2 times its limits; set ratelimit.backend: redis (and "
+        "ratelimit.redis_url) to share them, or serve with one worker"
+    ) in " ".join(res.output.split())
+    assert not any(tmp_path.glob("audit*"))  # refused before any chain was opened
+
+
+# ------------------------------------------------------------------------------------ processes
+def post(port: int, body: bytes, key: str = KEYS["partner"]) -> int:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/models/digits/predict",
+        data=body,
+        method="POST",
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            r.read()
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def spawn_workers(config: Path, port: int, n: int = 2) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "invguard.cli", "serve", str(config), "--port", str(port)]
+    return subprocess.Popen(
+        [*cmd, "--workers", str(n)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # the test can end the supervisor and its workers as one group
+    )
+
+
+def workers_of(supervisor: int) -> dict[int, int]:
+    """The live workers of a supervisor: index -> pid (from /proc)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if (
+            ppid == supervisor
+            and b"invguard.guard.workers" in argv
+            and stat.rsplit(")", 1)[1].split()[0] != "Z"
+        ):
+            out[int(argv[argv.index(b"invguard.guard.workers") + 2])] = int(d.name)
+    return out
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+class Load:
+    """8 clients posting distinct inputs until stopped; ``acked`` holds the bodies answered 200
+    (a connection refused or reset while a worker dies is retried, never counted)."""
+
+    def __init__(self, port: int, seed: int = 0) -> None:
+        self.port, self.acked, self.errors = port, [], 0
+        self.lock, self.stop, self.more = threading.Lock(), threading.Event(), threading.Condition()
+        self.threads = [
+            threading.Thread(target=self._client, args=(seed * 100 + s,), daemon=True) for s in range(8)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _client(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not self.stop.is_set():
+            body = json.dumps({"inputs": rng.random((1, 1, 8, 8)).round(6).tolist()}).encode()
+            try:
+                status = post(self.port, body)
+            except OSError:
+                with self.lock:
+                    self.errors += 1
+                continue
+            if status == 200:
+                with self.more:
+                    self.acked.append(body)
+                    self.more.notify_all()
+
+    def wait_for(self, n: int) -> None:
+        with self.more:
+            assert self.more.wait_for(lambda: len(self.acked) >= n, timeout=90), f"fewer than {n} answered"
+
+    def end(self) -> list[bytes]:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=20)
+        return list(self.acked)
+
+
+def _served(chain: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for f in segments(chain)
+        for line in f.read_text().splitlines()
+        if line.endswith("}") and '"decision":"served"' in line
+    ]
+
+
+def _samples(text: str) -> dict[str, list[tuple[dict, float]]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[tuple[dict, float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def test_metrics_of_two_workers_are_summed_on_every_scrape(tmp_path, sklearn_model_file, redis_url, digits):
+    cfg = write_sklearn_config(
+        tmp_path, sklearn_model_file, ratelimit={"backend": "redis", "redis_url": redis_url, "prefix": "t-mw"}
+    )
+    log = tmp_path / "audit.jsonl"
+    port = free_port()
+    proc = spawn_workers(cfg, port)
+    try:
+        wait_ready(proc, port)
+        body = json.dumps({"inputs": digits.evaluation.X[:1].tolist()}).encode()
+        sent, statuses = 0, []
+        # concurrent batches until both workers have answered some (the kernel picks the acceptor)
+        while not all(_served(worker_path(log, w)) for w in (0, 1)):
+            assert sent < 2000, "one worker took every connection"
+            got: list[int] = []
+
+            def one(got: list[int] = got) -> None:
+                got.append(post(port, body))
+
+            threads = [threading.Thread(target=one) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            statuses += got
+            sent += len(got)
+        assert statuses == [200] * sent
+        shares = [len(_served(worker_path(log, w))) for w in (0, 1)]
+        assert sum(shares) == sent and min(shares) > 0
+        for _ in range(4):  # whichever worker answers the scrape, it serves the sum
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                m = _samples(r.read().decode())
+            assert sum(v for _, v in m["invguard_guard_requests_total"]) == sent
+            assert sum(v for _, v in m["invguard_guard_rows_served_total"]) == sent
+            # every answer's record and each worker's worker_start record
+            assert sum(v for _, v in m["invguard_guard_audit_records_written_total"]) == sent + 2
+            assert m["invguard_guard_ready"] == [({}, 1.0)]
+            assert [v for _, v in m["invguard_guard_model_info"]] == [1.0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        end_group(proc)
+    assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
+    rep = verify_workers(log, public_key=audit_keys(log)[0], chain_key=audit_chain_key(log))
+    assert rep.ok, rep.problem
+
+
+def test_sigkill_of_one_worker_then_of_all_loses_no_acknowledged_request(
+    tmp_path, sklearn_model_file, redis_url
+):
+    """N = 2 under load: one worker SIGKILLed (the other keeps serving, the supervisor restarts it
+    and its chain recovers), then every process SIGKILLed; the whole log verifies (manifest, chain
+    key, pinned key, each worker's witness) and holds every acknowledged request."""
+    witness = tmp_path / "other-mount" / "guard.head"
+    cfg = write_sklearn_config(
+        tmp_path,
+        sklearn_model_file,
+        ratelimit={"backend": "redis", "redis_url": redis_url, "prefix": "t-kill"},
+        audit={"checkpoint_every": 25, "rotate_bytes": 20_000, "witnesses": [f"file:{witness}"]},
+    )
+    log = tmp_path / "audit.jsonl"
+    port = free_port()
+    proc = spawn_workers(cfg, port)
+    try:
+        wait_ready(proc, port)
+        load = Load(port)
+        load.wait_for(60)
+        first = workers_of(proc.pid)
+        assert sorted(first) == [0, 1]
+        os.kill(first[1], signal.SIGKILL)  # mid-load: its requests in flight are never acknowledged
+        n = len(load.acked)
+        load.wait_for(n + 60)  # worker 0 alone, then the restarted worker 1 with it
+        for _ in range(1000):  # until the supervisor has restarted worker 1 (worker 0 serving meanwhile)
+            now = workers_of(proc.pid)
+            if 1 in now and now[1] != first[1]:
+                break
+            load.wait_for(len(load.acked) + 4)
+        else:
+            raise AssertionError("worker 1 was not restarted")
+        k = len(_served(worker_path(log, 1)))
+        for _ in range(1000):  # until the new worker 1 has answered too
+            if len(_served(worker_path(log, 1))) > k:
+                break
+            load.wait_for(len(load.acked) + 4)
+        else:
+            raise AssertionError("the restarted worker 1 answered nothing")
+        load.wait_for(len(load.acked) + 30)
+        os.killpg(proc.pid, signal.SIGKILL)  # every process at once, under load
+        proc.wait(timeout=10)
+        acked = load.end()
+    finally:
+        end_group(proc)
+    pub, secret = audit_keys(log)
+    rep = verify_workers(log, public_key=pub, chain_key=audit_chain_key(log), witnesses=[f"file:{witness}"])
+    assert rep.ok, rep.problem
+    logged = {r["input_hmac"] for w in (0, 1) for r in _served(worker_path(log, w))}
+    missing = {input_hmac(secret, b) for b in acked} - logged
+    assert not missing, f"{len(missing)} acknowledged requests are not in the log"
+    starts = [
+        json.loads(x)
+        for f in segments(worker_path(log, 1))
+        for x in f.read_text().splitlines()
+        if '"event":"worker_start"' in x
+    ]
+    assert [s["worker"] for s in starts] == [1, 1]  # it was restarted, on its own chain
+    assert len(segments(worker_path(log, 0))) + len(segments(worker_path(log, 1))) >= 3  # rotated
+    assert json.loads((witness.parent / "guard.w1.head").read_text())["size"] > 0
+    pem, ck = key_paths(str(log), None, None)[0], chain_key_path(log, None)
+    args = ["log", "verify", str(log), "--public-key", str(pem), "--chain-key", str(ck)]
+    res = CliRunner().invoke(cli, [*args, "--witness", f"file:{witness}"])
+    assert res.exit_code == 0, res.output
+    assert f"{len(rep.chains)} chain(s) listed in the signed manifest" in res.stdout
