@@ -22,10 +22,10 @@ import math
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from invguard.audit.config import SEVERITIES, GateConfig
+from invguard.core.result import GateOutcome
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -36,39 +36,6 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 _TPR_AT_FPR = re.compile(r"^tpr_at_fpr_([0-9.eE-]+)$")
 STATUSES = ("pass", "fail", "inconclusive", "error")
-
-
-@dataclass(frozen=True)
-class GateOutcome:
-    """One gate's outcome: ``status`` is ``pass``, ``fail``, ``inconclusive`` (the CI straddles the
-    threshold, or the metric is not measurable at this sample size) or ``error`` (not checkable).
-
-    ``observed`` is the point estimate, ``low``/``high`` its 95% CI; ``decided_on`` is what the
-    decision read (``high``/``low`` end of the CI, or ``estimate``); ``settle`` says, for an
-    inconclusive gate, how much more data would decide it."""
-
-    gate: str
-    attack: str
-    metric: str
-    op: str
-    threshold: float
-    on: str
-    severity: str
-    status: str
-    observed: float | None
-    low: float | None
-    high: float | None
-    blocking: bool
-    message: str
-    decided_on: str | None = None
-    settle: str | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "pass"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _attack_entry(attacks: Sequence[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:

@@ -242,8 +242,8 @@ def run_audit(
 ) -> AuditRun:
     """Run the audit a config describes and write its reports. See the module docstring."""
     from invguard.audit import history as hist
+    from invguard.audit.results import build_results
     from invguard.report import write_reports
-    from invguard.report.json import build_results
 
     console = console or Console(stderr=True)
     config_text = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -155,3 +155,36 @@ class AttackResult:
             findings=tuple(Finding(**f) for f in d.get("findings", [])),
             info=d.get("info", {}),
         )
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """One gate's outcome: ``status`` is ``pass``, ``fail``, ``inconclusive`` (the CI straddles the
+    threshold, or the metric is not measurable at this sample size) or ``error`` (not checkable).
+
+    ``observed`` is the point estimate, ``low``/``high`` its 95% CI; ``decided_on`` is what the
+    decision read (``high``/``low`` end of the CI, or ``estimate``); ``settle`` says, for an
+    inconclusive gate, how much more data would decide it."""
+
+    gate: str
+    attack: str
+    metric: str
+    op: str
+    threshold: float
+    on: str
+    severity: str
+    status: str
+    observed: float | None
+    low: float | None
+    high: float | None
+    blocking: bool
+    message: str
+    decided_on: str | None = None
+    settle: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
