@@ -132,6 +132,14 @@ def audit(
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Local worker processes (default: CPU count).")] = None,
     no_history: Annotated[bool, typer.Option("--no-history", help="Do not record this run.")] = False,
+    show_secrets: Annotated[
+        bool,
+        typer.Option(
+            "--show-secrets",
+            help="Put the strings a text extraction recovered (canaries, training text) in the reports "
+            "in clear; by default each is redacted to its first characters, its length and a hash.",
+        ),
+    ] = False,
 ) -> None:
     """Run every attack of an audit config, check its gates and write the reports.
 
@@ -145,6 +153,7 @@ def audit(
         "out_dir": out_dir,
         "max_workers": workers,
         "console": console,
+        "show_secrets": show_secrets,
     }
     if no_history:
         kw["history"] = False

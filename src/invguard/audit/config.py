@@ -94,6 +94,11 @@ class FederatedConfig(_Strict):
         return FederatedSetup(**d, dp=dp)
 
 
+TEXT_KINDS = ("hf_lm", "openai")
+_CLASSIFIER_ACCESS = ("label", "scores", "logits", "whitebox")
+_TEXT_ACCESS = ("text", "topk_logprobs", "logprobs", "whitebox")
+
+
 class TargetConfig(_Strict):
     """What is audited.
 
@@ -102,16 +107,37 @@ class TargetConfig(_Strict):
     ``federated`` section -> federated (a model trained with shared gradients), ``path`` or a
     ``.onnx`` model -> onnx (a model file shipped to a device: unlimited queries, logits, and
     gradients where the graph converts to torch).
+
+    Language models (the ``text.*`` attacks): ``kind: hf_lm`` is a local Hugging Face causal-LM
+    directory (``path``; never a hub download) or invguard's tiny reference LM (``model:
+    reference/pydoc-gpt2-micro`` or ``reference/pydoc-gpt2-tiny``, trained by the audit on its corpus
+    with the canaries inserted, then cached); ``kind: openai`` is an OpenAI-compatible endpoint
+    (``url`` of the server or its ``/v1``, ``model_name`` sent in each request, ``api: completions``
+    or ``chat``), the guard's own ``/v1/completions`` included. Their ``access`` is ``text``,
+    ``topk_logprobs``, ``logprobs`` or (local only) ``whitebox``.
     """
 
-    kind: Literal["model", "torch", "sklearn", "http", "federated", "onnx"] | None = None
+    kind: Literal["model", "torch", "sklearn", "http", "federated", "onnx", "hf_lm", "openai"] | None = None
     name: str | None = Field(None, description="The model's name in the history store and the report.")
     model: str | None = Field(None, description="reference/NAME, a file from `invguard train`, or a pickle")
     factory: str | None = Field(None, description="module:callable that builds the torch module")
     factory_kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="state_dict file loaded into the factory's module")
     url: str | None = None
-    path: str | None = Field(None, description="an ONNX file (kind: onnx)")
+    path: str | None = Field(
+        None,
+        description="an ONNX file (kind: onnx) or a local Hugging Face causal-LM directory (kind: hf_lm)",
+    )
+    model_name: str | None = Field(None, description="the model name sent to an OpenAI-compatible endpoint")
+    api: Literal["completions", "chat"] = Field(
+        "completions", description="which OpenAI-compatible route an openai target calls"
+    )
+    token_budget: int | None = Field(
+        None, ge=0, description="generated and scored tokens a language-model target may spend per attack job"
+    )
+    max_top_logprobs: int = Field(
+        20, ge=0, le=20, description="the most top log-probabilities an OpenAI-compatible endpoint returns"
+    )
     preset: Literal["kserve-v2", "instances", "invguard", "custom"] = "kserve-v2"
     returns: Literal["labels", "scores", "logits"] = "scores"
     api_key_env: str | None = None
@@ -132,8 +158,12 @@ class TargetConfig(_Strict):
         description="longest Retry-After (s) of a 429 worth waiting for; a longer one, or a 429 that says "
         "the budget is exhausted, ends the attack job as budget exhausted",
     )
-    access: Literal["label", "scores", "logits", "whitebox"] | None = Field(
-        None, description="lower the access the target grants (e.g. attack a torch model as a black box)"
+    access: Literal["label", "scores", "logits", "whitebox", "text", "topk_logprobs", "logprobs"] | None = (
+        Field(
+            None,
+            description="lower the access the target grants (e.g. attack a torch model as a black box; a "
+            "language model: text, topk_logprobs, logprobs or whitebox)",
+        )
     )
     input_shape: list[int] | None = None
     num_classes: int | None = Field(None, ge=2)
@@ -161,10 +191,16 @@ class TargetConfig(_Strict):
     def _infer_kind(self) -> TargetConfig:
         kind = self.kind
         if kind is None:
-            if self.federated is not None:
+            if self.model_name is not None:
+                kind = "openai"
+            elif self.model and self.model.startswith("reference/") and _is_reference_lm(self.model):
+                kind = "hf_lm"
+            elif self.federated is not None:
                 kind = "federated"
             elif self.url:
                 kind = "http"
+            elif self.path and Path(self.path).is_dir():
+                kind = "hf_lm"  # a Hugging Face model directory
             elif self.path or (self.model and self.model.endswith(".onnx")):
                 kind = "onnx"
             elif self.factory:
@@ -185,10 +221,13 @@ class TargetConfig(_Strict):
             "http": ["url"],
             "federated": ["model"],
             "onnx": ["path"],
+            "hf_lm": [],
+            "openai": ["url", "model_name"],
         }
         missing = [f for f in need[kind] if not getattr(self, f)]
         if missing:
             raise ValueError(f"a {kind} target needs {' and '.join(missing)}")
+        self._check_text_kind(kind)
         if self.defence is not None and not (self.model or "").startswith("reference/"):
             raise ValueError(
                 "defence applies to invguard-built reference models (model: reference/NAME); a model "
@@ -204,9 +243,68 @@ class TargetConfig(_Strict):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
         return self
 
+    def _check_text_kind(self, kind: str) -> None:
+        """The fields of a language-model target, and the access levels of each kind."""
+        if kind in TEXT_KINDS:
+            if self.access is not None and self.access not in _TEXT_ACCESS:
+                raise ValueError(
+                    f"access {self.access!r} is a classifier's; a language model grants one of "
+                    f"{list(_TEXT_ACCESS)}"
+                )
+            if kind == "openai" and self.access == "whitebox":
+                raise ValueError("an OpenAI-compatible endpoint grants at most logprobs access, not whitebox")
+            if kind == "hf_lm":
+                if (self.path is None) == (self.model is None):
+                    raise ValueError(
+                        "a hf_lm target needs exactly one of path (a local Hugging Face causal-LM directory) "
+                        "or model (reference/pydoc-gpt2-micro or reference/pydoc-gpt2-tiny)"
+                    )
+                if self.model is not None and not (
+                    self.model.startswith("reference/") and _is_reference_lm(self.model)
+                ):
+                    from invguard.models.lm import REFERENCE_LMS
+
+                    raise ValueError(
+                        f"unknown reference LM {self.model!r}; known: "
+                        + ", ".join(f"reference/{n}" for n in sorted(REFERENCE_LMS))
+                        + " (a model of your own: path: its Hugging Face directory)"
+                    )
+                if self.url is not None:
+                    raise ValueError(
+                        "a hf_lm target is loaded from path, not url (an endpoint is kind: openai)"
+                    )
+            for f in ("factory", "weights", "federated", "defence"):
+                if getattr(self, f) is not None:
+                    raise ValueError(f"{f} belongs to a classifier target, not a {kind} target")
+            return
+        if self.access is not None and self.access not in _CLASSIFIER_ACCESS:
+            raise ValueError(
+                f"access {self.access!r} is a language model's; a {kind} target grants one of "
+                f"{list(_CLASSIFIER_ACCESS)}"
+            )
+        for f in ("model_name", "token_budget"):
+            if getattr(self, f) is not None:
+                raise ValueError(f"{f} belongs to a language-model target (kind: openai or hf_lm)")
+
+    @property
+    def is_text(self) -> bool:
+        return self.kind in TEXT_KINDS
+
     @property
     def display_name(self) -> str:
-        return self.name or self.model or self.path or self.url or f"{self.factory} ({self.weights})"
+        return (
+            self.name
+            or self.model
+            or self.path
+            or (f"{self.model_name} at {self.url}" if self.model_name else self.url)
+            or f"{self.factory} ({self.weights})"
+        )
+
+
+def _is_reference_lm(model: str) -> bool:
+    from invguard.models.lm import REFERENCE_LMS
+
+    return model.split("/", 1)[1] in REFERENCE_LMS
 
 
 class MembersConfig(_Strict):
@@ -227,8 +325,62 @@ class MembersConfig(_Strict):
         return self
 
 
+class CanaryFormatConfig(_Strict):
+    """A canary's sentence and secret: ``template`` (with ``{name}``), then ``length`` characters
+    of ``alphabet``."""
+
+    template: str = "the pin of {name} is "
+    alphabet: str = "0123456789"
+    length: int = Field(6, ge=1, le=32)
+
+    @model_validator(mode="after")
+    def _valid(self) -> CanaryFormatConfig:
+        from invguard.core.errors import DataError
+        from invguard.data.text import CanaryFormat
+
+        try:
+            CanaryFormat(**self.model_dump())
+        except DataError as e:
+            raise ValueError(str(e).removeprefix("canary format: ")) from None
+        return self
+
+
+class TextDataConfig(_Strict):
+    """A language model's text: the corpus cut into documents and split (seeded) into members (the
+    private training text), non-members and public documents, with canaries of ``canary_format``
+    inserted ``insertions`` times (``canaries_per_count`` each; 0: never inserted, the controls).
+    The model audited must have been trained on exactly this stream (a reference LM is)."""
+
+    corpus: str = Field(
+        "pydoc", description="pydoc (Python's bundled topic help), a .txt file or a folder of them"
+    )
+    seed: int | None = Field(None, description="split and canary seed (default: the audit seed)")
+    max_documents: int | None = Field(None, ge=8)
+    fractions: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    insertions: list[int] = Field(default_factory=lambda: [0, 1, 10, 100])
+    canaries_per_count: int = Field(4, ge=1)
+    canary_format: CanaryFormatConfig = Field(default_factory=CanaryFormatConfig)  # type: ignore[arg-type]
+
+    @field_validator("insertions")
+    @classmethod
+    def _counts(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 0 for k in v):
+            raise ValueError(f"insertions must be a non-empty list of counts >= 0, got {v}")
+        return v
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f <= 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must be three positive shares summing to 1, got {list(v)}")
+        return v
+
+
 class DataConfig(_Strict):
     dataset: str = Field("digits", description="digits, mnist5k, adult, or a .npz/.csv/image-folder path")
+    text: TextDataConfig | None = Field(
+        None, description="a language model's corpus and canaries (targets of kind hf_lm / openai)"
+    )
     label: str | None = Field(None, description="label column of a CSV dataset")
     seed: int | None = Field(None, description="split seed (default: the audit seed)")
     limit: int | None = Field(None, ge=8)
@@ -263,25 +415,51 @@ class AttackConfig(_Strict):
     @classmethod
     def _policy(cls, v: Any) -> Any:
         if v is not None:
-            from invguard import policies
-
-            policies.parse(v, "exposure")
+            parse_exposure(v, "exposure", text=None)
         return v
+
+    @field_validator("params")
+    @classmethod
+    def _no_reveal(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "show_secrets" in v:
+            raise ValueError(
+                "show_secrets cannot be set in a config file (a committed config would put secrets in "
+                "every report); run `invguard audit --show-secrets` to see extracted strings in clear"
+            )
+        return v
+
+
+def parse_exposure(spec: Any, where: str, *, text: bool | None) -> Any:
+    """The output policy an exposure names: a classifier policy (``text=False``), a text policy
+    (``text=True``: ``strip_logprobs``, ``"top_logprobs=5 round=2"``, ``secret_filter``), or either
+    (``None``: the first that reads it; the target's kind decides later)."""
+    from invguard import policies
+    from invguard.policies.text import text_policy
+
+    if text is True:
+        return text_policy(spec, where)
+    if text is False:
+        return policies.parse(spec, where)
+    try:
+        return policies.parse(spec, where)
+    except ConfigError as first:
+        try:
+            return text_policy(spec, where)
+        except ConfigError:
+            raise first from None
 
 
 def is_whitebox(spec: Any) -> bool:
     return isinstance(spec, str) and spec.strip().lower() == "whitebox"
 
 
-def exposure_label(spec: Any) -> str:
+def exposure_label(spec: Any, *, text: bool = False) -> str:
     """The name an exposure goes by in the report: ``whitebox`` or the policy's own label."""
     if spec is None:
         return "as deployed"
     if is_whitebox(spec):
         return "whitebox"
-    from invguard import policies
-
-    return policies.parse(spec).label()
+    return str(parse_exposure(spec, "exposure", text=text).label())
 
 
 class ExposureSweepConfig(_Strict):
@@ -309,11 +487,9 @@ class ExposureSweepConfig(_Strict):
     @field_validator("policies")
     @classmethod
     def _parse(cls, v: list[Any]) -> list[Any]:
-        from invguard import policies
-
         for i, p in enumerate(v):
             if not is_whitebox(p):
-                policies.parse(p, f"policies[{i}]")
+                parse_exposure(p, f"policies[{i}]", text=None)
         return v
 
     @model_validator(mode="after")
@@ -454,6 +630,30 @@ class AuditConfig(_Strict):
         if not self.attacks and self.exposures is None:
             raise ValueError("no attacks: give attacks (and/or an exposures sweep)")
         names = {a.name for a in self.attacks} | set(self.exposures.attacks if self.exposures else [])
+        text = self.target.is_text
+        wrong = sorted(n for n in names if n.startswith("text.") != text)
+        if wrong:
+            raise ValueError(
+                f"attacks {wrong} do not fit the target: "
+                + (
+                    "a language model (kind hf_lm / openai) is attacked by the text.* attacks only"
+                    if text
+                    else "the text.* attacks need a language-model target (kind: hf_lm or openai)"
+                )
+            )
+        if text and self.exposures is not None:
+            raise ValueError(
+                "exposures: the exposure sweep compares classifier output policies; for a language model "
+                'give each attack its own exposure (e.g. exposure: "top_logprobs=5 round=2")'
+            )
+        for i, a in enumerate(self.attacks):
+            if a.exposure is not None:
+                try:
+                    parse_exposure(a.exposure, f"attacks[{i}].exposure", text=text)
+                except ConfigError as e:
+                    raise ValueError(str(e)) from None
+        if text and self.data.text is None and self.data.dataset != "digits":
+            raise ValueError("data.dataset is a classifier's dataset; a language model's corpus is data.text")
         unknown = sorted({g.attack for g in self.gates} - names)
         if unknown:
             raise ValueError(
@@ -543,7 +743,10 @@ def check_files(cfg: AuditConfig, lines: dict[tuple[Any, ...], int]) -> list[str
         (("target", "model"), None if t.model is None or t.model.startswith("reference/") else t.model),
         (("target", "weights"), t.weights),
         (("data", "dataset"), None if d.dataset in ("digits", "mnist5k", "adult") else d.dataset),
+        (("target", "path"), t.path),
     ]
+    if d.text is not None and d.text.corpus != "pydoc":
+        named.append((("data", "text", "corpus"), d.text.corpus))
     if d.members is not None:
         named += [
             (("data", "members", "indices"), d.members.indices),
@@ -596,12 +799,25 @@ def _resolve_paths(cfg: AuditConfig, base: Path) -> AuditConfig:
             return v
         return str((base / v).resolve()) if (base / v).exists() else v
 
-    t = cfg.target.model_copy(update={"model": fix(cfg.target.model), "weights": fix(cfg.target.weights)})
+    t = cfg.target.model_copy(
+        update={
+            "model": fix(cfg.target.model),
+            "weights": fix(cfg.target.weights),
+            "path": fix(cfg.target.path),
+        }
+    )
     members = cfg.data.members
     if members is not None:
         members = members.model_copy(update={"indices": fix(members.indices), "file": fix(members.file)})
     ds = cfg.data.dataset
+    text = cfg.data.text
+    if text is not None and text.corpus != "pydoc":
+        text = text.model_copy(update={"corpus": fix(text.corpus)})
     d = cfg.data.model_copy(
-        update={"dataset": ds if ds in ("digits", "mnist5k", "adult") else fix(ds), "members": members}
+        update={
+            "dataset": ds if ds in ("digits", "mnist5k", "adult") else fix(ds),
+            "members": members,
+            "text": text,
+        }
     )
     return cfg.model_copy(update={"target": t, "data": d})

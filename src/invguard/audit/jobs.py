@@ -167,9 +167,15 @@ def run_job(job: Job) -> dict[str, Any]:
 
     try:
         raw = job.target.build()
-        policy = None if job.exposure is None else policies.parse(job.exposure, "exposure")
-        if policy is not None:  # a seeded audit reproduces: unseeded noise draws from the run seed
-            policy = policy.seeded_by_default(job.seed)
+        policy: Any = None
+        if job.exposure is not None and job.target.is_text:
+            # a language model: a text policy (strip / top-k rounded log-probabilities, secret filter)
+            from invguard.policies.text import text_policy
+
+            policy = text_policy(job.exposure, "exposure")
+        elif job.exposure is not None:
+            # a seeded audit reproduces: unseeded noise draws from the run seed
+            policy = policies.parse(job.exposure, "exposure").seeded_by_default(job.seed)
         target = raw if policy is None else policy.wrap(raw)
         ctx = RunContext(
             executor=nested,

@@ -43,7 +43,7 @@ class Secret(str):
 class ResolvedTarget:
     """A target in portable form; ``build()`` makes the live :class:`~invguard.core.target.Target`."""
 
-    kind: str  # "torch-file", "torch-factory", "sklearn", "http", "onnx"
+    kind: str  # "torch-file", "torch-factory", "sklearn", "http", "onnx", "hf_lm", "openai"
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
@@ -60,7 +60,15 @@ class ResolvedTarget:
         h.update(json.dumps(public, sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
 
+    @property
+    def is_text(self) -> bool:
+        return self.kind in ("hf_lm", "openai")
+
     def build(self) -> Any:
+        if self.is_text:
+            from invguard.audit.text import build_lm_target
+
+            return build_lm_target(self)
         if self.kind == "onnx":
             from invguard.targets.onnx import OnnxTarget
 
@@ -185,6 +193,11 @@ def resolve_target(
     progress: Callable[[int, int, float], None] | None = None,
 ) -> ResolvedTarget:
     """Train (or load from the cache) / read the model the config names, in portable form."""
+    if cfg.is_text:
+        from invguard.audit.text import resolve_lm_target
+
+        lm: ResolvedTarget = resolve_lm_target(cfg, splits, seed=seed, cache_dir=cache_dir, progress=progress)
+        return lm
     if cfg.kind == "federated":
         assert cfg.federated is not None
         base = resolve_target(
@@ -361,9 +374,15 @@ def _reference_bytes(
 
 
 # ---------------------------------------------------------------------------- data
-def resolve_data(cfg: DataConfig, *, seed: int) -> Any:
-    """The audit's splits: bundled/user data split by seed, or the user's own members."""
+def resolve_data(cfg: DataConfig, *, seed: int, target: TargetConfig | None = None) -> Any:
+    """The audit's splits: bundled/user data split by seed, or the user's own members; for a
+    language-model ``target``, the text splits (:func:`invguard.audit.text.resolve_text_data`)."""
     from invguard import data as ig_data
+
+    if target is not None and target.is_text:
+        from invguard.audit.text import resolve_text_data
+
+        return resolve_text_data(cfg.text, target, seed=seed)
 
     kw: dict[str, Any] = {"label": cfg.label} if cfg.label else {}
     s = cfg.seed if cfg.seed is not None else seed

@@ -184,14 +184,23 @@ def _with_budget(target: ResolvedTarget, share: int | None) -> ResolvedTarget:
     return dataclasses.replace(target, options={**target.options, "budget": share})
 
 
-def _make_jobs(cfg: AuditConfig, target: ResolvedTarget, splits: Any, cache_dir: Path) -> list[Job]:
-    from invguard import policies
+def _make_jobs(
+    cfg: AuditConfig, target: ResolvedTarget, splits: Any, cache_dir: Path, show_secrets: bool = False
+) -> list[Job]:
     from invguard.attacks import ATTACKS
+
+    def build(name: str, params: dict[str, Any]) -> Any:
+        """The attack; one that can reveal extracted strings does so only with ``show_secrets``
+        (``invguard audit --show-secrets``), never by a config file."""
+        cls = ATTACKS.get(name)
+        if "show_secrets" in {f.name for f in dataclasses.fields(cls)}:
+            params = {**params, "show_secrets": show_secrets}
+        return cls(**params)
 
     jobs: list[Job] = []
     for i, a in enumerate(cfg.attacks):
-        attack = ATTACKS.get(a.name)(**a.params)
-        label = "as deployed" if a.exposure is None else policies.parse(a.exposure).label()
+        attack = build(a.name, a.params)
+        label = exposure_label(a.exposure, text=cfg.target.is_text)
         jobs.append(
             Job(
                 f"a{i}",
@@ -210,7 +219,7 @@ def _make_jobs(cfg: AuditConfig, target: ResolvedTarget, splits: Any, cache_dir:
             label = exposure_label(pol)
             spec = None if is_whitebox(pol) else pol
             for name in cfg.exposures.attacks:
-                attack = ATTACKS.get(name)(**cfg.exposures.params.get(name, {}))
+                attack = build(name, cfg.exposures.params.get(name, {}))
                 jobs.append(
                     Job(f"s{j}:{name}", attack, target, splits, cfg.seed, spec, label, True, str(cache_dir))
                 )
@@ -223,8 +232,13 @@ def _make_jobs(cfg: AuditConfig, target: ResolvedTarget, splits: Any, cache_dir:
 
 
 def _probe(target: ResolvedTarget, splits: Any) -> str:
-    """Build the target once and ask it about one record: an unreachable model fails here (exit 3)."""
+    """Build the target once and ask it about one record (a language model: one one-token
+    generation): an unreachable model fails here (exit 3)."""
     t = target.build()
+    if target.is_text:
+        from invguard.audit.text import probe_text
+
+        return probe_text(t, splits)
     t.predict(splits.evaluation.X[:PROBE_ROWS])
     return str(t.describe())
 
@@ -239,8 +253,12 @@ def run_audit(
     max_workers: int | None = None,
     history: str | Path | bool | None = True,
     connect_timeout: float = 10.0,
+    show_secrets: bool = False,
 ) -> AuditRun:
-    """Run the audit a config describes and write its reports. See the module docstring."""
+    """Run the audit a config describes and write its reports. See the module docstring.
+
+    ``show_secrets``: put the strings a text extraction recovered in the reports in clear (by
+    default each is redacted to its first characters, its length and a hash)."""
     from invguard.audit import history as hist
     from invguard.audit.results import build_results
     from invguard.report import write_reports
@@ -257,7 +275,7 @@ def run_audit(
     cache_dir = Path(cfg.cache_dir)
 
     t0 = time.perf_counter()
-    splits = resolve_data(cfg.data, seed=cfg.seed)
+    splits = resolve_data(cfg.data, seed=cfg.seed, target=cfg.target)
     timings["data_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -272,7 +290,7 @@ def run_audit(
     described = _probe(target, splits)
     timings["probe_s"] = time.perf_counter() - t0
 
-    jobs = _make_jobs(cfg, target, splits, cache_dir)
+    jobs = _make_jobs(cfg, target, splits, cache_dir, show_secrets)
     t0 = time.perf_counter()
     outputs, executor_desc = _execute(
         jobs,

@@ -173,8 +173,22 @@ class TextSplits:
 
     def provenance(self) -> dict[str, Any]:
         """What the report records about the text data (never the canaries' secrets)."""
+
+        def part(docs: Sequence[str]) -> dict[str, Any]:
+            return {
+                "size": len(docs),
+                "hash": hashlib.sha256(json.dumps(list(docs)).encode()).hexdigest()[:16],
+            }
+
         return {
             "dataset": self.source,
+            "kind": "text",
+            "dataset_fingerprint": self.digest(),
+            "splits": {
+                "members": part(self.members),
+                "nonmembers": part(self.nonmembers),
+                "public": part(self.public),
+            },
             "seed": self.seed,
             "members": len(self.members),
             "nonmembers": len(self.nonmembers),
