@@ -929,6 +929,102 @@ def incidents_sync_history(
     out.print(f"{len(opened)} incident(s) opened from {history}", highlight=False)
 
 
+# -------------------------------------------------------------------------------------------- canary
+
+canary_app = typer.Typer(
+    help="The guard's canary version: its state, re-enable it or roll it back by hand.",
+    no_args_is_help=True,
+)
+app.add_typer(canary_app, name="canary")
+_CCONFIG = typer.Option("--config", "-c", help="guard.yaml with a canary section.")
+
+
+def _canary(config: Path) -> Any:
+    from invguard.guard.canary import open_state
+
+    try:
+        return open_state(config)
+    except Exception as e:
+        _fail(e)
+
+
+@canary_app.command("status")
+def canary_status(
+    config: Annotated[Path, _CCONFIG],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+) -> None:
+    """The canary's state, who changed it and why, and its last comparison with the stable version."""
+    import json as _json
+
+    from invguard.core.errors import InvguardError
+
+    store, model = _canary(config)
+    try:
+        st = store.require(model)
+    except InvguardError as e:
+        _fail(e)
+        return
+    doc = st.to_dict()
+    if fmt == "json":
+        out.print_json(_json.dumps(doc))
+        return
+    for k in ("model", "stable_version", "canary_version", "state", "since_iso", "actor", "reason"):
+        out.print(f"{k:>16}: {doc[k]}", highlight=False)
+    ev = st.evaluation
+    if ev is None:
+        out.print(f"{'comparison':>16}: none yet", highlight=False)
+        return
+    out.print(
+        f"{'compared at':>16}: {doc['evaluated_at_iso']} over {ev['window_seconds']:g} s", highlight=False
+    )
+    for sli, d in ev["slis"].items():
+        s, c = d["stable"], d["canary"]
+        rates = f"{c['bad']}/{c['total']} on {c['version']} vs {s['bad']}/{s['total']} on {s['version']}"
+        if d.get("decided"):
+            verdict = f"lower bound {d['lower']:.4f} {'>' if d['breach'] else '<='} margin {d['margin']:g}"
+        else:
+            verdict = d["why"]
+        out.print(f"{sli:>16}: {rates}; {verdict}", highlight=False)
+    a = ev.get("audit")
+    audit = "no run in the history" if a is None else ("passed" if a["passed"] else f"FAILED: {a['summary']}")
+    out.print(f"{'latest audit':>16}: {ev['audit_model']}: {audit}", highlight=False)
+
+
+def _canary_change(config: Path, action: str, by: str, note: str) -> None:
+    from invguard.core.errors import InvguardError
+
+    store, model = _canary(config)
+    try:
+        st = store.enable(model, by, note) if action == "enable" else store.roll_back_by_hand(model, by, note)
+    except InvguardError as e:
+        _fail(e)
+        return
+    out.print(
+        f"canary {st.canary_version} of {model}: {st.state} (the guard follows within a second)",
+        highlight=False,
+    )
+
+
+@canary_app.command("enable")
+def canary_enable(
+    config: Annotated[Path, _CCONFIG],
+    by: Annotated[str, typer.Option("--by", help="Who re-enables it (recorded and audited).")],
+    note: Annotated[str, typer.Option(help="Why it is safe again (required).")],
+) -> None:
+    """rolled back -> active: the canary serves its share again, compared over a fresh window."""
+    _canary_change(config, "enable", by, note)
+
+
+@canary_app.command("rollback")
+def canary_rollback(
+    config: Annotated[Path, _CCONFIG],
+    by: Annotated[str, typer.Option("--by", help="Who rolls it back (recorded and audited).")],
+    note: Annotated[str, typer.Option(help="Why (required).")],
+) -> None:
+    """active -> rolled back, by hand: every client gets the stable version."""
+    _canary_change(config, "rollback", by, note)
+
+
 ops_app = typer.Typer(help="Operations files that ship with the guard.", no_args_is_help=True)
 app.add_typer(ops_app, name="ops")
 

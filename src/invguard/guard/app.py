@@ -83,6 +83,7 @@ class Guard:
         clock: Any = None,
         worker: int | None = None,
         workers: int = 1,
+        canary_model: Any = None,
     ) -> None:
         self.cfg = cfg
         self.worker, self.workers = worker, workers
@@ -175,6 +176,8 @@ class Guard:
         self.model_version = cfg.model.version
         # incidents, SLOs, webhook: off the request path
         self.oncall = OnCall(cfg, self.registry, model_version=self.model_version)
+        self.canary = self._build_canary(canary_model, clock)
+        self.oncall.canary = self.canary
         self.store_inputs = cfg.audit.store_inputs
         self.hc_threshold = cfg.metrics.high_confidence_entropy
         self.openapi = (
@@ -218,6 +221,7 @@ class Guard:
             high_confidence_entropy=self.hc_threshold,
             observer=observer,
             body_timeout=cfg.server.body_timeout,
+            **({"canary": self.canary} if self.canary is not None else {}),
         )
         sc = cfg.server
         self.connections = ConnectionGuard(
@@ -247,6 +251,39 @@ class Guard:
         )
         self.starlette.router.redirect_slashes = False  # a 307 to a Host-derived URL, unaudited
         self.app = self
+
+    def _build_canary(self, model: Any, clock: Any) -> Any:
+        """The canary (a second model version and its comparison), if ``canary:`` is configured."""
+        cfg = self.cfg
+        if cfg.canary is None:
+            return None
+        from invguard.guard.canary import Canary, CanaryStateStore
+        from invguard.guard.config import canary_problem
+
+        problem = canary_problem(cfg)
+        if problem is not None:
+            raise ConfigError(problem)
+        assert cfg.incidents is not None
+        if model is None:
+            model = build_model(cfg.canary_model())
+        shape, k = tuple(model.input_shape), int(model.num_classes)
+        if shape != self.input_shape or k != self.num_classes:
+            raise ConfigError(
+                f"canary: the canary model takes inputs {list(shape)} with {k} classes; the stable model "
+                f"takes {list(self.input_shape)} with {self.num_classes}: both versions must fit one API"
+            )
+        return Canary(
+            cfg.canary,
+            model_name=self.model_name,
+            stable_version=self.model_version,
+            stable_model=self.model,
+            canary_model=model,
+            key=self._hkey,
+            store=CanaryStateStore(cfg.incidents.store, **({"clock": clock} if clock else {})),
+            history=cfg.incidents.history,
+            registry=self.registry,
+            **({"clock": clock} if clock else {}),
+        )
 
     def _build_detection(self, events: Any, state: Any, clock: Any) -> Any:
         from invguard.guard.detect.engine import Detection
@@ -279,6 +316,8 @@ class Guard:
         if self.worker is not None and self._manifest is not None:
             await self.append(worker_start_record(self.worker, self.workers, self._manifest))
         await self.model.start()
+        if self.canary is not None:
+            await self.canary.canary.model.start()
         await self.oncall.start(self.append)
         self.metrics.ready.set(1)
         self.loop = asyncio.get_running_loop()
@@ -294,6 +333,8 @@ class Guard:
                     await expiry
                 await self.detection.close()
             await self.model.close()
+            if self.canary is not None:
+                await self.canary.canary.model.close()
             await self.limiter.close()
             await self.audit.close()
 
@@ -375,7 +416,8 @@ class Guard:
         """Write an audit record stamped with the model and its version (every record the guard
         writes goes through here: requests, detections, incident transitions, admin actions)."""
         record["model"] = self.model_name
-        record["model_version"] = self.model_version
+        # the version that answered (a canary's client's records carry the canary's)
+        record["model_version"] = record.get("model_version") or self.model_version
         if self.worker is not None:
             record["worker"] = self.worker
         seq: int = await self.audit.append(record)
@@ -526,6 +568,8 @@ class Guard:
             problems.append(self.audit.broken)
         if not await self.model.ready():
             problems.append("model not ready")
+        if self.canary is not None and not await self.canary.canary.model.ready():
+            problems.append(f"canary model {self.canary.canary.version} not ready")
         if not await self.limiter.ping():
             problems.append("rate-limit backend unreachable")
         if self.detection is not None and not await self.detection.state.ping():

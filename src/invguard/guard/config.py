@@ -81,6 +81,40 @@ class ModelConfig(_Strict):
         return self
 
 
+class CanaryConfig(_Strict):
+    """A second version of the model served to a fixed share of clients (``canary:`` in guard.yaml),
+    compared with the stable version on the privacy SLIs and rolled back automatically when it
+    breaches (see :mod:`invguard.guard.canary`). Its model source is its own (``path``, or
+    ``upstream`` for a proxy); everything else (shape, classes, input range) is the stable model's."""
+
+    version: str = Field(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")
+    weight: float = Field(gt=0, lt=1)  # the share of clients the canary answers
+    kind: Literal["torch", "sklearn", "proxy"] | None = None  # default: the stable model's kind
+    path: str | None = None
+    upstream: UpstreamConfig | None = None
+    window_seconds: float = Field(default=3600.0, gt=0)  # the SLIs are compared over this window
+    check_seconds: float = Field(default=60.0, gt=0)  # how often the comparison is made
+    min_rows: int = Field(default=200, ge=1)  # M2: scored rows each version needs in the window
+    min_requests: int = Field(default=200, ge=1)  # detections: requests each version needs
+    min_clients: int = Field(default=5, ge=1)  # distinct clients each version needs
+    alpha: float = Field(default=0.001, gt=0, lt=0.5)  # one-sided level of each comparison
+    m2_margin: float = Field(default=0.02, ge=0, lt=1)  # tolerated rise of the M2 rate
+    detection_margin: float = Field(default=0.005, ge=0, lt=1)  # tolerated rise of the detection rate
+    # the canary version's name in the audit history (incidents.history); default <model>@<version>
+    history_model: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _check(self) -> CanaryConfig:
+        if self.path is None and self.upstream is None:
+            raise ValueError("a canary needs its own model: path (a model file) or upstream: {url}")
+        if self.check_seconds > self.window_seconds:
+            raise ValueError(
+                f"check_seconds ({self.check_seconds:g}) must not exceed window_seconds "
+                f"({self.window_seconds:g})"
+            )
+        return self
+
+
 class RateConfig(_Strict):
     """GCRA: up to ``burst`` requests at once, refilled at ``per_second`` requests per second."""
 
@@ -179,6 +213,15 @@ class GuardConfig(_Strict):
     incidents: IncidentsConfig | None = None
     slos: tuple[SLOConfig, ...] = ()
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    canary: CanaryConfig | None = None
+
+    def canary_model(self) -> ModelConfig:
+        """The canary's model config: the stable model's with the canary's source and version."""
+        c = self.canary
+        assert c is not None
+        upd: dict[str, Any] = {"version": c.version, "kind": c.kind or self.model.kind}
+        upd["path"], upd["upstream"] = c.path, c.upstream
+        return ModelConfig.model_validate(self.model.model_dump() | upd)
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -250,8 +293,18 @@ class GuardConfig(_Strict):
         detection = self.detection.model_copy(
             update={"calibration": rel(self.detection.calibration), "salt_key": rel(self.detection.salt_key)}
         )
+        canary = self.canary
+        if canary is not None:
+            canary = canary.model_copy(update={"path": rel(canary.path)})
         return self.model_copy(
-            update={"model": model, "auth": auth, "audit": audit, "incidents": inc, "detection": detection}
+            update={
+                "model": model,
+                "auth": auth,
+                "audit": audit,
+                "incidents": inc,
+                "detection": detection,
+                "canary": canary,
+            }
         )
 
 
@@ -283,7 +336,35 @@ def from_dict(doc: Any, where: str = "guard config", base: Path | None = None) -
             parse(role.policy, f"{where}: roles.{name}.policy")
     for name, rd in cfg.detection.roles.items():
         parse(rd.tighten_policy, f"{where}: detection.roles.{name}.tighten_policy")
+    problem = canary_problem(cfg)
+    if problem is not None:
+        raise ConfigError(f"{where}: {problem}")
     return cfg.resolve(base) if base is not None else cfg
+
+
+def canary_problem(cfg: GuardConfig) -> str | None:
+    """What is wrong with ``canary:`` given the rest of the config (field path first), or None."""
+    c = cfg.canary
+    if c is None:
+        return None
+    if cfg.model.is_text:
+        return (
+            f"canary: a canary is for classifier models (kind torch, sklearn or proxy); "
+            f"model.kind is {cfg.model.kind!r}"
+        )
+    if c.version == cfg.model.version:
+        return (
+            f"canary.version: {c.version!r} is the stable version (model.version); "
+            "the canary must serve another version"
+        )
+    if cfg.incidents is None:
+        return "canary: needs an incident store to report a rollback in (incidents: {store: incidents.db})"
+    kind = c.kind or cfg.model.kind
+    if kind == "proxy" and c.upstream is None:
+        return "canary.upstream: a proxy canary needs its own upstream: {url}"
+    if kind != "proxy" and c.path is None:
+        return f"canary.path: a {kind} canary needs a path (a model file or reference/<name>)"
+    return None
 
 
 def load(path: str | Path) -> GuardConfig:

@@ -178,6 +178,7 @@ class OnCall:
             if cfg.slos
             else None
         )
+        self.canary: Any = None  # invguard.guard.canary.Canary, set by the guard when configured
         self._queue: list[Detection] = []
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -275,6 +276,11 @@ class OnCall:
                         },
                     )
                     await asyncio.to_thread(store.open, d)
+        if store is not None and self.canary is not None:
+            try:  # the canary comparison and its rollback (an incident, an audit record)
+                await self.canary.tick(store, self._append)
+            except Exception as e:
+                log.warning("canary check failed: %s: %s", type(e).__name__, e)
         if store is not None and self.cfg.incidents.history:
             try:
                 await asyncio.to_thread(

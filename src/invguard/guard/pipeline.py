@@ -76,6 +76,8 @@ class Exchange:
     charged: tuple[str, Limits, int] | None = None  # (budget key, limits, rows) once the budget is charged
     policy: OutputPolicy | None = None  # the policy answering: the role's, unless a mitigation swapped it
     text: Any = None  # a text route's validated request (invguard.wire.openai.TextRequest)
+    arm: Any = None  # the model version answering this client (a canary is configured)
+    findings: int = 0  # detectors that fired on this request (set by the detection stage)
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,10 @@ class Pipeline:
         high_confidence_entropy: float,
         observer: Observer | None = None,
         body_timeout: float | None = None,
+        canary: Any = None,
     ) -> None:
         self.model = model
+        self.canary = canary  # invguard.guard.canary.Canary: which version answers each client
         self.body_timeout = body_timeout
         self.model_name = model_name
         self.num_classes = int(model.num_classes)
@@ -198,6 +202,10 @@ class Pipeline:
             end = await self.authenticate(ex, headers)
         if end is not None:
             return end
+        if self.canary is not None:
+            assert ex.client is not None
+            ex.arm = self.canary.choose(ex.client)
+            ex.record["model_version"] = ex.arm.version
         err = self.decode(ex, ctype, cenc)
         end = await self.admit(ex, err)
         if end is None and self.observer is not None:
@@ -299,6 +307,8 @@ class Pipeline:
             ex.record["decision"] = "rejected"
             msg = f"the detection backend is unavailable ({type(e).__name__}); try later"
             return _error(ex, 503, "detection_unavailable", msg, headers=ex.headers)
+        if ex.arm is not None:
+            self.canary.observed(ex.arm, ex.findings > 0)
         if verdict is None:
             return None
         if verdict.status is not None:
@@ -316,8 +326,9 @@ class Pipeline:
         assert ex.role is not None and ex.x is not None and ex.policy is not None
         role, rec, route, x = ex.role, ex.record, ex.route, ex.x
         rows = int(x.shape[0])
+        model = self.model if ex.arm is None else ex.arm.model
         try:
-            pred = await self.model.predict(x)
+            pred = await model.predict(x)
         except Exception as e:  # any failure of the model or the upstream: 502, details only in the log
             kind = e.kind if isinstance(e, UpstreamError) else "model_error"
             self.metrics.upstream_errors.labels(kind).inc()
@@ -351,6 +362,8 @@ class Pipeline:
                 n_conf += h < self.hc_threshold
             if n_conf:
                 self.child(self.metrics.high_confidence, role.name).inc(n_conf)
+            if ex.arm is not None:
+                self.canary.served(ex.arm, len(ent), int(n_conf))
         self.child(self.metrics.rows, role.name).inc(rows)
         access = "logits" if logits is not None else ("scores" if scores is not None else "label")
         for fname, arr in (("scores", scores), ("logits", logits)):

@@ -20,7 +20,8 @@ a POST whose ``Origin`` (or ``Referer``) is another origin is refused before tha
 **The API** (JSON; the admin key in the usual header, no cookie, so no CSRF surface):
 ``GET /admin/api/incidents[?state=]``, ``GET /admin/api/incidents/{id}``,
 ``POST /admin/api/incidents/{id}/ack`` and ``.../resolve`` with ``{"note": "..."}``,
-``GET /admin/api/slis``.
+``GET /admin/api/slis``; ``GET /admin/api/canary`` (the canary's state, routing and last comparison)
+and ``POST /admin/api/canary/enable`` or ``.../rollback`` with ``{"note": "..."}``.
 
 Every sign-in (accepted or refused) and every action writes an audit record; incident transitions
 also get theirs from the on-call loop.
@@ -100,6 +101,8 @@ class AdminPage:
             Route("/admin/api/incidents/{id:int}", self.api_incident, methods=["GET"]),
             Route("/admin/api/incidents/{id:int}/{action}", self.api_action, methods=["POST"]),
             Route("/admin/api/slis", self.api_slis, methods=["GET"]),
+            Route("/admin/api/canary", self.api_canary, methods=["GET"]),
+            Route("/admin/api/canary/{action}", self.api_canary_action, methods=["POST"]),
         ]
 
     # ------------------------------------------------------------------ sessions
@@ -507,3 +510,51 @@ class AdminPage:
         if refused is not None:
             return refused
         return JSONResponse(self.slis())
+
+    async def api_canary(self, request: Request) -> Response:
+        _principal, refused = await self._api_principal(request)
+        if refused is not None:
+            return refused
+        canary = self.g.canary
+        if canary is None:
+            return JSONResponse({"code": "not_found", "error": "no canary is configured (canary:)"}, 404)
+        st = await asyncio.to_thread(canary.store.require, canary.model_name)
+        doc = canary.status() | {"stored_state": st.state, "stored_generation": st.generation}
+        return JSONResponse(_finite(doc))
+
+    async def api_canary_action(self, request: Request) -> Response:
+        """Re-enable a rolled-back canary, or roll it back, by hand (the on-call loop follows at
+        its next tick and writes the audit-log record)."""
+        from invguard.guard.canary import CanaryError
+
+        if request.cookies.get(COOKIE) and not request.headers.get(self.g.auth.header_name.lower()):
+            return JSONResponse({"code": "forbidden", "error": "use the admin key header, not a cookie"}, 403)
+        principal, refused = await self._api_principal(request)
+        if refused is not None:
+            return refused
+        canary = self.g.canary
+        action = request.path_params["action"]
+        status, doc = 200, {}
+        if canary is None:
+            status, doc = 404, {"code": "not_found", "error": "no canary is configured (canary:)"}
+        elif action not in ("enable", "rollback"):
+            status, doc = 404, {"code": "not_found", "error": f"no action {action!r}; use enable or rollback"}
+        else:
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                body = None
+            note = body.get("note") if isinstance(body, dict) else None
+            if not isinstance(note, str):
+                status, doc = 400, {"code": "bad_request", "error": 'the body must be JSON: {"note": "..."}'}
+            else:
+                store, by = canary.store, principal.client_id
+                fn = store.enable if action == "enable" else store.roll_back_by_hand
+                try:
+                    st = await asyncio.to_thread(fn, canary.model_name, by, note)
+                    canary.follow(st)  # this process at once; other workers at their next tick
+                    doc = st.to_dict()
+                except CanaryError as e:
+                    status, doc = 409, {"code": "conflict", "error": str(e)}
+        await self._audit(request, principal, f"admin_canary_{action}", status)
+        return JSONResponse(_finite(doc), status)

@@ -254,6 +254,7 @@ class Detection:
         ]
         if not findings:
             return verdict
+        ex.findings = len(findings)
         for f in findings:
             self.metrics.detections.labels(f.detector, role).inc()
         if xc.mitigation is not None:  # already flagged: counted, not re-reported
