@@ -179,6 +179,32 @@ def test_alerts_fire_on_synthetic_series_and_stay_quiet_otherwise(exported, tmp_
                 },
             ],
         },
+        {  # the guard rolled canary v2 back and opened its incident: page until it is resolved
+            "interval": "1m",
+            "input_series": [
+                {
+                    "series": "invguard_incidents_active"
+                    '{model="digits", model_version="v2", state="open", severity="page", source="canary"}',
+                    "values": "_x10 1x10 _x10",
+                },
+                {  # an open detection incident is not a rollback
+                    "series": "invguard_incidents_active"
+                    '{model="digits", model_version="v1", state="open", severity="page", source="detection"}',
+                    "values": "1x30",
+                },
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "InvguardCanaryRolledBack", "exp_alerts": []},
+                {
+                    "eval_time": "15m",
+                    "alertname": "InvguardCanaryRolledBack",
+                    "exp_alerts": [
+                        _expect(doc, "InvguardCanaryRolledBack", {"model": "digits", "model_version": "v2"})
+                    ],
+                },
+                {"eval_time": "28m", "alertname": "InvguardCanaryRolledBack", "exp_alerts": []},
+            ],
+        },
     ]
     rule_file = str(out / "prometheus" / "invguard-rules.yml")
     r = _promtool_test(tmp_path / "minutes.test.yml", rule_file, "1m", tests)

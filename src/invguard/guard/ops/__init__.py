@@ -32,6 +32,7 @@ def runbook_names() -> list[str]:
 
 RUNBOOKS = (
     "audit-log-integrity-failure",
+    "canary-rolled-back",
     "confirmed-leak",
     "detector-false-positive",
     "incident-overdue",

@@ -19,8 +19,9 @@ query anomalies (any detection: ticket; sustained, over 1 per minute for 10 minu
 rate-limit violations above 0.1% of requests for 15 minutes (ticket; no client ids are exported, so
 the share is of requests, not of clients), audit-log write failures (fidelity below 100%: page),
 the guard not ready (page), open incidents older than the resolution SLO (page), a failed audit gate
-(ticket), and the SRE workbook's multi-window burn-rate alerts per SLO (page: 1 h / 5 min above
-14.4x or 6 h / 30 min above 6x; ticket: 3 d / 6 h above 1x, scaled to the SLO window).
+(ticket), a canary version rolled back (page), and the SRE workbook's multi-window burn-rate
+alerts per SLO (page: 1 h / 5 min above 14.4x or 6 h / 30 min above 6x; ticket: 3 d / 6 h above 1x,
+scaled to the SLO window).
 """
 
 from __future__ import annotations
@@ -226,6 +227,17 @@ def build_rules(
                 "summary": "The latest audit of {{ $labels.model }} failed a privacy gate",
                 "description": "An incident was opened from the audit history; the report says which gate.",
                 "runbook_url": runbook("confirmed-leak"),
+            },
+        },
+        {
+            "alert": "InvguardCanaryRolledBack",
+            "expr": 'sum by (model, model_version) (invguard_incidents_active{source="canary"}) > 0',
+            "labels": {"severity": "page"},
+            "annotations": {
+                "summary": "Canary {{ $labels.model_version }} of {{ $labels.model }} was rolled back",
+                "description": "It breached a privacy SLI against the stable version or failed its audit; "
+                "every client gets the stable version: `invguard canary status`.",
+                "runbook_url": runbook("canary-rolled-back"),
             },
         },
     ]
