@@ -570,3 +570,44 @@ def test_the_cli_shows_and_changes_the_canary(tmp_path):
     con = sqlite3.connect(tmp_path / "incidents.db")
     acts = [a for (a,) in con.execute("SELECT action FROM canary_journal ORDER BY id")]
     assert acts == ["started", "rolled_back", "enabled", "rolled_back"]
+
+
+_WORKER = """
+import sys
+from prometheus_client import CollectorRegistry, Counter
+
+reg = CollectorRegistry()
+rows = Counter("invguard_guard_version_scored_rows", "", ["model_version"], registry=reg)
+conf = Counter("invguard_guard_version_high_confidence_rows", "", ["model_version"], registry=reg)
+v, n, k = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rows.labels(v).inc(n)
+conf.labels(v).inc(k)
+"""
+
+
+def test_under_several_workers_each_compares_the_traffic_of_all(tmp_path, monkeypatch):
+    """``serve --workers N``: two other worker processes served the rows (their counters are in
+    the multiprocess files); this worker alone served none, yet it compares them all."""
+    import os
+    import subprocess
+    import sys
+
+    mp = tmp_path / "metrics"
+    mp.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(mp))
+    clock, records = Clock(), []
+    c = make(tmp_path, clock)
+    incidents = IncidentStore(tmp_path / "incidents.db", clock=clock)
+    for arm in (False, True):
+        for cid in _clients(c, arm, 3):  # this worker has seen the clients, not their rows
+            c.choose(cid)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp)}
+    for args in (("v1", "300", "6"), ("v2", "300", "150")):
+        subprocess.run([sys.executable, "-c", _WORKER, *args], env=env, check=True)
+    clock.t += 60
+    asyncio.run(_collect(c, incidents, records))
+    assert not c.active
+    m2 = c.last["slis"]["high_confidence_rate"]
+    assert (m2["stable"]["bad"], m2["stable"]["total"]) == (6, 300)
+    assert (m2["canary"]["bad"], m2["canary"]["total"]) == (150, 300)
+    assert c.stable.counts.rows == c.canary.counts.rows == 0  # nothing of it was served here

@@ -24,8 +24,11 @@ counters carry it as a label.
 
 A rate is compared only when each version has at least ``min_rows`` scored rows (M2) or
 ``min_requests`` requests (detections) from at least ``min_clients`` distinct clients in the
-window; below that the comparison is "insufficient data" and decides nothing. The rule is a
-one-sided test on the difference ``p_canary - p_stable``: Newcombe's hybrid score interval
+window; below that the comparison is "insufficient data" and decides nothing. Under ``serve
+--workers N`` every worker compares the counts of all workers (summed from the multiprocess metric
+files); its distinct-client count is its own, a lower bound, so a worker may wait longer to decide.
+
+The rule is a one-sided test on the difference ``p_canary - p_stable``: Newcombe's hybrid score interval
 (Newcombe 1998, method 10; :func:`invguard.metrics.stats.difference_interval`) at confidence
 ``1 - alpha`` gives a lower bound, and the canary breaches when that bound exceeds the SLI's margin
 (``m2_margin``, ``detection_margin``): the canary is worse by more than the margin with confidence
@@ -65,6 +68,7 @@ from typing import Any
 from invguard.core.errors import ConfigError, InvguardError
 from invguard.guard.config import CanaryConfig
 from invguard.guard.incidents import Clock, Detection, IncidentStore, iso
+from invguard.guard.metrics import aggregate, multiprocess
 from invguard.metrics.stats import difference_interval
 
 log = logging.getLogger("invguard.guard.canary")
@@ -73,6 +77,13 @@ ACTIVE, ROLLED_BACK = "active", "rolled_back"
 SLIS = ("high_confidence_rate", "detection_rate")
 SLI_NAMES = {"high_confidence_rate": "M2 high-confidence rate", "detection_rate": "detection rate"}
 _MAX_CLIENTS = 100_000  # distinct clients tracked per version and window (a lower bound beyond)
+# the per-version counters, in the order of _Counts.snapshot (rows, confident, observed, detected)
+_VERSION_COUNTERS = (
+    "invguard_guard_version_scored_rows_total",
+    "invguard_guard_version_high_confidence_rows_total",
+    "invguard_guard_version_observed_requests_total",
+    "invguard_guard_version_detected_requests_total",
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS canary_state (
@@ -454,9 +465,14 @@ class Canary:
             "Share of clients the canary version answers (0 once rolled back).",
             lv,
             registry=reg,
+            multiprocess_mode="livemostrecent",
         )
         self._m_active = Gauge(
-            "invguard_canary_active", "1 while the canary version serves its share.", lv, registry=reg
+            "invguard_canary_active",
+            "1 while the canary version serves its share.",
+            lv,
+            registry=reg,
+            multiprocess_mode="livemostrecent",
         )
         self._m_rollbacks = Counter(
             "invguard_canary_rollbacks",
@@ -469,12 +485,14 @@ class Canary:
             "A privacy SLI of each version over the canary comparison window.",
             ["model_version", "sli"],
             registry=reg,
+            multiprocess_mode="livemostrecent",
         )
         self._m_lower = Gauge(
             "invguard_canary_difference_lower_bound",
             "Lower confidence bound of canary minus stable for an SLI (rollback above its margin).",
             ["model_version", "sli"],
             registry=reg,
+            multiprocess_mode="livemostrecent",
         )
         self._m_rows = Counter(
             "invguard_guard_version_scored_rows",
@@ -557,16 +575,39 @@ class Canary:
 
     def _baseline(self, now: float) -> None:
         """Start the window afresh at ``now``: what is counted from here on is in it."""
+        snaps = self._snapshots()
         for arm in (self.stable, self.canary):
             self._samples[arm.canary].clear()
-            self._samples[arm.canary].append((now, arm.counts.snapshot()))
+            self._samples[arm.canary].append((now, snaps[arm.canary]))
+
+    def _snapshots(self) -> dict[bool, tuple[int, int, int, int]]:
+        """Each version's cumulative counts: this process's, or (``serve --workers N``) every
+        worker's summed from the multiprocess metric files, so each worker compares all traffic."""
+        if not multiprocess():
+            return {arm.canary: arm.counts.snapshot() for arm in (self.stable, self.canary)}
+        sums: dict[tuple[str, str], float] = {}
+        for fam in aggregate().collect():
+            for smp in fam.samples:
+                if smp.name in _VERSION_COUNTERS:
+                    k = (smp.name, smp.labels.get("model_version", ""))
+                    sums[k] = sums.get(k, 0.0) + smp.value
+        return {
+            arm.canary: (
+                int(sums.get((_VERSION_COUNTERS[0], arm.version), 0)),
+                int(sums.get((_VERSION_COUNTERS[1], arm.version), 0)),
+                int(sums.get((_VERSION_COUNTERS[2], arm.version), 0)),
+                int(sums.get((_VERSION_COUNTERS[3], arm.version), 0)),
+            )
+            for arm in (self.stable, self.canary)
+        }
 
     def _sample(self, now: float) -> None:
         self._tick_time = now
         keep = self.cfg.window_seconds + self.cfg.check_seconds
+        snaps = self._snapshots()
         for arm in (self.stable, self.canary):
             dq = self._samples[arm.canary]
-            dq.append((now, arm.counts.snapshot()))
+            dq.append((now, snaps[arm.canary]))
             while len(dq) > 2 and dq[1][0] <= now - keep:
                 dq.popleft()
             cutoff = now - self.cfg.window_seconds
