@@ -84,6 +84,7 @@ def test_the_split_is_deterministic_keyed_and_near_its_weight(tmp_path):
     overlap = sum(other.choose(i).canary for i in picked) / len(picked)
     assert overlap < 0.15  # independent draws share about 5%
     assert c.choose("client-1").model in ("stable-model", "canary-model")
+    assert [c.version_of(i) == "v2" for i in ids[:500]] == first[:500]
 
 
 def _clients(c, want_canary, n):
@@ -433,6 +434,32 @@ def test_a_canary_model_of_another_shape_is_refused(tmp_path, torch_model):
     )
 
 
+def test_the_canary_model_is_loaded_from_its_own_path(tmp_path, sklearn_model_file, digits):
+    """A config file's canary path is relative to the file, and the canary is a model of its own."""
+    import shutil
+
+    from invguard.guard.app import Guard
+    from tests.guard.conftest import write_sklearn_config
+
+    (tmp_path / "models").mkdir()
+    shutil.copy(sklearn_model_file, tmp_path / "models" / "digits-v2.pkl")
+    over = {"incidents": {"store": "incidents.db"}}
+    p = write_sklearn_config(tmp_path, sklearn_model_file, **over)
+    doc = yaml.safe_load(p.read_text())
+    doc["model"]["version"] = "v1"
+    doc["canary"] = {"version": "v2", "weight": 0.05, "path": "models/digits-v2.pkl"}
+    p.write_text(yaml.safe_dump(doc))
+    cfg = load(p)
+    assert cfg.canary is not None and cfg.canary.path == str(tmp_path / "models" / "digits-v2.pkl")
+    guard = Guard(cfg)
+    arm = guard.canary.canary
+    assert arm.version == "v2" and arm.model is not guard.model and arm.model.input_shape == (1, 8, 8)
+    x = np.asarray(digits.members.X[:4], dtype=np.float32)
+    got = asyncio.run(arm.model.predict(x))
+    want = asyncio.run(guard.model.predict(x))
+    assert got.labels.tolist() == want.labels.tolist()  # the same weights, loaded twice
+
+
 # ------------------------------------------------------------------------------------ through HTTP
 
 
@@ -535,11 +562,67 @@ def test_through_the_guard_a_confident_canary_is_rolled_back(make_guard, tmp_pat
     assert status == 403  # not an admin role
     status, body = _post(url, KEYS["default"], "/admin/api/canary/enable", {})
     assert (status, body["error"]) == (400, 'the body must be JSON: {"note": "..."}')
-    status, body = _post(url, KEYS["default"], "/admin/api/canary/enable", {"note": "retrained"})
-    assert status == 200 and body["state"] == "active" and body["actor"] == "default-client"
-    assert guard.canary.active
+    # the page shows it and re-enables it (a signed-in session, the form's CSRF token)
+    page = _Page(url, KEYS["default"])
+    html = page.get("/admin")
+    assert 'id="canary-state" class="rolled_back"' in html and "Re-enable" in html
+    m2 = rb["slis"]["high_confidence_rate"]
+    assert f"{m2['canary']['bad']}/{m2['canary']['total']} ({m2['canary']['clients']} clients)" in html
+    assert page.post("/admin/canary/enable", {"note": ""}) == 409  # a note is required
+    assert page.post("/admin/canary/enable", {"note": "retrained"}, csrf="forged") == 403
+    assert not guard.canary.active
+    assert page.post("/admin/canary/enable", {"note": "retrained"}) == 303
+    assert guard.canary.active and guard.canary.state.actor == "default-client"
+    assert 'class="active"' in page.get("/admin")
     status, body = _post(url, KEYS["default"], "/admin/api/canary/enable", {"note": "again"})
     assert status == 409 and "already active" in body["error"]
+    status, body = _post(url, KEYS["default"], "/admin/api/canary/rollback", {"note": "pause"})
+    assert status == 200 and body["state"] == "rolled_back" and body["reason"] == "by hand: pause"
+    assert not guard.canary.active and guard.canary.version_of(cid) == "v1"
+
+
+class _Page:
+    """A browser's session on the admin page, over plain HTTP (same origin, cookie, CSRF token)."""
+
+    def __init__(self, url, key):
+        import http.client
+        import re
+        from urllib.parse import urlencode, urlsplit
+
+        self.host = urlsplit(url).netloc
+        self.http = lambda: http.client.HTTPConnection(self.host, timeout=30)
+        self.urlencode, self.re = urlencode, re
+        c = self.http()
+        c.request("POST", "/admin/login", urlencode({"key": key}), self._headers(form=True))
+        r = c.getresponse()
+        r.read()
+        assert r.status == 303, r.status
+        self.cookie = r.getheader("Set-Cookie").split(";")[0]
+
+    def _headers(self, form=False):
+        h = {"Origin": f"http://{self.host}", "Host": self.host}
+        if form:
+            h["Content-Type"] = "application/x-www-form-urlencoded"
+        if getattr(self, "cookie", None):
+            h["Cookie"] = self.cookie
+        return h
+
+    def get(self, path):
+        c = self.http()
+        c.request("GET", path, headers=self._headers())
+        r = c.getresponse()
+        body = r.read().decode()
+        assert r.status == 200, (r.status, body[:300])
+        return body
+
+    def post(self, path, fields, csrf=None):
+        if csrf is None:
+            csrf = self.re.search(r'name="csrf" value="([0-9a-f]+)"', self.get("/admin")).group(1)
+        c = self.http()
+        c.request("POST", path, self.urlencode({**fields, "csrf": csrf}), self._headers(form=True))
+        r = c.getresponse()
+        r.read()
+        return r.status
 
 
 def test_the_cli_shows_and_changes_the_canary(tmp_path):

@@ -416,7 +416,10 @@ class Guard:
         """Write an audit record stamped with the model and its version (every record the guard
         writes goes through here: requests, detections, incident transitions, admin actions)."""
         record["model"] = self.model_name
-        # the version that answered (a canary's client's records carry the canary's)
+        # the version that answered (a canary's client's records carry the canary's, and so do the
+        # detection records about that client)
+        if self.canary is not None and record.get("route") == "detection" and record.get("client"):
+            record.setdefault("model_version", self.canary.version_of(record["client"]))
         record["model_version"] = record.get("model_version") or self.model_version
         if self.worker is not None:
             record["worker"] = self.worker

@@ -543,6 +543,10 @@ class Canary:
             clients[client] = self._tick_time
         return arm
 
+    def version_of(self, client: str) -> str:
+        """The version that answers ``client`` now (no side effect, unlike :meth:`choose`)."""
+        return self.canary.version if self._route[0] and self.in_canary(client) else self.stable.version
+
     @property
     def active(self) -> bool:
         return self._route[0]

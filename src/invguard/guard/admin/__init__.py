@@ -97,6 +97,7 @@ class AdminPage:
             Route("/admin/incidents/{id:int}/{action}", self.incident_action, methods=["POST"]),
             Route("/admin/mitigations/{client}/lift", self.lift, methods=["POST"]),
             Route("/admin/keys/{key_id}/revoke", self.revoke, methods=["POST"]),
+            Route("/admin/canary/{action}", self.canary_action, methods=["POST"]),
             Route("/admin/api/incidents", self.api_incidents, methods=["GET"]),
             Route("/admin/api/incidents/{id:int}", self.api_incident, methods=["GET"]),
             Route("/admin/api/incidents/{id:int}/{action}", self.api_action, methods=["POST"]),
@@ -308,6 +309,7 @@ class AdminPage:
             "slis": self.slis(),
             "audits": audits,
             "store": store is not None,
+            "canary": _finite(self.g.canary.status()) if self.g.canary is not None else None,
         }
 
     async def page(self, request: Request) -> Response:
@@ -411,6 +413,38 @@ class AdminPage:
         self.g.auth.reload()
         await self._audit(request, principal, "admin_revoke", 303, target=key_id)
         return self._headers(RedirectResponse("/admin", status_code=303))
+
+    async def canary_action(self, request: Request) -> Response:
+        """The page's Re-enable / Roll back form."""
+        principal, form, refused = await self._form_guard(request)
+        if refused is not None:
+            return refused
+        status, message = await self._canary_change(
+            principal, request.path_params["action"], form.get("note")
+        )
+        await self._audit(request, principal, f"admin_canary_{request.path_params['action']}", status)
+        if status != 200:
+            return self._html("error.html", status, message=message)
+        return self._headers(RedirectResponse("/admin", status_code=303))
+
+    async def _canary_change(self, principal: Any, action: str, note: Any) -> tuple[int, Any]:
+        """(status, the new state or the error message) of a canary change by hand."""
+        from invguard.guard.canary import CanaryError
+
+        canary = self.g.canary
+        if canary is None:
+            return 404, "no canary is configured (canary:)"
+        if action not in ("enable", "rollback"):
+            return 404, f"no action {action!r}; use enable or rollback"
+        if not isinstance(note, str):
+            return 400, 'the body must be JSON: {"note": "..."}'
+        fn = canary.store.enable if action == "enable" else canary.store.roll_back_by_hand
+        try:
+            st = await asyncio.to_thread(fn, canary.model_name, principal.client_id, note)
+        except CanaryError as e:
+            return 409, str(e)
+        canary.follow(st)  # this process at once; other workers at their next tick
+        return 200, st
 
     # ------------------------------------------------------------------ the API
     def slis(self) -> dict[str, Any]:
@@ -523,38 +557,22 @@ class AdminPage:
         return JSONResponse(_finite(doc))
 
     async def api_canary_action(self, request: Request) -> Response:
-        """Re-enable a rolled-back canary, or roll it back, by hand (the on-call loop follows at
-        its next tick and writes the audit-log record)."""
-        from invguard.guard.canary import CanaryError
-
+        """Re-enable a rolled-back canary, or roll it back, by hand (the on-call loop writes the
+        audit-log record of the change)."""
         if request.cookies.get(COOKIE) and not request.headers.get(self.g.auth.header_name.lower()):
             return JSONResponse({"code": "forbidden", "error": "use the admin key header, not a cookie"}, 403)
         principal, refused = await self._api_principal(request)
         if refused is not None:
             return refused
-        canary = self.g.canary
         action = request.path_params["action"]
-        status, doc = 200, {}
-        if canary is None:
-            status, doc = 404, {"code": "not_found", "error": "no canary is configured (canary:)"}
-        elif action not in ("enable", "rollback"):
-            status, doc = 404, {"code": "not_found", "error": f"no action {action!r}; use enable or rollback"}
-        else:
-            try:
-                body = json.loads(await request.body() or b"{}")
-            except ValueError:
-                body = None
-            note = body.get("note") if isinstance(body, dict) else None
-            if not isinstance(note, str):
-                status, doc = 400, {"code": "bad_request", "error": 'the body must be JSON: {"note": "..."}'}
-            else:
-                store, by = canary.store, principal.client_id
-                fn = store.enable if action == "enable" else store.roll_back_by_hand
-                try:
-                    st = await asyncio.to_thread(fn, canary.model_name, by, note)
-                    canary.follow(st)  # this process at once; other workers at their next tick
-                    doc = st.to_dict()
-                except CanaryError as e:
-                    status, doc = 409, {"code": "conflict", "error": str(e)}
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            body = None
+        note = body.get("note") if isinstance(body, dict) else None
+        status, out = await self._canary_change(principal, action, note)
         await self._audit(request, principal, f"admin_canary_{action}", status)
-        return JSONResponse(_finite(doc), status)
+        if status != 200:
+            code = {400: "bad_request", 404: "not_found", 409: "conflict"}[status]
+            return JSONResponse({"code": code, "error": out}, status)
+        return JSONResponse(_finite(out.to_dict()))
