@@ -9,15 +9,21 @@
     (a)): the ceiling of any proxy in Python here, against which (c) is read;
 (e) the guard of (b) with its audit log's record chain unkeyed (plain SHA-256 instead of
     HMAC-SHA-256) and no witness: (b)/(e) is the cost of the keyed chain and of publishing every
-    signed head to a witness (a file on another directory), goal >= 0.9.
+    signed head to a witness (a file on another directory), goal >= 0.9;
+(f) the guard of (b) with its limits in Redis (what several workers need), one worker, and
+(g) the same with ``invguard serve --workers 2`` (a chain per worker, metrics in multiprocess
+    mode): (g)/(f) is what a second worker buys here. Both need ``redis-server`` on PATH (started
+    on a free loopback port, without persistence); without it they are left out and the run says so.
 
 Each server runs in its own process; the load generator runs in another process on loopback:
 ``wrk`` (C, one thread, a small Lua script for the POST body and headers, each run bounded by
 ``--seconds``) when it is on PATH (``apt-get install -y wrk``), otherwise an
 aiohttp client (bounded concurrency, bounded request count), which itself needs a large share of a
 core and so caps every setup on a small machine. The generator used is printed. Goals: (b) >= 50%
-of (a)'s throughput, p50 overhead of (b) over (a) <= 1 ms, (c) >= 3,000 req/s. Printed as
-measured, never asserted.
+of (a)'s throughput, p50 overhead of (b) over (a) <= 1 ms, and (c) >= 0.6x (d) in the same run:
+every control together costs less than the proxying itself. Printed as measured, never asserted.
+On a machine with few cores shared with other work the figures are noisy (the best of the rounds
+is kept; the load generator takes a core of its own): read the ratios, not the absolute rates.
 
     python benchmarks/guard.py [--seconds 6] [--concurrency 32] [--rounds 2] [--generator auto]
 
@@ -40,6 +46,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
@@ -216,7 +223,7 @@ async def _load(url: str, n: int, concurrency: int, seconds: float) -> dict[str,
     lat: list[float] = []
     errors = 0
     counter = iter(range(n))
-    deadline = time.perf_counter() + seconds
+    deadline = math.inf  # set after the warm-up (a slow warm-up must not eat the measured run)
     conn = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=conn) as s:
 
@@ -237,6 +244,7 @@ async def _load(url: str, n: int, concurrency: int, seconds: float) -> dict[str,
             async with s.post(url, data=bodies[i % 64], headers=headers) as r:
                 await r.read()
         t0 = time.perf_counter()
+        deadline = t0 + seconds
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     arr = np.asarray(lat)
@@ -333,7 +341,12 @@ def _wait(port: int, proc: subprocess.Popen[bytes], path: str = "/openapi.json")
 
 
 def _guard_config(
-    tmp: Path, name: str, model: dict, upstream_port: int | None = None, witness: bool = True
+    tmp: Path,
+    name: str,
+    model: dict,
+    upstream_port: int | None = None,
+    witness: bool = True,
+    redis_url: str | None = None,
 ) -> Path:
     import yaml
 
@@ -373,6 +386,8 @@ def _guard_config(
             "witnesses": [f"file:{tmp / 'witness' / f'{name}.head'}"] if witness else [],
         },
     }
+    if redis_url is not None:
+        cfg["ratelimit"] = {"backend": "redis", "redis_url": redis_url, "prefix": f"bench-{name}"}
     p = tmp / f"{name}.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
@@ -451,6 +466,15 @@ def main() -> None:
             subprocess.Popen([sys.executable, __file__, "--guard-unkeyed", str(ce), str(pe)], env=ENV)
         )
         _wait(pe, procs[-1])
+        redis_url = _start_redis(procs)
+        pf, pg = _free_port(), _free_port()
+        if redis_url is not None:
+            cf = _guard_config(tmp, "f", local, redis_url=redis_url)
+            cg = _guard_config(tmp, "g", local, redis_url=redis_url)
+            for cfg, port, n in ((cf, pf, 1), (cg, pg, 2)):
+                cmd = [sys.executable, "-m", "invguard.cli", "serve", str(cfg), "--port", str(port)]
+                procs.append(subprocess.Popen([*cmd, "--workers", str(n)], env=ENV))
+                _wait(port, procs[-1])
         targets = {
             "(a) bare Starlette": f"http://127.0.0.1:{pa}/v1/models/digits/predict",
             "(b) guard, in-process, all controls": f"http://127.0.0.1:{pb}/v1/models/digits/predict",
@@ -458,6 +482,11 @@ def main() -> None:
             "(d) plain aiohttp proxy to (a)": f"http://127.0.0.1:{pd}/v1/models/digits/predict",
             "(e) guard (b), unkeyed chain, no witness": f"http://127.0.0.1:{pe}/v1/models/digits/predict",
         }
+        if redis_url is not None:
+            targets["(f) guard (b), limits in Redis, 1 worker"] = (
+                f"http://127.0.0.1:{pf}/v1/models/digits/predict"
+            )
+            targets["(g) guard (f), --workers 2"] = f"http://127.0.0.1:{pg}/v1/models/digits/predict"
         # two interleaved rounds; each setup keeps its best round (other load on the machine only
         # ever slows a run down). Throughput at --concurrency, latency at concurrency 1.
         results: dict[str, dict[str, float]] = {}
@@ -495,18 +524,30 @@ def main() -> None:
             f"{label:38s} {r['rps']:7.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f}   "
             f"{lat['p50_ms']:7.2f} {lat['p99_ms']:7.2f} {int(r['errors'] + lat['errors']):6d}"
         )
-    (a, b, c, d, e), (la, lb, _, _, le) = results.values(), latency.values()
+    a, b, c, d, e = (results[k] for k in list(targets)[:5])
+    la, lb, le = (latency[k] for k in (list(targets)[i] for i in (0, 1, 4)))
     print(f"(b)/(a) throughput: {b['rps'] / a['rps']:.2f}  (goal >= 0.50)")
     print(f"(b)-(a) p50 overhead at concurrency 1: {lb['p50_ms'] - la['p50_ms']:.2f} ms  (goal <= 1 ms)")
     print(
-        f"(c) throughput: {c['rps']:.0f} req/s  (goal >= 3000); a proxy with no controls (d) reaches "
-        f"{d['rps']:.0f} req/s here, (c)/(d) = {c['rps'] / d['rps']:.2f}"
+        f"(c)/(d) throughput, the guard proxying vs a proxy with no controls, same run: "
+        f"{c['rps'] / d['rps']:.2f}  (goal >= 0.60); (c) {c['rps']:.0f} req/s, (d) {d['rps']:.0f} req/s"
     )
     # what each request costs the proxy process, from the two throughputs (both CPU-bound)
     print(
-        f"the guard's controls cost {(1 / c['rps'] - 1 / d['rps']) * 1e6:.0f} us per proxied request; "
-        f"(c) >= 3000 req/s would leave them {max(0.0, (1 / 3000 - 1 / d['rps']) * 1e6):.0f} us"
+        f"the guard's controls cost {(1 / c['rps'] - 1 / d['rps']) * 1e6:.0f} us per proxied request, "
+        f"the proxying itself {1e6 / d['rps']:.0f} us; (c) >= 0.6x (d) leaves the controls "
+        f"{1e6 / d['rps'] * (1 / 0.6 - 1):.0f} us"
     )
+    if redis_url is None:
+        print("(f), (g): redis-server is not on PATH: the --workers 2 comparison was not run")
+    else:
+        f, g = results["(f) guard (b), limits in Redis, 1 worker"], results["(g) guard (f), --workers 2"]
+        print(
+            f"(g)/(f) throughput, --workers 2 vs 1 (limits in Redis both): {g['rps'] / f['rps']:.2f} "
+            f"({g['rps']:.0f} vs {f['rps']:.0f} req/s; {os.cpu_count()} CPU core(s) here, shared with the "
+            "load generator and the other servers); (f)/(b), limits in Redis vs in memory: "
+            f"{f['rps'] / b['rps']:.2f}"
+        )
     print(
         f"(b)/(e) throughput, keyed chain and witness vs neither: {b['rps'] / e['rps']:.2f}  (goal >= 0.90); "
         f"concurrency 1 p50: {lb['p50_ms']:.2f} vs {le['p50_ms']:.2f} ms"
@@ -520,13 +561,46 @@ def main() -> None:
         f"unkeyed, no witness {max(plain):.0f} rec/s, ratio {max(keyed) / max(plain):.2f}  (goal >= 0.90)"
     )
     for name in ("b", "c"):
-        rep = verify(
+        rep: Any = verify(
             tmp / f"{name}.jsonl",
             public_key=load_public_key_hex(tmp / "keys" / f"{name}.pem"),
             chain_key=load_chain_key(tmp / "keys" / f"{name}.chain", create=False),
             witnesses=[FileWitness(tmp / "witness" / f"{name}.head")],
         )
         print(f"audit log ({name}): {rep.summary()}")
+    if redis_url is not None:
+        from invguard.guard.auditlog.workers import verify_workers
+
+        rep = verify_workers(
+            tmp / "g.jsonl",
+            public_key=load_public_key_hex(tmp / "keys" / "g.pem"),
+            chain_key=load_chain_key(tmp / "keys" / "g.chain", create=False),
+            witnesses=[f"file:{tmp / 'witness' / 'g.head'}"],
+        )
+        print(f"audit log (g), {rep.summary()}")
+
+
+def _start_redis(procs: list[subprocess.Popen[bytes]]) -> str | None:
+    """A redis-server on a free loopback port (no persistence), or None if there is none."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return None
+    port = _free_port()
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
+    import socket
+
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
 
 
 def _run_load(
@@ -536,7 +610,9 @@ def _run_load(
         return _run_wrk(url, concurrency, seconds, tmp)
     cmd = [sys.executable, __file__, "--load", url, "--requests", str(n), "--concurrency", str(concurrency)]
     cmd += ["--seconds", str(seconds)]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the load on {url} failed: {out.stderr[-1500:]}")
     result: dict[str, float] = json.loads(out.stdout)
     return result
 

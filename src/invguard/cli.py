@@ -678,10 +678,10 @@ def log_timeline(
         table = Table(
             title=f"{len(t.entries)} records of {', '.join(t.clients) or 'no client'}", title_justify="left"
         )
-        for c in tl.COLUMNS:
+        for c in t.columns:
             table.add_column(c, overflow="fold")
         for entry in t.entries:
-            table.add_row(*("" if v is None else str(v) for v in entry.row()))
+            table.add_row(*("" if v is None else str(v) for v in entry.row(t.columns)))
         out.print(table)
 
 

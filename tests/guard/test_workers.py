@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from invguard.cli import app as cli
@@ -57,7 +58,13 @@ def _write(cfg, worker: int, workers: int, records: int) -> None:
         await log.start()
         await log.append({**worker_start_record(worker, workers, manifest), "worker": worker})
         for k in range(records):
-            await log.append({"decision": "served", "worker": worker, "k": k})
+            rec = {
+                "decision": "served",
+                "worker": worker,
+                "client": "acme",
+                "route": "/v1/models/{name}/predict",
+            }
+            await log.append({**rec, "input_hmac": f"h{worker}-{k}", "rows": 1})
         await log.close()
 
     asyncio.run(go())
@@ -147,6 +154,31 @@ def test_an_older_manifest_put_back_to_hide_a_deleted_chain_is_caught(tmp_path):
     manifest_path(log).write_text(json.dumps(doc))
     assert _check(log).problem == (
         f"{manifest_path(log)}: the worker manifest's signature is invalid: it was modified or replaced"
+    )
+
+
+def test_the_timeline_of_a_log_of_several_workers_replays_every_chain_verified(tmp_path):
+    from invguard.guard import timeline as tl
+
+    cfg = from_dict(base_config(tmp_path))
+    log = Path(cfg.audit.path)
+    prepare_chains(cfg, 2)
+    _write(cfg, 0, 2, 3)
+    _write(cfg, 1, 2, 2)
+    pub = audit_keys(log)[0]
+    t = tl.build(log, public_key=pub, chain_key=audit_chain_key(log), clients=["acme"])
+    assert t.verified.startswith("OK: 2 chain(s) listed in the signed manifest")
+    assert [(e.worker, e.seq, e.input_hmac) for e in t.entries] == [
+        (0, 2, "h0-0"), (0, 3, "h0-1"), (0, 4, "h0-2"), (1, 2, "h1-0"), (1, 3, "h1-1"),
+    ]  # fmt: skip
+    assert t.columns[-1] == "worker" and t.to_csv().splitlines()[0].endswith(",worker")
+    worker_path(log, 1).unlink()
+    with pytest.raises(tl.TimelineError) as e:
+        tl.build(log, public_key=pub, chain_key=audit_chain_key(log), clients=["acme"])
+    assert str(e.value) == (
+        "refusing to build a timeline from a log that does not verify: FAILED: "
+        f"{worker_path(log, 1)}: worker chain w1 listed in the signed manifest is missing: it was deleted "
+        "or moved"
     )
 
 

@@ -12,6 +12,11 @@ of that client so far and the mitigation in force at that moment (replayed from 
 mitigation records in log order). Queries: by client, by input HMAC (every client that sent the
 same input), by time range, or by incident (its clients, from its first detection to its
 resolution, with the records it cites as evidence marked).
+
+A log written by several workers (``invguard serve --workers N``) is verified as a whole
+(:func:`invguard.guard.auditlog.workers.verify_workers`) and its chains are replayed together in
+time order; each entry then names its ``worker`` (seqs are per chain), and evidence seqs, which do
+not say their chain, are not marked.
 """
 
 from __future__ import annotations
@@ -82,9 +87,10 @@ class Entry:
     detector_hits: str
     mitigation: str
     evidence: bool = False
+    worker: int | None = None  # the worker whose chain holds it (a log of several workers)
 
-    def row(self) -> list[Any]:
-        return [getattr(self, c) for c in COLUMNS]
+    def row(self, columns: Sequence[str] = COLUMNS) -> list[Any]:
+        return [getattr(self, c) for c in columns]
 
 
 @dataclass
@@ -94,6 +100,11 @@ class Timeline:
     query: dict[str, Any]
     clients: list[str] = field(default_factory=list)  # distinct clients of the entries
     warnings: list[str] = field(default_factory=list)
+    workers: bool = False  # replayed from the chains of several workers
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*COLUMNS, "worker") if self.workers else COLUMNS
 
     def to_json(self) -> str:
         return json.dumps(
@@ -110,9 +121,9 @@ class Timeline:
     def to_csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(COLUMNS)
+        w.writerow(self.columns)
         for e in self.entries:
-            w.writerow(["" if v is None else v for v in e.row()])
+            w.writerow(["" if v is None else v for v in e.row(self.columns)])
         return buf.getvalue()
 
 
@@ -157,29 +168,62 @@ def build(
 ) -> Timeline:
     """Verify the log, then replay the records matching the query (see the module docstring)."""
     from invguard.guard.auditlog import segments, verify
+    from invguard.guard.auditlog.workers import manifest_path, verify_workers
 
     wanted = set(clients)
     if not wanted and input_hmac is None and incident is None:
         raise ConfigError("timeline: say whose requests: --client, --input-hmac or --incident")
-    rep = verify(
-        path,
-        public_key=public_key,
-        chain_key=chain_key,
-        head=head,
-        trusted=trusted,
-        trust_embedded_key=trust_embedded_key,
-        allow_missing_head=allow_missing_head,
-    )
-    if not rep.ok:
-        raise TimelineError(f"refusing to build a timeline from a log that does not verify: {rep.summary()}")
-    ev = set(evidence_seqs)
-    first = rep.start_size + 1
-    through = rep.verified_through
+    refuse = "refusing to build a timeline from a log that does not verify"
+    several = manifest_path(path).exists()
+    # (records, first seq, last verified seq) of each chain
+    chains: list[tuple[list[dict[str, Any]], int, int]] = []
+    if several:
+        if head is not None or trusted is not None:
+            raise ConfigError(
+                f"--head and --from name a checkpoint of one chain, and {path} is written by several "
+                f"workers (manifest {manifest_path(path)})"
+            )
+        wrep = verify_workers(
+            path,
+            public_key=public_key,
+            chain_key=chain_key,
+            trust_embedded_key=trust_embedded_key,
+            allow_missing_head=allow_missing_head,
+        )
+        if not wrep.ok:
+            raise TimelineError(f"{refuse}: {wrep.summary()}")
+        summary, warnings = wrep.summary(), list(wrep.warnings)
+        for name, r in wrep.chains:
+            docs = list(_records(segments(Path(path).parent / name)))
+            chains.append((docs, r.start_size + 1, r.verified_through))
+        if evidence_seqs:
+            warnings.append(
+                "evidence seqs are not marked: in a log of several workers they do not say their chain"
+            )
+    else:
+        rep = verify(
+            path,
+            public_key=public_key,
+            chain_key=chain_key,
+            head=head,
+            trusted=trusted,
+            trust_embedded_key=trust_embedded_key,
+            allow_missing_head=allow_missing_head,
+        )
+        if not rep.ok:
+            raise TimelineError(f"{refuse}: {rep.summary()}")
+        summary, warnings = rep.summary(), list(rep.warnings)
+        chains.append((list(_records(segments(path))), rep.start_size + 1, rep.verified_through))
+    stream = [(doc, first, through) for docs, first, through in chains for doc in docs]
+    if several:  # the chains together in time order (the replayed mitigations cross workers)
+        stream.sort(key=lambda x: str(x[0].get("time", "")))
+    ev = set() if several else set(evidence_seqs)
     hits: dict[str, list[str]] = {}
     mitigation: dict[str, tuple[str, float | None]] = {}
     entries: list[Entry] = []
     unverified: list[int] = []
-    for doc in _records(segments(path)):
+    through = min(t for _, _, t in chains)
+    for doc, first, chain_through in stream:
         seq = int(doc.get("seq", 0))
         if seq < first:
             continue
@@ -202,7 +246,7 @@ def build(
         )
         if not match or (since is not None and t < since) or (until is not None and t > until):
             continue
-        if seq > through:
+        if seq > chain_through:
             unverified.append(seq)
             continue
         m_now = mitigation.get(str(client))
@@ -233,6 +277,7 @@ def build(
                 detector_hits=",".join(sorted(set(hits.get(str(client), [])))),
                 mitigation=in_force,
                 evidence=seq in ev,
+                worker=doc.get("worker") if several else None,
             )
         )
     if unverified:
@@ -251,10 +296,11 @@ def build(
     }
     return Timeline(
         entries=entries,
-        verified=rep.summary(),
+        verified=summary,
         query=query,
         clients=sorted({e.client for e in entries if e.client}),
-        warnings=list(rep.warnings),
+        warnings=warnings,
+        workers=several,
     )
 
 

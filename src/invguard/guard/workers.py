@@ -2,11 +2,16 @@
 
 The supervisor checks that what must be shared is shared (below), opens every worker's chain of
 the audit log (recovering it as a single guard does at start) and signs the worker manifest
-(:mod:`invguard.guard.auditlog.workers`), binds the listening socket once, and starts each worker
-as ``python -m invguard.guard.workers CONFIG INDEX N FD``: a fresh interpreter (no fork of a
-process holding threads or a model) that inherits the socket (the kernel hands each new connection
-to one worker's ``accept``; a queued connection outlives a worker that dies) and
-``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per run: see :mod:`invguard.guard.metrics`).
+(:mod:`invguard.guard.auditlog.workers`), holds the port, and starts each worker as
+``python -m invguard.guard.workers CONFIG INDEX N HOST PORT``: a fresh interpreter (no fork of a
+process holding threads or a model) with ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per run:
+see :mod:`invguard.guard.metrics`). Each worker listens on its own ``SO_REUSEPORT`` socket, so the
+kernel spreads new connections over the live workers by their addresses (one shared listening
+socket would let the first worker to wake take every connection of a burst, kept alive). The
+supervisor first binds the port without ``SO_REUSEPORT`` (any other server on it, another guard
+included, is refused), then keeps it bound with ``SO_REUSEPORT`` but not listening: nothing else
+can take it, and connections go to the workers only. Connections still queued at a worker that
+dies are reset (never answered, so never acknowledged); the next go to the others.
 
 When a worker exits the supervisor calls prometheus-client's ``mark_process_dead`` for it and
 starts it again with the same index (its chain recovers: a torn last write is cut, as after any
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -86,22 +92,34 @@ def prepare_chains(cfg: GuardConfig, workers: int) -> dict[str, Any]:
     return write_manifest(a.path, workers, keys.signing_key)
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """The listening socket every worker accepts on (bound as uvicorn binds)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        if e.errno == 98:  # EADDRINUSE
+        if e.errno == errno.EADDRINUSE:
             raise ConfigError(
                 f"port {port} is in use on {host}: stop the server holding it, or pass --port"
             ) from None
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def reserve(host: str, port: int) -> socket.socket:
+    """Hold the port for the workers (see the module docstring); port 0 picks a free one."""
+    with _bind(host, port, reuse_port=False) as probe:  # refuses a port anyone else holds
+        port = int(probe.getsockname()[1])
+    return _bind(host, port, reuse_port=True)
+
+
+def worker_socket(host: str, port: int) -> socket.socket:
+    """A worker's own listening socket on the shared port."""
+    sock = _bind(host, port, reuse_port=True)
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -110,6 +128,7 @@ class Supervisor:
 
     def __init__(self, config: Path, workers: int, sock: socket.socket, log: Any = print) -> None:
         self.config, self.n, self.sock, self.log = config.resolve(), workers, sock, log
+        self.host, self.port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
         self.metrics_dir = tempfile.mkdtemp(prefix="invguard-metrics-")
         self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
         self.procs: dict[int, tuple[int, subprocess.Popen[bytes], float]] = {}  # pid -> (index, proc, t0)
@@ -117,10 +136,8 @@ class Supervisor:
         self.exit_code = 0
 
     def _start(self, index: int) -> None:
-        fd = self.sock.fileno()
         cmd = [sys.executable, "-m", "invguard.guard.workers", str(self.config), str(index), str(self.n)]
-        cmd.append(str(fd))
-        proc = subprocess.Popen(cmd, env=self.env, pass_fds=(fd,))
+        proc = subprocess.Popen([*cmd, self.host, str(self.port)], env=self.env)
         self.procs[proc.pid] = (index, proc, time.monotonic())
 
     def _stop(self, *_: Any) -> None:
@@ -175,7 +192,8 @@ def serve_workers(
     """Check, prepare the chains, bind, and supervise ``workers`` workers until stopped."""
     check_shared(cfg, workers, str(config))
     prepare_chains(cfg, workers)
-    sock = listen(host, port)
+    sock = reserve(host, port)
+    port = int(sock.getsockname()[1])
     log(
         f"guard serving model {cfg.model.name!r} on http://{host}:{port} with {workers} workers "
         f"(audit log chains {Path(cfg.audit.path).stem}.w0-w{workers - 1}, manifest "
@@ -184,8 +202,8 @@ def serve_workers(
     return Supervisor(config, workers, sock, log).run()
 
 
-def run_worker(config: str, index: int, workers: int, fd: int) -> None:
-    """One worker: the guard for ``config`` as worker ``index`` of ``workers``, on the inherited socket."""
+def run_worker(config: str, index: int, workers: int, host: str, port: int) -> None:
+    """One worker: the guard for ``config`` as worker ``index`` of ``workers``, on its own socket."""
     import uvicorn
 
     from invguard.core.errors import InvguardError
@@ -197,7 +215,11 @@ def run_worker(config: str, index: int, workers: int, fd: int) -> None:
     except InvguardError as e:
         print(f"error: worker {index}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    sock = socket.socket(fileno=fd)
+    try:
+        sock = worker_socket(host, port)
+    except InvguardError as e:
+        print(f"error: worker {index}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     uc = uvicorn.Config(
         guard.app, log_level="warning", access_log=False, lifespan="on", http=guard.http_protocol
     )
@@ -205,4 +227,4 @@ def run_worker(config: str, index: int, workers: int, fd: int) -> None:
 
 
 if __name__ == "__main__":
-    run_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    run_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
