@@ -3,7 +3,8 @@ Merkle checkpoints, rotation that never overwrites, and witnesses outside the lo
 
 Modules: :mod:`.format` (line format, keyed chain, files), :mod:`.merkle` (RFC 6962 tree hash),
 :mod:`.signing` (Ed25519 checkpoint key, chain key), :mod:`.verify` (the verifier),
-:mod:`.writer` (the guard's :class:`AuditLog`), :mod:`.witness` (file, Redis and HTTP witnesses).
+:mod:`.writer` (the guard's :class:`AuditLog`), :mod:`.witness` (file, Redis and HTTP witnesses),
+:mod:`.workers` (a chain per worker and the signed manifest binding them, verified as a whole).
 
 What an attacker who can write to the log's directory (but not to the key directory nor to a
 witness) can and cannot do undetected is stated in the README ("Audit log: threat model").

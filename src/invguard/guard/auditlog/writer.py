@@ -21,10 +21,10 @@ with a signed opening checkpoint carrying the Merkle frontier.
 against its head and witnesses; a torn last write is cut, a forged unsigned tail is quarantined
 and reported by a signed ``tail_rejected`` record, anything else wrong refuses to start.
 
-**One chain per writer.** A deployment with several workers gives each its own ``AuditLog`` (its
-own path, e.g. ``guard.w0.jsonl``, and its own witness keys); every chain verifies on its own with
+**One chain per writer.** ``invguard serve --workers N`` gives each worker its own ``AuditLog`` (its
+own path, ``guard.w0.jsonl``, ..., and its own witness keys); every chain verifies on its own with
 :func:`.verify.verify`, and a manifest listing the chains, signed with the same key, lets a verifier
-check the set as a whole.
+check the set as a whole (:mod:`.workers`).
 
 With ``fsync: false`` none of this is durable: an acknowledged record can be lost in a crash.
 """
