@@ -10,13 +10,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from invguard.attacks import ATTACKS, Attack, AttackOutput
 from invguard.core import Access
 from invguard.core.evidence import Evidence
+from invguard.core.params import POSITIVE, Int
 from invguard.core.result import Finding, Metric
 from invguard.judges import register_judge
 from invguard.metrics import bootstrap_metric, proportion_metric
@@ -47,13 +50,7 @@ class Prototype(Attack):
     population: int = 8
     step_size: float = 0.15
 
-    def validate(self):
-        p = []
-        if self.steps < 1:
-            p.append(f"steps must be >= 1, got {self.steps}")
-        if self.population < 1:
-            p.append(f"population must be >= 1, got {self.population}")
-        return p
+    constraints: ClassVar[Mapping[str, Any]] = {"steps": Int(1), "population": Int(1), "step_size": POSITIVE}
 
     def search(self, target, data, rng, ctx):
         classes = list(range(target.num_classes))
@@ -135,8 +132,7 @@ class Confidence(Attack):
     requires = Access.SCORES
     records: int = 200
 
-    def validate(self):
-        return [] if self.records >= 10 else [f"records must be >= 10, got {self.records}"]
+    constraints: ClassVar[Mapping[str, Any]] = {"records": Int(10)}
 
     def search(self, target, data, rng, ctx):
         n = self.records

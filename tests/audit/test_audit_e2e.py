@@ -160,7 +160,7 @@ def test_broken_config_exits_2_listing_every_problem_with_path_and_line(tmp_path
     assert "2 problems in the audit config" in text
     assert (
         "attacks[0].params (line 5): bad parameters for test.confidence: "
-        "test.confidence: records must be >= 10, got 3" in text
+        "test.confidence: records must be a whole number >= 10, got 3" in text
     )
     assert "attacks[1].params (line 7): bad parameters for membership.lira:" in text and "n_modls" in text
 

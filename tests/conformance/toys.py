@@ -18,7 +18,8 @@ import numpy as np
 
 from invguard.attacks import ATTACKS, Attack
 from invguard.attacks.membership.common import candidates_of, scored, splits_of
-from invguard.core import Access, BaseTarget, ConfigError, Prediction
+from invguard.core import Access, BaseTarget, Prediction
+from invguard.core.params import Int, Real, Spec, check
 from invguard.policies import POLICIES, OutputPolicy
 from invguard.targets import TARGETS
 
@@ -32,8 +33,7 @@ class TopTwoMargin(Attack):
 
     n_boot: int = 200
 
-    def validate(self) -> list[str]:
-        return [] if self.n_boot >= 0 else [f"n_boot must be >= 0, got {self.n_boot}"]
+    constraints: ClassVar[Mapping[str, Spec]] = {"n_boot": Int(0)}
 
     def search(self, target, data, rng, ctx):
         splits = splits_of(data, self.name)
@@ -46,9 +46,10 @@ class TopTwoMargin(Attack):
 class Floor(OutputPolicy):
     name = "toy_floor"
 
+    constraints: ClassVar[Mapping[str, Spec]] = {"floor": Real(0, 1, "left")}
+
     def __init__(self, floor: float = 0.05) -> None:
-        if not isinstance(floor, (int, float)) or not 0 <= floor < 1:
-            raise ConfigError(f"toy_floor: floor must be a number in [0, 1), got {floor!r}")
+        check(self.name, {"floor": floor}, self.constraints)
         self.floor = float(floor)
 
     def params(self) -> dict[str, Any]:

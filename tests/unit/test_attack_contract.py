@@ -1,6 +1,8 @@
 """The Attack contract: validation, access check before any query, seeding and provenance."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from invguard import policies
 from invguard.attacks import Attack, AttackOutput, RunContext
 from invguard.attacks.base import Case, Evidence
 from invguard.core import Access, AccessError, ConfigError
+from invguard.core.params import Int
 from invguard.core.result import Metric
 from invguard.judges import register_judge
 from invguard.targets import CallableTarget
@@ -32,8 +35,7 @@ class MeanScore(Attack):
     requires = Access.SCORES
     probes: int = 10
 
-    def validate(self):
-        return [] if self.probes >= 1 else [f"probes must be >= 1, got {self.probes}"]
+    constraints: ClassVar[Mapping[str, Any]] = {"probes": Int(1)}
 
     def search(self, target, data, rng, ctx):
         x = rng.random((self.probes, *target.input_shape))
@@ -55,7 +57,7 @@ def test_access_refused_before_any_query():
 
 
 def test_validation_and_seeded_reproducibility():
-    with pytest.raises(ConfigError, match=r"test\.mean_score: probes must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"test\.mean_score: probes must be a whole number >= 1, got 0"):
         MeanScore(probes=0)
     a = MeanScore().run(target(), None, seed=3)
     b = MeanScore().run(target(), None, seed=3)

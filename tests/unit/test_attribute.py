@@ -124,7 +124,7 @@ def test_attribute_inference_refuses_bad_input(driven, digits):
     with pytest.raises(DataError, match=r"needs a tabular dataset with named columns .* this one is 'image'"):
         attacks.get("attribute.map")(sensitive="s").run(target, digits)
     with pytest.raises(
-        ConfigError, match=r"baseline must be 'strongest', 'marginal' or 'imputation', got 'oracle'$"
+        ConfigError, match=r"baseline must be one of 'strongest', 'marginal', 'imputation', got 'oracle'$"
     ):
         attacks.get("attribute.map")(baseline="oracle")
 

@@ -111,7 +111,9 @@ def test_dlg_with_recovered_labels_reconstructs_batch_1(digits_mlp, digits):
     from invguard.metrics.inversion import pixel_similarity
 
     _, obs = simulate(digits_mlp, digits, seed=3, clients=1, batch_size=1)
-    rec, _loss = DeepLeakage(iterations=30, restarts=1)._reconstruct(
+    # with its default restarts: one random start can settle in a local optimum (0.91 here on one
+    # CPU's float rounding, 1.0 with two)
+    rec, _loss = DeepLeakage(iterations=30, restarts=2)._reconstruct(
         digits_mlp, obs[0], digits.members.y[obs[0].truth], (1, 8, 8), digits.public, np.random.default_rng(0)
     )
     assert pixel_similarity(rec, digits.members.X[obs[0].truth].astype(float))[0][0] > 0.95
@@ -209,7 +211,7 @@ def test_bad_setups_and_models_are_refused_with_what_and_where(digits):
 
         Simulation(None, digits.members.X, digits.members.y, FederatedSetup(clients=0, local_steps=3), None)
     with pytest.raises(
-        ConfigError, match=r"gradient.inverting: iterations must be a whole number > 0, got 0"
+        ConfigError, match=r"gradient.inverting: iterations must be a whole number >= 1, got 0"
     ):
         ig.attacks.get("gradient.inverting")(iterations=0)
     from invguard.models import build

@@ -237,15 +237,15 @@ def test_label_only_inversion_uses_labels_even_when_the_target_gives_scores(digi
 def test_parameters_are_validated_with_every_problem_at_once():
     with pytest.raises(
         ConfigError,
-        match=r"^inversion\.whitebox: reconstructions_per_class must be an integer >= 1, got 0; "
-        r"steps must be an integer >= 1, got 0$",
+        match=r"^inversion\.whitebox: reconstructions_per_class must be a whole number >= 1, got 0; "
+        r"steps must be a whole number >= 1, got 0$",
     ):
         ig.attacks.get("inversion.whitebox")(reconstructions_per_class=0, steps=0)
     with pytest.raises(
-        ConfigError, match=r"^inversion\.label_only: space must be 'auto', 'latent' or 'pca', got 'x'$"
+        ConfigError, match=r"^inversion\.label_only: space must be one of 'auto', 'latent', 'pca', got 'x'$"
     ):
         ig.attacks.get("inversion.label_only")(space="x")
-    with pytest.raises(ConfigError, match=r"role_swap must be 'auto', 'on' or 'off', got 'maybe'"):
+    with pytest.raises(ConfigError, match=r"role_swap must be one of 'auto', 'on', 'off', got 'maybe'"):
         ig.attacks.get("inversion.blackbox")(role_swap="maybe")
 
 
@@ -260,7 +260,9 @@ def test_a_weak_evaluation_classifier_is_reported_not_read_as_no_leak(digits_mlp
     # the default evaluator is strong enough, and says nothing
     assert wb_shared.info["evaluator"]["holdout_accuracy"] >= 0.8
     assert not [f for f in wb_shared.findings if f.title == "Weak evaluation classifier"]
-    with pytest.raises(ConfigError, match=r"evaluator_eps must be a number in \[0, 1\) or None, got 1.5"):
+    with pytest.raises(
+        ConfigError, match=r"evaluator_eps must be None or a finite number in \[0, 1\), got 1.5"
+    ):
         ig.attacks.get("inversion.whitebox")(evaluator_eps=1.5)
 
 

@@ -209,7 +209,8 @@ def test_bad_parameters_and_data_are_refused(overfit_target):
     with pytest.raises(ConfigError, match=r"statistic must be one of .*got 'hinge'"):
         attacks.get("membership.threshold")(statistic="hinge")
     with pytest.raises(
-        ConfigError, match=r"n_models must be >= 2, got 1; mode must be 'online' or 'offline'"
+        ConfigError,
+        match=r"n_models must be a whole number >= 2, got 1; mode must be one of 'online', 'offline'",
     ):
         attacks.get("membership.lira")(n_models=1, mode="both")
     with pytest.raises(

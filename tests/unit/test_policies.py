@@ -179,12 +179,12 @@ def test_nested_wraps_keep_every_policy_and_the_effective_budget():
 def test_parse_errors_name_the_place():
     with pytest.raises(ConfigError, match=r"roles.partner: unknown output policy 'top3'; known: identity"):
         policies.parse("top3", "roles.partner")
-    with pytest.raises(ConfigError, match=r"roles.x.top_k: top_k: k must be an integer >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"roles.x.top_k: top_k: k must be a whole number >= 1, got 0"):
         policies.parse({"top_k": 0}, "roles.x")
-    with pytest.raises(ConfigError, match="round: decimals must be an integer in"):
+    with pytest.raises(ConfigError, match=r"round: decimals must be a whole number in \[0, 10\], got"):
         policies.Round(-1)
     with pytest.raises(ConfigError, match=r"'top_k' needs a value after '=' \(e.g. top_k=3\)"):
         policies.parse("top_k=")
-    with pytest.raises(ConfigError, match="noise: seed must be a whole number or None, got 'x'"):
+    with pytest.raises(ConfigError, match="noise: seed must be None or a whole number, got 'x'"):
         policies.Noise(0.1, seed="x")
     assert policies.Noise(np.float32(0.1)).scale == pytest.approx(0.1)

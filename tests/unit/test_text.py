@@ -172,9 +172,12 @@ def test_attacks_refuse_classifier_targets_and_bad_parameters():
     ):
         get("text.membership")().run(clf, None)
     assert clf.queries_used == 0
-    with pytest.raises(ConfigError, match=r"text.exposure: samples must be 0 or >= 50"):
+    with pytest.raises(ConfigError, match=r"text.exposure: samples must be 0 or a whole number >= 50"):
         get("text.exposure")(samples=10)
-    with pytest.raises(ConfigError, match=r"text.extraction: rankings must be a non-empty subset"):
+    with pytest.raises(
+        ConfigError,
+        match=r"text.extraction: rankings must be a non-empty list of distinct items, each one of",
+    ):
         get("text.extraction")(rankings=("loss",))
 
 

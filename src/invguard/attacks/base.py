@@ -1,7 +1,8 @@
 """The Attack contract.
 
-An attack is a frozen dataclass of hyper-parameters (validated on construction, every problem
-reported at once) plus ``search(target, data, rng, ctx) -> Evidence``; the judge registered for
+An attack is a frozen dataclass of hyper-parameters (each declared once in ``constraints``, the
+scikit-learn ``_parameter_constraints`` way, and validated on construction, every problem reported
+at once in one format) plus ``search(target, data, rng, ctx) -> Evidence``; the judge registered for
 the evidence type (``invguard.judges``) decides what the evidence shows. The final ``run`` wrapper
 checks access before any query is spent, passes generators down (``rng`` for the search, a
 generator of its own and the run seed for the judge; nothing is seeded globally), runs the search,
@@ -35,6 +36,7 @@ import numpy as np
 from invguard.core.access import Access
 from invguard.core.errors import AccessError, ConfigError
 from invguard.core.evidence import Evidence
+from invguard.core.params import Spec, merged, problems
 from invguard.core.registry import Registry
 from invguard.core.result import AttackResult, Finding, Metric
 from invguard.core.run import AttackOutput, Case, RunContext
@@ -77,6 +79,9 @@ class Attack:
     sweep_params: ClassVar[Mapping[str, Any]] = {}
     portable_params: ClassVar[tuple[str, ...]] = ()
     data_kind: ClassVar[str] = "any"
+    #: what each parameter may be (``invguard.core.params``), declared once per parameter; a
+    #: subclass's declarations add to (and may replace) its bases'
+    constraints: ClassVar[Mapping[str, Spec]] = {}
 
     @classmethod
     def family(cls) -> str:
@@ -93,8 +98,16 @@ class Attack:
         if problems:
             raise ConfigError(f"{self.name}: " + "; ".join(problems))
 
+    @final
     def validate(self) -> list[str]:
-        """Return every problem with the parameters (empty when valid)."""
+        """Every problem with the parameters (empty when valid): each declared constraint, then the
+        rules between parameters that :meth:`cross_checks` states."""
+        found = problems(self.params(), declared_constraints(type(self)))
+        return found if found else self.cross_checks()
+
+    def cross_checks(self) -> list[str]:
+        """Rules between parameters the per-parameter declarations cannot state (override this);
+        run once every parameter is valid on its own."""
         return []
 
     def params(self) -> dict[str, Any]:
@@ -148,6 +161,11 @@ class Attack:
     def search(self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext) -> Evidence:
         """The attack itself: query ``target`` and return what was found (override this)."""
         raise NotImplementedError(f"{self.name} does not implement search()")
+
+
+def declared_constraints(cls: type[Attack]) -> dict[str, Spec]:
+    """Every parameter's declaration for ``cls``, its own over its bases'."""
+    return merged(cls.__mro__)
 
 
 def substitute(attack: Attack, access: Access) -> Attack | None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from invguard.core.access import Access
 from invguard.core.errors import BudgetExhausted, ConfigError
+from invguard.core.params import Spec
 from invguard.core.registry import Registry
 from invguard.core.target import BaseTarget, FloatArray, Prediction, Target, unwrap
 
@@ -28,6 +29,8 @@ class OutputPolicy:
     preserves_argmax: bool = True
     #: whether answers draw randomness (the guard rebuilds such a policy unseeded, see ``reseeded``)
     random: bool = False
+    #: what each constructor parameter may be (``invguard.core.params``), checked by ``check``
+    constraints: ClassVar[Mapping[str, Spec]] = {}
 
     @property
     def leaves(self) -> Access:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from invguard.core.access import Access
-from invguard.core.errors import ConfigError
+from invguard.core.params import NON_NEGATIVE, POSITIVE, Int, Options, Spec, check
 from invguard.core.target import Prediction, softmax
 from invguard.policies.base import POLICIES, OutputPolicy
 
@@ -80,9 +81,10 @@ class TopK(OutputPolicy):
 
     name = "top_k"
 
+    constraints: ClassVar[Mapping[str, Spec]] = {"k": Int(1)}
+
     def __init__(self, k: int = 3) -> None:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"top_k: k must be an integer >= 1, got {k!r}")
+        check(self.name, {"k": k}, self.constraints)
         self.k = int(k)
 
     def params(self) -> dict[str, Any]:
@@ -127,13 +129,10 @@ class Round(OutputPolicy):
 
     name = "round"
 
+    constraints: ClassVar[Mapping[str, Spec]] = {"decimals": Int(0, 10)}
+
     def __init__(self, decimals: int = 2) -> None:
-        if (
-            isinstance(decimals, bool)
-            or not isinstance(decimals, (int, np.integer))
-            or not 0 <= decimals <= 10
-        ):
-            raise ConfigError(f"round: decimals must be an integer in [0, 10], got {decimals!r}")
+        check(self.name, {"decimals": decimals}, self.constraints)
         self.decimals = int(decimals)
 
     def params(self) -> dict[str, Any]:
@@ -163,13 +162,14 @@ class Noise(OutputPolicy):
     preserves_argmax = False
     random = True
 
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "scale": NON_NEGATIVE,
+        "kind": Options("gaussian", "laplace"),
+        "seed": (None, Int()),
+    }
+
     def __init__(self, scale: float = 0.05, kind: str = "gaussian", seed: int | None = None) -> None:
-        if not _is_number(scale) or not np.isfinite(scale) or scale < 0:
-            raise ConfigError(f"noise: scale must be a finite number >= 0, got {scale!r}")
-        if kind not in ("gaussian", "laplace"):
-            raise ConfigError(f"noise: kind must be 'gaussian' or 'laplace', got {kind!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ConfigError(f"noise: seed must be a whole number or None, got {seed!r}")
+        check(self.name, {"scale": scale, "kind": kind, "seed": seed}, self.constraints)
         self.scale = float(scale)
         self.kind = kind
         self.seed = seed
@@ -207,9 +207,10 @@ class Temperature(OutputPolicy):
 
     name = "temperature"
 
+    constraints: ClassVar[Mapping[str, Spec]] = {"t": POSITIVE}
+
     def __init__(self, t: float = 2.0) -> None:
-        if not _is_number(t) or not np.isfinite(t) or t <= 0:
-            raise ConfigError(f"temperature: t must be a finite number > 0, got {t!r}")
+        check(self.name, {"t": t}, self.constraints)
         self.t = float(t)
 
     def params(self) -> dict[str, Any]:
@@ -241,10 +242,10 @@ class ReverseSigmoid(OutputPolicy):
     name = "reverse_sigmoid"
     preserves_argmax = False
 
+    constraints: ClassVar[Mapping[str, Spec]] = {"beta": POSITIVE, "gamma": POSITIVE}
+
     def __init__(self, beta: float = 1.0, gamma: float = 0.1) -> None:
-        for n, v in (("beta", beta), ("gamma", gamma)):
-            if not _is_number(v) or not np.isfinite(v) or v <= 0:
-                raise ConfigError(f"reverse_sigmoid: {n} must be a finite number > 0, got {v!r}")
+        check(self.name, {"beta": beta, "gamma": gamma}, self.constraints)
         self.beta = float(beta)
         self.gamma = float(gamma)
 

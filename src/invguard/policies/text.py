@@ -21,12 +21,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from invguard.core.access import TextAccess
 from invguard.core.errors import AccessError, ConfigError
+from invguard.core.params import Boolean, Dict, Int, Spec, check
 from invguard.targets.lm import BaseTextTarget, Generation, TextTarget, TokenLogprobs
 
 MASK = "[REDACTED]"
@@ -78,6 +79,8 @@ class TextPolicy:
 
     name: str = "text policy"
     cap: TextAccess = TextAccess.WHITEBOX
+    #: what each constructor parameter may be (``invguard.core.params``)
+    constraints: ClassVar[Mapping[str, Spec]] = {}
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -215,13 +218,10 @@ class StripLogprobs(TextPolicy):
 
 
 class TopLogprobs(TextPolicy):
+    constraints: ClassVar[Mapping[str, Spec]] = {"k": Int(1, 20), "decimals": (None, Int(0, 6))}
+
     def __init__(self, k: int = 5, decimals: int | None = None) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 20:
-            raise ConfigError(f"top_logprobs: k must be a whole number in [1, 20], got {k!r}")
-        if decimals is not None and (
-            isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= 6
-        ):
-            raise ConfigError(f"top_logprobs: decimals must be a whole number in [0, 6], got {decimals!r}")
+        check("top_logprobs", {"k": k, "decimals": decimals}, self.constraints)
         self.k = k
         self._decimals = decimals
 
@@ -239,9 +239,10 @@ class TopLogprobs(TextPolicy):
 
 
 class RoundLogprobs(TextPolicy):
+    constraints: ClassVar[Mapping[str, Spec]] = {"decimals": Int(0, 6)}
+
     def __init__(self, decimals: int = 2) -> None:
-        if isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= 6:
-            raise ConfigError(f"round: decimals must be a whole number in [0, 6], got {decimals!r}")
+        check("round", {"decimals": decimals}, self.constraints)
         self._decimals = decimals
 
     name = "round"
@@ -262,7 +263,10 @@ class SecretFilter(TextPolicy):
     name = "secret_filter"
     cap = TextAccess.WHITEBOX
 
+    constraints: ClassVar[Mapping[str, Spec]] = {"patterns": (None, Dict()), "defaults": Boolean()}
+
     def __init__(self, patterns: Mapping[str, str] | None = None, defaults: bool = True) -> None:
+        check(self.name, {"patterns": patterns, "defaults": defaults}, self.constraints)
         merged = {**(SECRET_PATTERNS if defaults else {}), **dict(patterns or {})}
         if not merged:
             raise ConfigError("secret_filter: no patterns (defaults=False and none given)")

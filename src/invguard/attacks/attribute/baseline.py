@@ -21,6 +21,7 @@ from invguard.core.access import Access
 from invguard.core.data import Splits, require_splits
 from invguard.core.errors import ConfigError, DataError
 from invguard.core.evidence import BaselineGuesses, GuessedRecords
+from invguard.core.params import Int, Options, Spec, Text
 from invguard.core.target import Target
 
 
@@ -175,15 +176,13 @@ class AttributeBaseline(Attack):
     max_records: int = 1000
     n_boot: int = 1000
 
-    def validate(self) -> list[str]:
-        p = []
-        if self.method not in ("marginal", "imputation"):
-            p.append(f"method must be 'marginal' or 'imputation', got {self.method!r}")
-        if self.bins < 2:
-            p.append(f"bins must be >= 2, got {self.bins}")
-        if self.max_records < 1:
-            p.append(f"max_records must be >= 1, got {self.max_records}")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "sensitive": Text(),
+        "bins": Int(2),
+        "method": Options("marginal", "imputation"),
+        "max_records": Int(1),
+        "n_boot": Int(0),
+    }
 
     def search(
         self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext

@@ -41,6 +41,7 @@ from invguard.core.access import Access
 from invguard.core.data import Splits
 from invguard.core.errors import AccessError, ConfigError
 from invguard.core.evidence import ExposedAttributes, ExposedRegions, RankedCandidates
+from invguard.core.params import NON_NEGATIVE, POSITIVE, Dict, Int, Options, Spec, Text
 from invguard.core.target import Target, unwrap
 
 MASKS = ("bottom_half", "right_half", "centre")
@@ -99,23 +100,29 @@ class MembershipThenInference(Attack):
         cls = ATTACKS.get(self.membership)
         return cls(**{"n_boot": 0, **self.membership_params})
 
-    def validate(self) -> list[str]:
-        p = []
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "membership": Text(),
+        "membership_params": Dict(),
+        "top": Int(2),
+        "sensitive": Text(),
+        "bins": Int(2),
+        "mask": Options(*MASKS),
+        "steps": Int(1),
+        "lr": POSITIVE,
+        "tv": NON_NEGATIVE,
+        "prior": NON_NEGATIVE,
+        "nes_samples": Int(1),
+        "nes_sigma": POSITIVE,
+        "neighbours": Int(1),
+        "n_boot": Int(0),
+    }
+
+    def cross_checks(self) -> list[str]:
         try:
             self._membership_attack()
         except (ConfigError, TypeError) as e:
-            p.append(f"membership attack {self.membership!r}: {e}")
-        if self.top < 2:
-            p.append(f"top must be >= 2, got {self.top}")
-        if self.mask not in MASKS:
-            p.append(f"mask must be one of {list(MASKS)}, got {self.mask!r}")
-        if self.steps < 1:
-            p.append(f"steps must be >= 1, got {self.steps}")
-        if self.nes_samples < 1 or self.nes_sigma <= 0:
-            p.append("nes_samples must be >= 1 and nes_sigma > 0")
-        if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or self.neighbours < 1:
-            p.append(f"neighbours must be an integer >= 1, got {self.neighbours!r}")
-        return p
+            return [f"membership attack {self.membership!r}: {e}"]
+        return []
 
     def required_access(self, target: Target) -> Access:
         return self._membership_attack().required_access(target)

@@ -36,6 +36,7 @@ from invguard.core.access import Access
 from invguard.core.data import Splits
 from invguard.core.errors import AccessError
 from invguard.core.evidence import AttributeGuesses, GuessedRecords
+from invguard.core.params import Boolean, Int, Options, Spec, Text
 from invguard.core.target import Target
 
 
@@ -106,19 +107,14 @@ class AttributeInference(Attack):
     max_records: int = 1000
     n_boot: int = 1000
 
-    def validate(self) -> list[str]:
-        p = []
-        if not self.sensitive:
-            p.append("sensitive must name a column")
-        if self.bins < 2:
-            p.append(f"bins must be >= 2, got {self.bins}")
-        if self.baseline not in BASELINES:
-            p.append(f"baseline must be 'strongest', 'marginal' or 'imputation', got {self.baseline!r}")
-        if self.max_records < 1:
-            p.append(f"max_records must be >= 1, got {self.max_records}")
-        if self.n_boot < 0:
-            p.append(f"n_boot must be >= 0, got {self.n_boot}")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "sensitive": Text(),
+        "bins": Int(2),
+        "use_scores": Boolean(),
+        "baseline": Options(*BASELINES),
+        "max_records": Int(1),
+        "n_boot": Int(0),
+    }
 
     def search(
         self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext

@@ -16,6 +16,7 @@ input to each row); at larger batches the mixtures drift with the steps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,8 +24,8 @@ import numpy as np
 
 from invguard.attacks.base import ATTACKS
 from invguard.attacks.gradient.common import GradientAttack
-from invguard.attacks.gradient.inverting import _check
 from invguard.core.errors import ConfigError
+from invguard.core.params import NON_NEGATIVE, POSITIVE, Spec
 from invguard.federated.updates import Observation
 
 
@@ -81,11 +82,7 @@ class AnalyticRecovery(GradientAttack):
     tolerance: float = 1e-3
     min_bias: float = 1e-4
 
-    def _validate(self) -> list[str]:
-        p: list[str] = []
-        _check(p, "tolerance", self.tolerance)
-        _check(p, "min_bias", self.min_bias, strict=False)
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {"tolerance": POSITIVE, "min_bias": NON_NEGATIVE}
 
     def _reconstruct(
         self,

@@ -13,7 +13,7 @@ records of the members split.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,6 +23,7 @@ from invguard.attacks.base import Attack, RunContext
 from invguard.core.access import Access
 from invguard.core.errors import ConfigError
 from invguard.core.evidence import Evidence
+from invguard.core.params import Int, Spec
 from invguard.core.target import Target
 from invguard.federated.access import RawAccessLog
 from invguard.federated.updates import FederatedSetup, Observation
@@ -85,15 +86,7 @@ class GradientAttack(Attack):
 
     evaluator_epochs: int = 30
 
-    def validate(self) -> list[str]:
-        p = []
-        v = self.evaluator_epochs
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            p.append(f"evaluator_epochs must be a whole number >= 1, got {v!r}")
-        return p + self._validate()
-
-    def _validate(self) -> list[str]:
-        return []
+    constraints: ClassVar[Mapping[str, Spec]] = {"evaluator_epochs": Int(1)}
 
     def search(
         self, target: Target, data: Any, rng: np.random.Generator, ctx: RunContext

@@ -11,6 +11,7 @@ for FedAvg deltas, and DP clipping biases it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ from invguard.attacks.gradient.common import (
     observed_tensors,
     squared_distance,
 )
-from invguard.attacks.gradient.inverting import _check
+from invguard.core.params import POSITIVE, Int, Options, Spec
 from invguard.federated.updates import Observation, local_update, module_params
 
 
@@ -46,16 +47,14 @@ class DeepLeakage(GradientAttack):
     restarts: int = 2
     labels: str = "recover"
 
-    def _validate(self) -> list[str]:
-        p: list[str] = []
-        _check(p, "iterations", self.iterations, integer=True)
-        _check(p, "inner", self.inner, integer=True)
-        _check(p, "history", self.history, integer=True)
-        _check(p, "lr", self.lr)
-        _check(p, "restarts", self.restarts, integer=True)
-        if self.labels not in ("recover", "joint"):
-            p.append(f"labels must be 'recover' or 'joint', got {self.labels!r}")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "iterations": Int(1),
+        "inner": Int(1),
+        "history": Int(1),
+        "lr": POSITIVE,
+        "restarts": Int(1),
+        "labels": Options("recover", "joint"),
+    }
 
     def _reconstruct(
         self,

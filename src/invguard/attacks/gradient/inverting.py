@@ -22,6 +22,7 @@ merely recognisable.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,18 +37,8 @@ from invguard.attacks.gradient.common import (
     observed_tensors,
     total_variation,
 )
+from invguard.core.params import NON_NEGATIVE, POSITIVE, Int, Spec
 from invguard.federated.updates import Observation, local_update, module_params
-
-
-def _check(
-    p: list[str], name: str, v: Any, *, low: float = 0, integer: bool = False, strict: bool = True
-) -> None:
-    bad = (integer and (isinstance(v, bool) or not isinstance(v, (int, np.integer)))) or not (
-        v > low if strict else v >= low
-    )
-    if bad:
-        kind = "a whole number" if integer else "a number"
-        p.append(f"{name} must be {kind} {'>' if strict else '>='} {low:g}, got {v!r}")
 
 
 @ATTACKS.register("gradient.inverting")
@@ -67,15 +58,14 @@ class InvertingGradients(GradientAttack):
     features: float = 1.0
     polish: int = 20
 
-    def _validate(self) -> list[str]:
-        p: list[str] = []
-        _check(p, "iterations", self.iterations, integer=True)
-        _check(p, "lr", self.lr)
-        _check(p, "tv", self.tv, strict=False)
-        _check(p, "restarts", self.restarts, integer=True)
-        _check(p, "features", self.features, strict=False)
-        _check(p, "polish", self.polish, integer=True, strict=False)
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "iterations": Int(1),
+        "lr": POSITIVE,
+        "tv": NON_NEGATIVE,
+        "restarts": Int(1),
+        "features": NON_NEGATIVE,
+        "polish": Int(0),
+    }
 
     def _reconstruct(
         self,

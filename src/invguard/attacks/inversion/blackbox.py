@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from invguard.attacks.base import ATTACKS, RunContext
-from invguard.attacks.inversion.common import _FAST, InversionAttack, _positive, _positive_int, pca_space
+from invguard.attacks.inversion.common import _FAST, InversionAttack, pca_space
 from invguard.attacks.inversion.priors import PixelSpace, Space
 from invguard.attacks.inversion.search import Meter, SearchState, nes_search, score_prior_pool
 from invguard.core.access import Access
+from invguard.core.params import NON_NEGATIVE, OPEN_UNIT, Int, Options, Spec
 from invguard.core.target import Target
 
 
@@ -35,19 +36,14 @@ class _ZerothOrder(InversionAttack):
     nes_lr: float = 0.0
     prior_weight: float = 0.5
 
-    def _validate(self) -> list[str]:
-        p: list[str] = []
-        _positive_int(p, "queries_per_class", self.queries_per_class, 10)
-        if not 0 < self.init_fraction < 1:
-            p.append(f"init_fraction must lie in (0, 1), got {self.init_fraction!r}")
-        _positive_int(p, "population", self.population, 2)
-        _positive(p, "sigma", self.sigma, zero=True)
-        _positive(p, "nes_lr", self.nes_lr, zero=True)
-        _positive(p, "prior_weight", self.prior_weight, zero=True)
-        return p + self._validate_more()
-
-    def _validate_more(self) -> list[str]:
-        return []
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "queries_per_class": Int(10),
+        "init_fraction": OPEN_UNIT,
+        "population": Int(2),
+        "sigma": NON_NEGATIVE,
+        "nes_lr": NON_NEGATIVE,
+        "prior_weight": NON_NEGATIVE,
+    }
 
     def allowance(self, num_classes: int, target: Target) -> int | None:
         return self.queries_per_class * num_classes
@@ -98,13 +94,11 @@ class BlackBoxInversion(_ZerothOrder):
     components: int = 40
     tv: float = 0.3
 
-    def _validate_more(self) -> list[str]:
-        p: list[str] = []
-        if self.space not in ("pca", "pixel"):
-            p.append(f"space must be 'pca' or 'pixel', got {self.space!r}")
-        _positive_int(p, "components", self.components)
-        _positive(p, "tv", self.tv, zero=True)
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "space": Options("pca", "pixel"),
+        "components": Int(1),
+        "tv": NON_NEGATIVE,
+    }
 
     def _reconstruct(
         self,

@@ -22,18 +22,14 @@ from invguard.attacks.inversion.search import Meter, SearchState
 from invguard.core.data import Splits, require_splits
 from invguard.core.errors import ConfigError
 from invguard.core.evidence import Reconstructions
+from invguard.core.params import POSITIVE, Int, Options, Real, Satisfies, Sequence, Spec
 from invguard.core.target import Target, unwrap
 
 
-def _positive_int(problems: list[str], name: str, value: Any, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        problems.append(f"{name} must be an integer >= {low}, got {value!r}")
+def _known_recipe(name: Any) -> bool:
+    from invguard.models.train import RECIPES
 
-
-def _positive(problems: list[str], name: str, value: Any, *, zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not zero):
-        problems.append(f"{name} must be a finite number {'>=' if zero else '>'} 0, got {value!r}")
+    return name == "auto" or (isinstance(name, str) and name in RECIPES)
 
 
 def latent_space(
@@ -90,40 +86,21 @@ class InversionAttack(Attack):
     evaluator_epochs: int = 30
     evaluator_eps: float | None = None
 
-    def validate(self) -> list[str]:
-        p: list[str] = []
-        _positive_int(p, "reconstructions_per_class", self.reconstructions_per_class)
-        if self.classes is not None and (
-            not isinstance(self.classes, (tuple, list))
-            or not self.classes
-            or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0 for c in self.classes)
-        ):
-            p.append(f"classes must be a non-empty list of class indices >= 0 or None, got {self.classes!r}")
-        _positive(p, "margin_cap", self.margin_cap)
-        _positive_int(p, "ranking_queries_per_class", self.ranking_queries_per_class)
-        if not 0 <= self.similarity_threshold <= 1:
-            p.append(f"similarity_threshold must lie in [0, 1], got {self.similarity_threshold!r}")
-        if self.role_swap not in ("auto", "on", "off"):
-            p.append(f"role_swap must be 'auto', 'on' or 'off', got {self.role_swap!r}")
-        from invguard.models.train import RECIPES
-
-        if self.control_recipe != "auto" and self.control_recipe not in RECIPES:
-            p.append(
-                f"control_recipe must be 'auto' or one of {sorted(RECIPES)}, got {self.control_recipe!r}"
-            )
-        _positive_int(p, "permutations", self.permutations, 0)
-        _positive_int(p, "bootstrap", self.bootstrap, 10)
-        _positive_int(p, "evaluator_epochs", self.evaluator_epochs)
-        if self.evaluator_eps is not None and (
-            isinstance(self.evaluator_eps, bool)
-            or not isinstance(self.evaluator_eps, (int, float))
-            or not 0 <= self.evaluator_eps < 1
-        ):
-            p.append(f"evaluator_eps must be a number in [0, 1) or None, got {self.evaluator_eps!r}")
-        return p + self._validate()
-
-    def _validate(self) -> list[str]:
-        return []
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "reconstructions_per_class": Int(1),
+        "classes": (None, Sequence(Int(0), unique=True)),
+        "margin_cap": POSITIVE,
+        "ranking_queries_per_class": Int(1),
+        "similarity_threshold": Real(0, 1),
+        "role_swap": Options("auto", "on", "off"),
+        "control_recipe": Satisfies(
+            _known_recipe, "'auto' or the name of a training recipe (invguard.models.train)", "no-such-recipe"
+        ),
+        "permutations": Int(0),
+        "bootstrap": Int(10),
+        "evaluator_epochs": Int(1),
+        "evaluator_eps": (None, Real(0, 1, "left")),
+    }
 
     # ------------------------------------------------------------------ what a subclass implements
 

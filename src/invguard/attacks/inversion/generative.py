@@ -20,9 +20,10 @@ import numpy as np
 
 from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.inversion.blackbox import _ZerothOrder
-from invguard.attacks.inversion.common import _FAST, _positive, _positive_int, latent_space, pca_space
+from invguard.attacks.inversion.common import _FAST, latent_space, pca_space
 from invguard.attacks.inversion.search import Meter, SearchState, gradient_search
 from invguard.core.access import Access
+from invguard.core.params import NON_NEGATIVE, POSITIVE, Int, Real, Spec
 from invguard.core.target import Target
 
 
@@ -59,19 +60,17 @@ class GenerativeInversion(_ZerothOrder):
     tv: float = 0.01
     restarts: int = 2
 
-    def _validate_more(self) -> list[str]:
-        p: list[str] = []
-        _positive_int(p, "latent_dim", self.latent_dim, 0)
-        _positive_int(p, "generator_epochs", self.generator_epochs)
-        if not 0 < self.latent_fraction <= 1:
-            p.append(f"latent_fraction must lie in (0, 1], got {self.latent_fraction!r}")
-        _positive_int(p, "components", self.components)
-        _positive_int(p, "steps", self.steps)
-        _positive_int(p, "refine_steps", self.refine_steps, 0)
-        _positive(p, "lr", self.lr)
-        _positive(p, "tv", self.tv, zero=True)
-        _positive_int(p, "restarts", self.restarts)
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "latent_dim": Int(0),
+        "generator_epochs": Int(1),
+        "latent_fraction": Real(0, 1, "right"),
+        "components": Int(1),
+        "steps": Int(1),
+        "refine_steps": Int(0),
+        "lr": POSITIVE,
+        "tv": NON_NEGATIVE,
+        "restarts": Int(1),
+    }
 
     def allowance(self, num_classes: int, target: Target) -> int | None:
         return None if target.access >= Access.WHITEBOX else self.queries_per_class * num_classes

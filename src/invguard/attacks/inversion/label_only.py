@@ -21,14 +21,13 @@ from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.inversion.common import (
     _FAST,
     InversionAttack,
-    _positive,
-    _positive_int,
     latent_space,
     pca_space,
 )
 from invguard.attacks.inversion.priors import Space
 from invguard.attacks.inversion.search import Meter, SearchState, brep_search, score_prior_pool
 from invguard.core.access import Access
+from invguard.core.params import NON_NEGATIVE, OPEN_UNIT, POSITIVE, Int, Options, Real, Spec
 from invguard.core.target import Target
 
 
@@ -57,23 +56,19 @@ class LabelOnlyInversion(InversionAttack):
     components: int = 40
     prior_weight: float = 0.5
 
-    def _validate(self) -> list[str]:
-        p: list[str] = []
-        _positive_int(p, "queries_per_class", self.queries_per_class, 10)
-        if not 0 < self.init_fraction < 1:
-            p.append(f"init_fraction must lie in (0, 1), got {self.init_fraction!r}")
-        _positive_int(p, "points", self.points, 2)
-        _positive(p, "radius", self.radius)
-        if not (isinstance(self.growth, (int, float)) and self.growth >= 1):
-            p.append(f"growth must be a number >= 1, got {self.growth!r}")
-        _positive(p, "step", self.step)
-        if self.space not in ("auto", "latent", "pca"):
-            p.append(f"space must be 'auto', 'latent' or 'pca', got {self.space!r}")
-        _positive_int(p, "latent_dim", self.latent_dim, 0)
-        _positive_int(p, "generator_epochs", self.generator_epochs)
-        _positive_int(p, "components", self.components)
-        _positive(p, "prior_weight", self.prior_weight, zero=True)
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "queries_per_class": Int(10),
+        "init_fraction": OPEN_UNIT,
+        "points": Int(2),
+        "radius": POSITIVE,
+        "growth": Real(1),
+        "step": POSITIVE,
+        "space": Options("auto", "latent", "pca"),
+        "latent_dim": Int(0),
+        "generator_epochs": Int(1),
+        "components": Int(1),
+        "prior_weight": NON_NEGATIVE,
+    }
 
     def allowance(self, num_classes: int, target: Target) -> int | None:
         return self.queries_per_class * num_classes

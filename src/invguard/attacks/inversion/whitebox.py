@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from invguard.attacks.base import ATTACKS, RunContext
-from invguard.attacks.inversion.common import _FAST, InversionAttack, _positive, _positive_int, pca_space
+from invguard.attacks.inversion.common import _FAST, InversionAttack, pca_space
 from invguard.attacks.inversion.priors import PixelSpace, Space
 from invguard.attacks.inversion.search import Meter, SearchState, gradient_search
 from invguard.core.access import Access
+from invguard.core.params import NON_NEGATIVE, POSITIVE, Int, Options, Spec
 from invguard.core.target import Target
 
 
@@ -54,21 +55,19 @@ class WhiteBoxInversion(InversionAttack):
     prior_weight: float = 0.5
     unseen_prior_weight: float = 0.1
 
-    def _validate(self) -> list[str]:
-        p: list[str] = []
-        _positive_int(p, "steps", self.steps)
-        _positive(p, "lr", self.lr)
-        _positive(p, "tv", self.tv, zero=True)
-        _positive(p, "l2", self.l2, zero=True)
-        _positive_int(p, "jitter", self.jitter, 0)
-        _positive_int(p, "restarts", self.restarts)
-        _positive_int(p, "patience", self.patience)
-        if self.space not in ("pca", "pixel"):
-            p.append(f"space must be 'pca' or 'pixel', got {self.space!r}")
-        _positive_int(p, "components", self.components)
-        _positive(p, "prior_weight", self.prior_weight, zero=True)
-        _positive(p, "unseen_prior_weight", self.unseen_prior_weight, zero=True)
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "steps": Int(1),
+        "lr": POSITIVE,
+        "tv": NON_NEGATIVE,
+        "l2": NON_NEGATIVE,
+        "jitter": Int(0),
+        "restarts": Int(1),
+        "patience": Int(1),
+        "space": Options("pca", "pixel"),
+        "components": Int(1),
+        "prior_weight": NON_NEGATIVE,
+        "unseen_prior_weight": NON_NEGATIVE,
+    }
 
     def _reconstruct(
         self,

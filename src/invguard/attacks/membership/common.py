@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ from invguard.core.access import Access
 from invguard.core.data import Splits, require_splits
 from invguard.core.errors import ConfigError
 from invguard.core.evidence import MembershipScores
+from invguard.core.params import Dict, Int, Satisfies, Spec
 from invguard.core.result import Finding
 from invguard.core.target import Prediction, Target, unwrap
 
@@ -195,17 +197,21 @@ class ReferenceSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+def _known_recipe(name: Any) -> bool:
+    from invguard.models.train import RECIPES
+
+    return isinstance(name, str) and name in RECIPES
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReferenceAttack(Attack):
     """The parameters every attack that trains reference ("shadow") models shares.
 
-    ``n_models``: how many (at least ``min_models``); ``arch``/``recipe``/``train``: how they are
+    ``n_models``: how many; ``arch``/``recipe``/``train``: how they are
     built and trained (default: the target's own ``invguard.models`` spec and recipe); ``n_boot``:
     bootstrap resamples of the confidence intervals; ``top``: records listed in the risk ranking.
-    Subclasses redeclare ``n_models`` with their own default and extend ``validate``.
+    Subclasses redeclare ``n_models`` with their own default and add to ``constraints``.
     """
-
-    min_models: ClassVar[int] = 1
 
     n_models: int = 8
     arch: dict[str, Any] | None = None
@@ -214,13 +220,14 @@ class ReferenceAttack(Attack):
     n_boot: int = 1000
     top: int = 20
 
-    def validate(self) -> list[str]:
-        p = []
-        if self.n_models < self.min_models:
-            p.append(f"n_models must be >= {self.min_models}, got {self.n_models}")
-        if self.n_boot < 0:
-            p.append(f"n_boot must be >= 0, got {self.n_boot}")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "n_models": Int(1),
+        "arch": (None, Dict()),
+        "recipe": (None, Satisfies(_known_recipe, "the name of a training recipe", "no-such-recipe")),
+        "train": Dict(),
+        "n_boot": Int(0),
+        "top": Int(0),
+    }
 
     def reference(self, target: Target) -> ReferenceSpec:
         return resolve_reference(target, self.arch, self.recipe, self.train, self.name)

@@ -22,6 +22,7 @@ from invguard.attacks.membership.common import candidates_of, scored, shift, spl
 from invguard.core.access import Access
 from invguard.core.data import Splits
 from invguard.core.evidence import MembershipScores
+from invguard.core.params import NON_NEGATIVE, OPEN_UNIT, Int, Spec
 from invguard.core.target import Target
 
 
@@ -59,19 +60,19 @@ class LabelOnlyAttack(Attack):
     n_boot: int = 1000
     top: int = 20
 
-    def validate(self) -> list[str]:
-        p = []
-        if self.queries_per_record < 1:
-            p.append(f"queries_per_record must be >= 1, got {self.queries_per_record}")
-        if self.noise < 0:
-            p.append(f"noise must be >= 0, got {self.noise}")
-        if self.max_shift < 0:
-            p.append(f"max_shift must be >= 0, got {self.max_shift}")
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "queries_per_record": Int(1),
+        "noise": NON_NEGATIVE,
+        "max_shift": Int(0),
+        "decision_fpr": OPEN_UNIT,
+        "n_boot": Int(0),
+        "top": Int(0),
+    }
+
+    def cross_checks(self) -> list[str]:
         if self.noise == 0 and self.max_shift == 0:
-            p.append("noise and max_shift are both 0: the perturbations would all be the record itself")
-        if not 0.0 < self.decision_fpr < 1.0:
-            p.append(f"decision_fpr must be in (0, 1), got {self.decision_fpr}")
-        return p
+            return ["noise and max_shift are both 0: the perturbations would all be the record itself"]
+        return []
 
     def _robustness(
         self, target: Target, X: np.ndarray, y: np.ndarray, rng: np.random.Generator

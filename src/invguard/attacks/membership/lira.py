@@ -41,6 +41,7 @@ from invguard.attacks.membership.common import (
 from invguard.core.access import Access
 from invguard.core.data import Splits
 from invguard.core.evidence import MembershipScores
+from invguard.core.params import OPEN_UNIT, Int, Options, Spec
 from invguard.core.result import Finding
 from invguard.core.target import Target
 
@@ -64,7 +65,6 @@ class LiRA(ReferenceAttack):
     requires: ClassVar[Access] = Access.SCORES
     strength: ClassVar[int] = 50
     fast_params: ClassVar[Mapping[str, Any]] = {"n_models": 8, "n_boot": 300}
-    min_models: ClassVar[int] = 2
 
     n_models: int = 16
     mode: str = "online"
@@ -72,17 +72,13 @@ class LiRA(ReferenceAttack):
     augment: str = "none"
     decision_fpr: float = 0.05
 
-    def validate(self) -> list[str]:
-        p = super().validate()
-        if self.mode not in ("online", "offline"):
-            p.append(f"mode must be 'online' or 'offline', got {self.mode!r}")
-        if self.variance not in VARIANCES:
-            p.append(f"variance must be one of {list(VARIANCES)}, got {self.variance!r}")
-        if self.augment not in AUGMENTATIONS:
-            p.append(f"augment must be one of {list(AUGMENTATIONS)}, got {self.augment!r}")
-        if not 0.0 < self.decision_fpr < 1.0:
-            p.append(f"decision_fpr must be in (0, 1), got {self.decision_fpr}")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "n_models": Int(2),
+        "mode": Options("online", "offline"),
+        "variance": Options(*VARIANCES),
+        "augment": Options(*AUGMENTATIONS),
+        "decision_fpr": OPEN_UNIT,
+    }
 
     def search(
         self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext

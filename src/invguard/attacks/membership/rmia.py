@@ -37,6 +37,7 @@ from invguard.core.access import Access
 from invguard.core.data import Splits
 from invguard.core.errors import ConfigError
 from invguard.core.evidence import MembershipScores
+from invguard.core.params import OPEN_UNIT, POSITIVE, Int, Real, Spec
 from invguard.core.target import Target
 
 
@@ -65,19 +66,13 @@ class RMIA(ReferenceAttack):
     n_calibration: int = 200
     decision_fpr: float = 0.05
 
-    def validate(self) -> list[str]:
-        p = super().validate()
-        if not 0.0 <= self.a <= 1.0:
-            p.append(f"a must be in [0, 1], got {self.a}")
-        if self.gamma <= 0:
-            p.append(f"gamma must be > 0, got {self.gamma}")
-        if self.n_calibration < 0:
-            p.append(f"n_calibration must be >= 0, got {self.n_calibration}")
-        if self.n_population < 1:
-            p.append(f"n_population must be >= 1, got {self.n_population}")
-        if not 0.0 < self.decision_fpr < 1.0:
-            p.append(f"decision_fpr must be in (0, 1), got {self.decision_fpr}")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "a": Real(0, 1),
+        "gamma": POSITIVE,
+        "n_population": Int(1),
+        "n_calibration": Int(0),
+        "decision_fpr": OPEN_UNIT,
+    }
 
     def search(
         self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext

@@ -31,6 +31,7 @@ from invguard.core.access import Access
 from invguard.core.data import Splits
 from invguard.core.errors import ConfigError
 from invguard.core.evidence import MembershipScores
+from invguard.core.params import Options, Spec
 from invguard.core.target import Prediction, Target
 
 
@@ -61,11 +62,7 @@ class ShadowAttack(ReferenceAttack):
     n_models: int = 8
     attack_model: str = "per_class"
 
-    def validate(self) -> list[str]:
-        p = super().validate()
-        if self.attack_model not in ("per_class", "global"):
-            p.append(f"attack_model must be 'per_class' or 'global', got {self.attack_model!r}")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {"attack_model": Options("per_class", "global")}
 
     def search(
         self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext

@@ -26,6 +26,7 @@ from invguard.attacks.membership.common import (
 from invguard.core.access import Access
 from invguard.core.data import Splits
 from invguard.core.evidence import MembershipScores
+from invguard.core.params import OPEN_UNIT, Int, Options, Spec
 from invguard.core.target import Target
 
 STATISTICS = ("loss", "confidence", "entropy", "modified_entropy")
@@ -52,17 +53,12 @@ class ThresholdAttack(Attack):
     n_boot: int = 1000
     top: int = 20
 
-    def validate(self) -> list[str]:
-        p = []
-        if self.statistic not in STATISTICS:
-            p.append(f"statistic must be one of {list(STATISTICS)}, got {self.statistic!r}")
-        if not 0.0 < self.decision_fpr < 1.0:
-            p.append(f"decision_fpr must be in (0, 1), got {self.decision_fpr}")
-        if self.n_boot < 0:
-            p.append(f"n_boot must be >= 0, got {self.n_boot}")
-        if self.top < 0:
-            p.append(f"top must be >= 0, got {self.top}")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "statistic": Options(*STATISTICS),
+        "decision_fpr": OPEN_UNIT,
+        "n_boot": Int(0),
+        "top": Int(0),
+    }
 
     def search(
         self, target: Target, data: Splits, rng: np.random.Generator, ctx: RunContext

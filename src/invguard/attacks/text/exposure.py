@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -39,6 +40,7 @@ import numpy as np
 from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.text.common import LN2, TextAttack, batched, text_splits_of
 from invguard.core.access import TextAccess
+from invguard.core.params import POSITIVE, Int, Options, Spec
 from invguard.judges.text import CanaryExposure, CanaryRow
 
 # the pruning bound's slack over the canary's separately scored log-perplexity (float32 round-off
@@ -89,17 +91,14 @@ class CanaryExposureAttack(TextAttack):
     approximate: str = "always"
     batch: int = 256
 
-    def validate(self) -> list[str]:
-        p = []
-        if self.max_exact < 0 or self.max_scored < 0:
-            p.append("max_exact and max_scored must be >= 0")
-        if self.samples < 0 or 0 < self.samples < 50:
-            p.append(f"samples must be 0 or >= 50 (a skew-normal fit needs data), got {self.samples}")
-        if self.approximate not in ("always", "beyond_exact"):
-            p.append(f"approximate must be 'always' or 'beyond_exact', got {self.approximate!r}")
-        if self.batch < 1:
-            p.append(f"batch must be >= 1, got {self.batch}")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "max_exact": Int(0),
+        "max_scored": Int(0),
+        # a skew-normal fit needs data
+        "samples": (Options(0), Int(50)),
+        "approximate": Options("always", "beyond_exact"),
+        "batch": Int(1),
+    }
 
     def _tree_ok(self, target: Any, fmt: Any, prefix: str) -> bool:
         """Tree enumeration applies: whole next-token distributions and one token per character,
@@ -231,17 +230,12 @@ class GenerationExposureAttack(TextAttack):
     temperature: float = 1.0
     batch: int = 128
 
-    def validate(self) -> list[str]:
-        p = []
-        if self.samples < 1:
-            p.append(f"samples must be >= 1, got {self.samples}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            p.append(f"max_tokens must be >= 1 or None, got {self.max_tokens}")
-        if not self.temperature > 0:
-            p.append(f"temperature must be > 0 (sampling), got {self.temperature}")
-        if self.batch < 1:
-            p.append(f"batch must be >= 1, got {self.batch}")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "samples": Int(1),
+        "max_tokens": (None, Int(1)),
+        "temperature": POSITIVE,
+        "batch": Int(1),
+    }
 
     def search(self, target: Any, data: Any, rng: np.random.Generator, ctx: RunContext) -> CanaryExposure:
         import re

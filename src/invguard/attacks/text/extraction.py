@@ -20,6 +20,7 @@ USENIX Security 2021).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,6 +29,7 @@ import numpy as np
 from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.text.common import LN2, TextAttack, batched, text_splits_of, zlib_bits
 from invguard.core.access import TextAccess
+from invguard.core.params import POSITIVE, Boolean, Dict, Int, Options, Sequence, Spec
 from invguard.judges.text import Candidate, ExtractionCandidates
 
 RANKINGS = ("perplexity", "zlib", "lowercase", "reference", "frequency")
@@ -82,21 +84,20 @@ class TextExtraction(TextAttack):
     batch: int = 64
     show_secrets: bool = False
 
-    def validate(self) -> list[str]:
-        p = []
-        if self.samples < 1 or self.max_tokens < 1 or self.top < 1 or self.batch < 1:
-            p.append("samples, max_tokens, top and batch must be >= 1")
-        if self.top_k < 0 or not self.temperature > 0:
-            p.append("top_k must be >= 0 and temperature > 0")
-        bad = [x for x in self.prompts if x not in PROMPTS]
-        if bad or not self.prompts:
-            p.append(f"prompts must be a non-empty subset of {list(PROMPTS)}, got {list(self.prompts)}")
-        bad = [x for x in self.rankings if x not in RANKINGS]
-        if bad or not self.rankings:
-            p.append(f"rankings must be a non-empty subset of {list(RANKINGS)}, got {list(self.rankings)}")
-        if self.min_chars < 8:
-            p.append(f"min_chars must be >= 8, got {self.min_chars}")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "samples": Int(1),
+        "max_tokens": Int(1),
+        "top_k": Int(0),
+        "temperature": POSITIVE,
+        "prompts": Sequence(Options(*PROMPTS), unique=True),
+        "prompt_chars": Int(1),
+        "rankings": Sequence(Options(*RANKINGS), unique=True),
+        "top": Int(1),
+        "min_chars": Int(8),
+        "reference_spec": (None, Dict()),
+        "batch": Int(1),
+        "show_secrets": Boolean(),
+    }
 
     def _prompts(self, splits: Any, rng: np.random.Generator) -> list[str]:
         share = [len(b) for b in np.array_split(np.arange(self.samples), len(self.prompts))]

@@ -18,6 +18,7 @@ takes the top-k bound (the result says so).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.membership.common import calibrated_threshold
 from invguard.attacks.text.common import TextAttack, batched, text_splits_of, zlib_bits
 from invguard.core.access import TextAccess
+from invguard.core.params import OPEN_UNIT, Dict, Int, Options, Real, Spec
 from invguard.core.result import Finding
 from invguard.judges.text import TextMembershipScores
 
@@ -74,17 +76,14 @@ class TextThresholdMembership(TextAttack):
     batch: int = 32
     top: int = 20
 
-    def validate(self) -> list[str]:
-        p = []
-        if self.statistic not in STATISTICS:
-            p.append(f"statistic must be one of {list(STATISTICS)}, got {self.statistic!r}")
-        if not 0.0 < self.k <= 1.0:
-            p.append(f"k must be in (0, 1], got {self.k}")
-        if not 0.0 < self.decision_fpr < 1.0:
-            p.append(f"decision_fpr must be in (0, 1), got {self.decision_fpr}")
-        if self.n_boot < 0 or self.batch < 1 or self.top < 0:
-            p.append("n_boot and top must be >= 0 and batch >= 1")
-        return p
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "statistic": Options(*STATISTICS),
+        "k": Real(0, 1, "right"),
+        "decision_fpr": OPEN_UNIT,
+        "n_boot": Int(0),
+        "batch": Int(1),
+        "top": Int(0),
+    }
 
     def search(
         self, target: Any, data: Any, rng: np.random.Generator, ctx: RunContext
@@ -154,14 +153,16 @@ class TextReferenceMembership(TextAttack):
     batch: int = 32
     top: int = 20
 
-    def validate(self) -> list[str]:
-        p = []
-        if self.n_models < 1:
-            p.append(f"n_models must be >= 1, got {self.n_models}")
-        if not 0.0 < self.decision_fpr < 1.0:
-            p.append(f"decision_fpr must be in (0, 1), got {self.decision_fpr}")
-        if self.n_boot < 0 or self.batch < 1 or self.top < 0:
-            p.append("n_boot and top must be >= 0 and batch >= 1")
+    constraints: ClassVar[Mapping[str, Spec]] = {
+        "n_models": Int(1),
+        "spec": (None, Dict()),
+        "decision_fpr": OPEN_UNIT,
+        "n_boot": Int(0),
+        "batch": Int(1),
+        "top": Int(0),
+    }
+
+    def cross_checks(self) -> list[str]:
         if self.spec is not None:
             from invguard.core.errors import ConfigError
             from invguard.models.lm import LMSpec
@@ -169,8 +170,8 @@ class TextReferenceMembership(TextAttack):
             try:
                 LMSpec.of(self.spec)
             except ConfigError as e:
-                p.append(str(e))
-        return p
+                return [str(e)]
+        return []
 
     def _spec(self, target: Any) -> Any:
         import json
