@@ -18,7 +18,8 @@ starts it again with the same index (its chain recovers: a torn last write is cu
 crash); the others keep serving meanwhile. A worker exiting with code 2 (a configuration error)
 stops the guard, and so does one that keeps dying within a second of its start. SIGTERM or
 SIGINT stops the workers gracefully (each seals its chain with a checkpoint) and then the
-supervisor.
+supervisor. The workers share the supervisor's process group (and a service manager's cgroup): a
+SIGKILL meant for the whole guard goes to the group, not to the supervisor alone.
 
 **What is shared.** Rate limits and budgets, the keyless limit per address and detection state
 live in Redis (``ratelimit.backend: redis``, ``detection.backend: redis``); in memory they would
@@ -139,6 +140,8 @@ class Supervisor:
         cmd = [sys.executable, "-m", "invguard.guard.workers", str(self.config), str(index), str(self.n)]
         proc = subprocess.Popen([*cmd, self.host, str(self.port)], env=self.env)
         self.procs[proc.pid] = (index, proc, time.monotonic())
+        if self.stopping:  # a stop signal arrived while it was being started
+            proc.send_signal(signal.SIGTERM)
 
     def _stop(self, *_: Any) -> None:
         self.stopping = True
