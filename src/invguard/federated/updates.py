@@ -170,6 +170,24 @@ class Observation:
     def minibatch(self) -> int:
         return self.local_batch or self.batch_size
 
+    def replay(
+        self, module: torch.nn.Module, params: dict[str, torch.Tensor], x: Any, y: Any, *, graph: bool = False
+    ) -> list[torch.Tensor]:
+        """The update this observation's client would send for candidate records ``(x, y)``: the
+        same kind, local steps, learning rate and mini-batching (see :func:`local_update`);
+        ``graph`` keeps it differentiable for gradient matching."""
+        return local_update(
+            module,
+            params,
+            x,
+            y,
+            kind=self.kind,
+            steps=self.local_steps,
+            lr=self.local_lr,
+            minibatch=self.minibatch,
+            create_graph=graph,
+        )
+
     def label(self) -> str:
         who = (
             f"client {self.clients[0]}" if not self.aggregate else f"aggregate of {len(self.clients)} clients"

@@ -26,7 +26,7 @@ from invguard.attacks.gradient.common import (
     squared_distance,
 )
 from invguard.core.params import POSITIVE, Int, Options, Spec
-from invguard.federated.updates import Observation, local_update, module_params
+from invguard.federated.updates import Observation, module_params
 
 
 @ATTACKS.register("gradient.dlg")
@@ -109,17 +109,7 @@ class DeepLeakage(GradientAttack):
         def closure() -> Any:
             opt.zero_grad()
             y = torch.softmax(variables[1], dim=-1) if self.labels == "joint" else fixed
-            upd = local_update(
-                module,
-                params,
-                x,
-                y,
-                kind=o.kind,
-                steps=o.local_steps,
-                lr=o.local_lr,
-                minibatch=o.minibatch,
-                create_graph=True,
-            )
+            upd = o.replay(module, params, x, y, graph=True)
             loss = squared_distance(upd, target)
             grads = torch.autograd.grad(loss, variables)
             for v, g in zip(variables, grads, strict=True):

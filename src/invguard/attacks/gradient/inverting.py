@@ -38,7 +38,7 @@ from invguard.attacks.gradient.common import (
     total_variation,
 )
 from invguard.core.params import NON_NEGATIVE, POSITIVE, Int, Spec
-from invguard.federated.updates import Observation, local_update, module_params
+from invguard.federated.updates import Observation, module_params
 
 
 @ATTACKS.register("gradient.inverting")
@@ -92,17 +92,7 @@ class InvertingGradients(GradientAttack):
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
             for _ in range(self.iterations):
                 opt.zero_grad()
-                upd = local_update(
-                    module,
-                    params,
-                    x,
-                    y,
-                    kind=o.kind,
-                    steps=o.local_steps,
-                    lr=o.local_lr,
-                    minibatch=o.minibatch,
-                    create_graph=True,
-                )
+                upd = o.replay(module, params, x, y, graph=True)
                 loss = cosine_distance(upd, target) + self.tv * total_variation(x)
                 if feat is not None:
                     loss = loss + self.features * feat(params, x)
@@ -132,17 +122,7 @@ class InvertingGradients(GradientAttack):
 
         def closure() -> Any:
             opt.zero_grad()
-            upd = local_update(
-                module,
-                params,
-                x,
-                y,
-                kind=o.kind,
-                steps=o.local_steps,
-                lr=o.local_lr,
-                minibatch=o.minibatch,
-                create_graph=True,
-            )
+            upd = o.replay(module, params, x, y, graph=True)
             loss = cosine_distance(upd, target)
             if feat is not None:
                 loss = loss + self.features * feat(params, x)
@@ -205,9 +185,7 @@ class InvertingGradients(GradientAttack):
         import torch
 
         x = x.clone().requires_grad_(True)
-        upd = local_update(
-            module, params, x, y, kind=o.kind, steps=o.local_steps, lr=o.local_lr, minibatch=o.minibatch
-        )
+        upd = o.replay(module, params, x, y)
         with torch.no_grad():
             value = cosine_distance(upd, target)
             if feat is not None:
