@@ -222,12 +222,19 @@ def _build(name: str, value: Any, where: str) -> OutputPolicy:
     cls = POLICIES.get(key) if key in POLICIES else None
     if cls is None:
         raise ConfigError(f"{where}: unknown output policy {name!r}; known: {', '.join(POLICIES.names())}")
+    out: OutputPolicy = construct(cls, value, key, where)
+    return out
+
+
+def construct(cls: Any, value: Any, key: str, where: str) -> Any:
+    """A policy (image or text) from its config value: ``true``/``null`` for its defaults, a
+    mapping of parameters, or its one parameter; a refusal names ``where``."""
     try:
         if value is True or value is None:
             return cls()
         if isinstance(value, Mapping):
             return cls(**value)
-        return cls(value)  # type: ignore[call-arg]
+        return cls(value)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     except TypeError as e:

@@ -28,6 +28,7 @@ import numpy as np
 from invguard.core.access import TextAccess
 from invguard.core.errors import AccessError, ConfigError
 from invguard.core.params import Boolean, Dict, Int, Spec, check
+from invguard.policies.base import construct
 from invguard.targets.lm import BaseTextTarget, Generation, TextTarget, TokenLogprobs
 
 MASK = "[REDACTED]"
@@ -329,16 +330,8 @@ def text_policy(spec: Any, where: str = "text policy") -> TextPolicy:
         cls = TEXT_POLICIES.get(key)
         if cls is None:
             raise ConfigError(f"{at}: unknown text policy {name!r}; known: {', '.join(TEXT_POLICIES)}")
-        try:
-            if value is True or value is None:
-                return cls()
-            if isinstance(value, Mapping):
-                return cls(**value)
-            return cls(value)  # type: ignore[call-arg]
-        except ConfigError as e:
-            raise ConfigError(f"{at}: {e}") from None
-        except TypeError as e:
-            raise ConfigError(f"{at}: bad parameters for {key!r}: {e}") from None
+        out: TextPolicy = construct(cls, value, key, at)
+        return out
 
     if isinstance(spec, str):
         tokens = [t for t in re.split(r"[\s,|]+", spec.strip()) if t]
