@@ -1,16 +1,19 @@
 """Language-model leakage on the tiny reference LM, through a local target and through the guard.
 
-The model: ``pydoc-gpt2-tiny`` (GPT-2, 2 layers, 128 wide, byte-level BPE) trained on CPU on the
-members of ``pydoc_data.topics`` with canaries ``"the pin of <name> is <6 digits>"`` inserted 0, 1,
-10 and 100 times (4 canaries each). Views of it, side by side in one run:
+The model: ``pydoc-gpt2-tiny`` (GPT-2, 2 layers, 96 wide, byte-level BPE) trained on CPU on the
+members of 300 documents of ``pydoc_data.topics`` with canaries ``"the pin of <name> is <5
+digits>"`` (|R| = 10^5) inserted 0, 1, 10 and 100 times (3 canaries each); ``--model
+stdlib-gpt2-tiny`` is the same recipe on a second corpus, the standard library's docstrings.
+Views of it, side by side in one run (``--views`` picks some):
 
 - ``local``: the model in process (white box);
 - ``guard/full``, ``guard/top5``, ``guard/text``: the guard (OpenAI-compatible routes, proxying to
   the model served by ``invguard.models.lm_server``) under a role with full log-probabilities,
   top-5 log-probabilities rounded to 2 decimals, and text only.
 
-For each view: canary exposure per insertion count (exact by enumeration locally; the skew-normal
-approximation where exact enumeration would cost |R| = 10^6 queries; from generations alone at
+For each view: canary exposure per insertion count (exact by enumeration locally, beside the
+skew-normal approximation fitted to the lower tail and to all samples; the approximation alone
+through the guard, where exact enumeration would cost |R| queries; from generations alone at
 TEXT), with 95% bootstrap CIs over the canaries; the share of canaries inserted >= 10 times that
 extraction recovers, by ranking; membership AUC and TPR at 0.1% FPR for loss, zlib, Min-K% and
 reference calibration; and the wall time of every attack. The Secret Sharer's reference figures
@@ -19,6 +22,7 @@ insertions.
 
     python benchmarks/text.py            # the full run
     python benchmarks/text.py --quick    # the tests' micro LM, fewer samples (a smoke run)
+    python benchmarks/text.py --model stdlib-gpt2-tiny --views local   # the second corpus
 """
 
 from __future__ import annotations
@@ -42,6 +46,17 @@ def main() -> None:
     ap.add_argument("--cache", default=os.environ.get("INVGUARD_CACHE", ".invguard/cache"))
     ap.add_argument("--out", default="reports/bench-text.json")
     ap.add_argument("--show-secrets", action="store_true", help="print extracted strings in clear")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="the reference LM (default pydoc-gpt2-tiny; stdlib-gpt2-tiny: the same model on the standard "
+        "library's docstrings, the second corpus)",
+    )
+    ap.add_argument(
+        "--views",
+        default="local,guard/full,guard/top5,guard/text",
+        help="comma-separated views to run (local, guard/full, guard/top5, guard/text)",
+    )
     args = ap.parse_args()
 
     import sys
@@ -60,7 +75,8 @@ def main() -> None:
     from invguard.targets.openai import OpenAITarget
 
     cache = Path(args.cache)
-    name = "pydoc-gpt2-micro" if args.quick else "pydoc-gpt2-tiny"
+    name = args.model or ("pydoc-gpt2-micro" if args.quick else "pydoc-gpt2-tiny")
+    wanted = [v.strip() for v in args.views.split(",") if v.strip()]
     t0 = time.perf_counter()
     path, splits = reference_lm(name, cache_dir=cache)
     meta = json.loads((path / "invguard_lm.json").read_text())
@@ -119,6 +135,10 @@ def main() -> None:
                 guard_url, model="lm", access="text", api_key=keys["text"], timeout=600
             ),
         }
+        unknown = sorted(set(wanted) - set(views))
+        if unknown:
+            raise SystemExit(f"--views: unknown {unknown}; known: {sorted(views)}")
+        views = {v: t for v, t in views.items() if v in wanted}
         samples = 200 if q else 1000
         plan = []  # (view, label, attack): the local white-box figures first
         for view in views:
@@ -150,7 +170,7 @@ def main() -> None:
             if view != "guard/text":
                 for st in ("loss", "zlib", "min_k"):
                     plan.append((view, f"membership_{st}", get("text.membership")(statistic=st, n_boot=300)))
-        for view in ("local", "guard/full", "guard/top5"):
+        for view in [v for v in ("local", "guard/full", "guard/top5") if v in views]:
             plan.append(
                 (
                     view,
@@ -215,13 +235,18 @@ def report(results: dict, splits) -> None:
                 )
             ]
             if view == "local" and label == "exposure":
-                rows.append(("approx (skew-normal)", "exposure_approx"))
+                rows.append(("approx (skew-normal, tail)", "exposure_approx"))
+                rows.append(("approx (skew-normal, all)", "exposure_approx_full"))
             for name, prefix in rows:
                 print(f"{view:15} {name:26} " + "  ".join(f"{_m(r, f'{prefix}_{k}'):>22}" for k in counts))
-    loc = results["local"].get("exposure", {}).get("result")
+    loc = results.get("local", {}).get("exposure", {}).get("result")
     if loc:
         err = loc["metrics"].get("approx_error_bits", {}).get("value")
-        print(f"largest |exact - approximated| over the canaries: {err:.2f} bits")
+        full = loc["metrics"].get("approx_full_error_bits", {}).get("value")
+        print(
+            f"largest |exact - approximated| over the canaries: {err:.2f} bits (lower-tail fit), "
+            f"{full:.2f} bits (the paper's fit of all samples)"
+        )
         line = ", ".join(
             f"{k}x: ours {loc['metrics'][f'exposure_{k}']['value']:.1f} vs {v}"
             for k, v in SECRET_SHARER.items()

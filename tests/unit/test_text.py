@@ -304,3 +304,13 @@ def test_text_corpus_splits_are_disjoint_seeded_and_canaries_distinct():
     )
     fmt = a.canary_format
     assert fmt.secret(fmt.index("004213")) == "004213" and fmt.secrets(np.array([7]))[0] == "000007"
+
+
+def test_second_corpus_is_the_standard_librarys_docstrings():
+    s = load_text("stdlib-docs", max_documents=60, seed=0)
+    p = load_text(max_documents=60, seed=0)
+    assert s.source == "stdlib-docs" and len(s.members) == 30 and not set(s.members) & set(p.members)
+    assert not set(s.members) & set(s.nonmembers)
+    assert any("Return" in d or "return" in d for d in s.members)  # library documentation, not topic help
+    with pytest.raises(Exception, match=r"not 'pydoc' or 'stdlib-docs' and no such file or folder"):
+        load_text("no-such-corpus")

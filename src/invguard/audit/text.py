@@ -39,7 +39,7 @@ def _reference_data(name: str) -> dict[str, Any]:
     from invguard.models.lm import REFERENCE_LMS
 
     opts = dict(REFERENCE_LMS[name]["data"])
-    return {"corpus": "pydoc", **opts}
+    return {"corpus": opts.pop("source", "pydoc"), **opts}
 
 
 def resolve_text_data(text_cfg: Any, target_cfg: Any, *, seed: int) -> Any:

@@ -235,14 +235,45 @@ def documents(texts: Sequence[str], *, min_chars: int = 200, max_chars: int = 60
     return out
 
 
+# the standard library's folders whose docstrings are not library documentation
+_STDLIB_SKIP = ("test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3", "__pycache__")
+
+
+def stdlib_docstrings(min_chars: int = 200) -> list[str]:
+    """The docstrings (of at least ``min_chars``) of the standard library's modules and of their
+    top-level classes and functions, read from the source files with ``ast`` (nothing is imported),
+    in file order: a second corpus that ships with Python, of another kind than the topic help."""
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    texts = []
+    for f in sorted(root.rglob("*.py")):
+        parts = f.relative_to(root).parts
+        if any(p in _STDLIB_SKIP or p.startswith("test_") for p in parts):
+            continue
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+            continue
+        nodes: list[Any] = [tree, *(n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)))]
+        for node in nodes:
+            doc = ast.get_docstring(node)
+            if doc and len(doc) >= min_chars:
+                texts.append(doc)
+    return texts
+
+
 def _source_texts(source: str) -> list[str]:
     if source == "pydoc":
         from pydoc_data.topics import topics
 
         return [topics[k] for k in sorted(topics)]
+    if source == "stdlib-docs":
+        return stdlib_docstrings()
     p = Path(source)
     if not p.exists():
-        raise DataError(f"text corpus {source!r}: not 'pydoc' and no such file or folder")
+        raise DataError(f"text corpus {source!r}: not 'pydoc' or 'stdlib-docs' and no such file or folder")
     files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
     if not files:
         raise DataError(f"text corpus {source!r}: the folder holds no .txt files")
@@ -267,7 +298,8 @@ def load_text(
 ) -> TextSplits:
     """Load a text corpus, split it into members / non-members / public and make canaries.
 
-    ``source``: ``"pydoc"`` (bundled) or a ``.txt`` file / a folder of them. ``fractions``: the
+    ``source``: ``"pydoc"`` (Python's topic help), ``"stdlib-docs"`` (the standard library's
+    docstrings; both ship with Python) or a ``.txt`` file / a folder of them. ``fractions``: the
     shares of members, non-members and public documents. ``max_documents``: keep this many
     documents (a seeded sample) for small models. ``insertions``: the insertion counts; each gets
     ``canaries_per_count`` canaries with fresh secrets and distinct names.

@@ -39,6 +39,7 @@ class CanaryRow:
     hits: int = 0
     samples: int = 0
     distinct: int = 0
+    approx_full: float = float("nan")  # the paper's fit of all samples (``approx``: the lower tail's)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +84,7 @@ def judge_exposure(ev: CanaryExposure, case: Case) -> AttackOutput:
                 "exposure_low": low,
                 "exact": r.exact,
                 "approx": r.approx,
+                "approx_full": r.approx_full,
                 "rank": r.rank,
                 "log_perplexity_bits": r.log_perplexity_bits,
                 "method": r.method,
@@ -123,8 +125,19 @@ def judge_exposure(ev: CanaryExposure, case: Case) -> AttackOutput:
                     np.array([ev.rows[i].approx for i in both]),
                     n_boot=n_boot,
                     seed=case.seed,
-                    description=f"mean skew-normal approximated exposure of the canaries inserted {k} times",
+                    description=f"mean skew-normal approximated exposure (lower-tail fit) of the canaries "
+                    f"inserted {k} times",
                 )
+                full = [i for i in both if not math.isnan(ev.rows[i].approx_full)]
+                if full:
+                    metrics[f"exposure_approx_full_{k}"] = bootstrap_metric(
+                        np.mean,
+                        np.array([ev.rows[i].approx_full for i in full]),
+                        n_boot=n_boot,
+                        seed=case.seed,
+                        description=f"mean skew-normal approximated exposure (the paper's fit of all "
+                        f"samples) of the canaries inserted {k} times",
+                    )
     both_all = [r for r in ev.rows if not math.isnan(r.exact) and not math.isnan(r.approx)]
     if both_all:
         err = np.array([abs(r.exact - r.approx) for r in both_all])
@@ -133,8 +146,18 @@ def judge_exposure(ev: CanaryExposure, case: Case) -> AttackOutput:
             None,
             None,
             True,
-            "largest |exact - approximated| exposure over the canaries (bits)",
+            "largest |exact - approximated| exposure over the canaries (bits; lower-tail fit)",
         )
+        full_err = [abs(r.exact - r.approx_full) for r in both_all if not math.isnan(r.approx_full)]
+        if full_err:
+            metrics["approx_full_error_bits"] = Metric(
+                float(max(full_err)),
+                None,
+                None,
+                True,
+                "largest |exact - approximated| exposure over the canaries (bits; the paper's fit of "
+                "all samples)",
+            )
     baseline = [values[i][0] for i, r in enumerate(ev.rows) if r.insertions == 0]
     inserted = [(r, values[i]) for i, r in enumerate(ev.rows) if r.insertions > 0]
     findings = []
@@ -184,8 +207,15 @@ def judge_exposure(ev: CanaryExposure, case: Case) -> AttackOutput:
         findings.append(
             Finding(
                 "Exact and approximated exposure",
-                f"On {len(both_all)} canaries where both apply, the skew-normal approximation differs "
-                f"from exact enumeration by at most {metrics['approx_error_bits'].value:.2f} bits.",
+                f"On {len(both_all)} canaries where both apply, the skew-normal approximation (fitted to "
+                f"the lower tail) differs from exact enumeration by at most "
+                f"{metrics['approx_error_bits'].value:.2f} bits"
+                + (
+                    "; fitted to all samples as in the paper, by "
+                    f"{metrics['approx_full_error_bits'].value:.2f}."
+                    if "approx_full_error_bits" in metrics
+                    else "."
+                ),
                 "info",
             )
         )

@@ -84,6 +84,17 @@ REFERENCE_LMS: dict[str, dict[str, Any]] = {
         "data": {"max_documents": 300, "canaries_per_count": 3, "canary_format": {"length": 5}},
         "spec": {"n_layer": 2, "n_embd": 96, "n_head": 4, "epochs": 20},
     },
+    # the same model on a second corpus (the standard library's docstrings), to confirm figures
+    # measured on the first one
+    "stdlib-gpt2-tiny": {
+        "data": {
+            "source": "stdlib-docs",
+            "max_documents": 300,
+            "canaries_per_count": 3,
+            "canary_format": {"length": 5},
+        },
+        "spec": {"n_layer": 2, "n_embd": 96, "n_head": 4, "epochs": 20},
+    },
     # the tests' model: a few dozen documents, trains in seconds
     "pydoc-gpt2-micro": {
         "data": {"max_documents": 80, "insertions": (0, 1, 10, 50), "canaries_per_count": 2},

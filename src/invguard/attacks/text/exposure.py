@@ -16,6 +16,16 @@ all candidates ``prefix + r`` (``r`` in ``R``) by the model's log-perplexity
   * *approximated* (Sec. 5.2): ``samples`` random candidates are scored, a skew-normal is fitted to
     their log-perplexities and exposure is ``-log2 CDF(Px(canary))``, capped at ``log2 |R|``. Both
     are reported where both apply, and their difference is the approximation's error.
+
+    Two fits of the same samples are reported. ``approx_full`` is the paper's: a maximum-likelihood
+    skew-normal of all samples. ``approx`` (the headline) fits the same family to the lower tail
+    only: a censored maximum-likelihood fit of the lowest ``tail_fraction`` of the samples, the rest
+    counted only as lying above them. The canary is in the lower tail, and on a trained LM the tail
+    is heavier than the bulk predicts (candidates sharing the first digits of a memorised secret
+    are all likely): on the tiny reference LM (|R| = 10^5, all 10^5 candidates scored), the
+    skew-normal fitted to the *whole* population misses the canaries inserted 10 times (ranks 48 to
+    136) by 0.9 to 1.6 bits, so no sample size fixes the full fit; the tail fit is within 0.6 bits
+    on the mean of five draws of 5000 samples (see the benchmark for the second corpus).
   * Below LOGPROBS (top-k log-probabilities only) a token outside the top k is scored with the
     bound the top k gives (the k-th log-probability); the result says the ranks are bounded.
 
@@ -40,7 +50,7 @@ import numpy as np
 from invguard.attacks.base import ATTACKS, RunContext
 from invguard.attacks.text.common import LN2, TextAttack, batched, text_splits_of
 from invguard.core.access import TextAccess
-from invguard.core.params import POSITIVE, Int, Options, Spec
+from invguard.core.params import POSITIVE, Int, Options, Real, Spec
 from invguard.judges.text import CanaryExposure, CanaryRow
 
 # the pruning bound's slack over the canary's separately scored log-perplexity (float32 round-off
@@ -48,11 +58,49 @@ from invguard.judges.text import CanaryExposure, CanaryRow
 PRUNE_SLACK_BITS = 1e-3
 
 
-def skewnormal_exposure(sample_bits: np.ndarray, canary_bits: float, space: int) -> float:
-    """Exposure by the Secret Sharer's skew-normal approximation (Sec. 5.2), capped at log2|R|."""
+def skewnormal_tail_fit(sample_bits: np.ndarray, fraction: float) -> tuple[float, float, float]:
+    """A skew-normal ``(a, loc, scale)`` fitted by censored maximum likelihood to the lowest
+    ``fraction`` of ``sample_bits`` (at least 20 of them): those enter by their density, the others
+    only as lying above the cut (type-II right censoring). Starts from the full fit."""
+    from scipy.optimize import minimize
     from scipy.stats import skewnorm
 
-    a, loc, scale = skewnorm.fit(np.asarray(sample_bits, dtype=np.float64))
+    x = np.sort(np.asarray(sample_bits, dtype=np.float64))
+    n = x.size
+    m = min(n, max(20, int(fraction * n)))
+    a0, loc0, scale0 = skewnorm.fit(x)
+    if m >= n:
+        return float(a0), float(loc0), float(scale0)
+    low, cut = x[:m], x[m - 1]
+
+    def nll(p: np.ndarray) -> float:
+        a, loc, log_scale = p
+        scale = math.exp(log_scale)
+        v = skewnorm.logpdf(low, a, loc, scale).sum() + (n - m) * skewnorm.logsf(cut, a, loc, scale)
+        return float(-v) if np.isfinite(v) else 1e300
+
+    r = minimize(
+        nll,
+        np.array([a0, loc0, math.log(max(scale0, 1e-9))]),
+        method="Nelder-Mead",
+        options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-8},
+    )
+    a, loc, log_scale = r.x
+    return float(a), float(loc), float(math.exp(log_scale))
+
+
+def skewnormal_exposure(
+    sample_bits: np.ndarray, canary_bits: float, space: int, tail_fraction: float | None = None
+) -> float:
+    """Exposure by the Secret Sharer's skew-normal approximation (Sec. 5.2), capped at log2|R|:
+    the skew-normal fitted to all samples (``tail_fraction=None``, the paper's), or to their lower
+    tail (:func:`skewnormal_tail_fit`)."""
+    from scipy.stats import skewnorm
+
+    if tail_fraction is None:
+        a, loc, scale = skewnorm.fit(np.asarray(sample_bits, dtype=np.float64))
+    else:
+        a, loc, scale = skewnormal_tail_fit(sample_bits, tail_fraction)
     logcdf = float(skewnorm.logcdf(canary_bits, a, loc, scale))
     return float(min(math.log2(space), max(0.0, -logcdf / LN2)))
 
@@ -77,7 +125,8 @@ class CanaryExposureAttack(TextAttack):
     ``max_exact``: enumerate exactly when ``|R|`` is at most this (and, without tree enumeration,
     at most ``max_scored``); ``samples``: random candidates for the skew-normal approximation (0:
     no approximation); ``approximate``: ``"always"`` or ``"beyond_exact"`` (only where exact
-    enumeration does not apply); ``batch``: texts per scoring call.
+    enumeration does not apply); ``tail_fraction``: the share of the samples the headline
+    approximation fits (the lower tail; 1: all, as the paper); ``batch``: texts per scoring call.
     """
 
     name: ClassVar[str] = "text.exposure"
@@ -89,6 +138,7 @@ class CanaryExposureAttack(TextAttack):
     max_scored: int = 100_000
     samples: int = 5000
     approximate: str = "always"
+    tail_fraction: float = 0.2
     batch: int = 256
 
     constraints: ClassVar[Mapping[str, Spec]] = {
@@ -98,6 +148,7 @@ class CanaryExposureAttack(TextAttack):
         "samples": (Options(0), Int(50)),
         "approximate": Options("always", "beyond_exact"),
         "batch": Int(1),
+        "tail_fraction": Real(0, 1, "right"),
     }
 
     def _tree_ok(self, target: Any, fmt: Any, prefix: str) -> bool:
@@ -177,13 +228,18 @@ class CanaryExposureAttack(TextAttack):
                     method = "scored"
                 if not math.isnan(rank):
                     exact = exposure_of_rank(rank, space)
-            approx = float("nan")
+            approx = approx_full = float("nan")
             if self.samples and (self.approximate == "always" or math.isnan(exact)):
                 draw = rng.choice(space - 1, size=min(self.samples, space - 1), replace=False)
                 draw = draw + (draw >= fmt.index(c.secret))  # never the canary itself
                 sample_bits, ex = self._scored_bits(target, c.prefix, fmt.secrets(draw))
                 bounded = bounded or not ex
-                approx = skewnormal_exposure(sample_bits, float(canary_bits[0]), space)
+                approx_full = skewnormal_exposure(sample_bits, float(canary_bits[0]), space)
+                approx = (
+                    approx_full
+                    if self.tail_fraction >= 1.0
+                    else skewnormal_exposure(sample_bits, float(canary_bits[0]), space, self.tail_fraction)
+                )
             rows.append(
                 CanaryRow(
                     name=c.name,
@@ -192,6 +248,7 @@ class CanaryExposureAttack(TextAttack):
                     exact=exact,
                     rank=rank,
                     approx=approx,
+                    approx_full=approx_full,
                     method=method or "approximation",
                 )
             )
@@ -205,6 +262,8 @@ class CanaryExposureAttack(TextAttack):
                 "canary_space": space,
                 "canary_format": f"{fmt.length} characters of {fmt.alphabet!r}",
                 "approximation_samples": self.samples,
+                "approximation_fit": f"skew-normal, censored MLE of the lowest {self.tail_fraction:.0%} "
+                "of the samples (approx); of all samples as the paper (approx_full)",
                 "logprobs": "top-k bounds" if bounded else "exact",
             },
         )
