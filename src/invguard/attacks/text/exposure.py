@@ -147,8 +147,8 @@ class CanaryExposureAttack(TextAttack):
         # a skew-normal fit needs data
         "samples": (Options(0), Int(50)),
         "approximate": Options("always", "beyond_exact"),
-        "batch": Int(1),
         "tail_fraction": Real(0, 1, "right"),
+        "batch": Int(1),
     }
 
     def _tree_ok(self, target: Any, fmt: Any, prefix: str) -> bool:
