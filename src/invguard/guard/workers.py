@@ -89,8 +89,15 @@ def prepare_chains(cfg: GuardConfig, workers: int) -> dict[str, Any]:
             rotate_bytes=a.rotate_bytes,
             fsync=a.fsync,
         )
-        asyncio.run(chain.close())  # a tail recovered after a crash is sealed by a checkpoint
+        asyncio.run(_seal(chain))
     return write_manifest(a.path, workers, keys.signing_key)
+
+
+async def _seal(chain: Any) -> None:
+    """Start and close a chain: a tail recovered after a crash is sealed by a checkpoint, which
+    reaches the chain's witnesses before its worker starts."""
+    await chain.start()
+    await chain.close()
 
 
 def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
