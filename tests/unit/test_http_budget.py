@@ -102,3 +102,20 @@ def test_max_wait_is_configurable():
         t = _target(url, sleeps, max_wait=120)
         t.predict(X)
     assert sleeps == [90.0]
+
+
+def test_a_transport_failure_names_the_route_with_the_urls_secrets_redacted():
+    """urllib3's own error text carries the full URL (query string, userinfo): never the token."""
+    from invguard.core.errors import TargetError
+    from invguard.targets.transport import JsonEndpoint
+    from tests.servers import free_port
+
+    url = f"http://user:pw-secret@127.0.0.1:{free_port()}/v2/models/m/infer?token=tok-secret"
+    ep = JsonEndpoint(
+        url, {}, timeout=1.0, retries=0, backoff=0.0, max_retry_after=1.0, retry_statuses=(), pool_size=1
+    )
+    with pytest.raises(TargetError) as e:
+        ep.post({"x": 1})
+    msg = str(e.value)
+    assert msg.startswith("POST http://***@127.0.0.1:") and "cannot reach the endpoint after retries" in msg
+    assert "tok-secret" not in msg and "pw-secret" not in msg

@@ -180,5 +180,5 @@ def test_openai_target_config_errors(monkeypatch):
         OpenAITarget("http://127.0.0.1:1", model="m", access="whitebox")
     monkeypatch.setenv("LM_KEY", "sk-test")
     t = OpenAITarget("http://127.0.0.1:1/v1", model="m", api_key_env="LM_KEY")
-    assert t._headers["Authorization"] == "Bearer sk-test" and t.url.endswith("/v1/completions")
+    assert t._endpoint.headers["Authorization"] == "Bearer sk-test" and t.url.endswith("/v1/completions")
     assert "sk-test" not in t.describe()

@@ -32,12 +32,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import urllib3
 
 from invguard.core.errors import BudgetExhausted, ConfigError, TargetError
 from invguard.core.target import BaseTarget, Prediction
 from invguard.targets.callable import _KINDS, prediction_from_output
 from invguard.targets.registry import TARGETS
+from invguard.targets.transport import JsonEndpoint
 from invguard.wire import instances, kserve
 from invguard.wire.urls import redact_url
 
@@ -85,29 +85,6 @@ def says_exhausted(body: bytes) -> bool:
     return any(w in text for w in ("budget", "quota")) and any(
         w in text for w in ("exhausted", "exceeded", "spent", "used up")
     )
-
-
-class _CappedRetry(urllib3.Retry):
-    """urllib3's retry policy, with the server's ``Retry-After`` capped at ``max_retry_after`` seconds."""
-
-    max_retry_after: float = 30.0
-
-    def new(self, **kw: Any) -> _CappedRetry:
-        r: _CappedRetry = super().new(**kw)
-        r.max_retry_after = self.max_retry_after
-        return r
-
-    def get_retry_after(self, response: Any) -> float | None:
-        value = super().get_retry_after(response)
-        return None if value is None else min(value, self.max_retry_after)
-
-
-class _RetryNot429(_CappedRetry):
-    """The capped policy that never retries a 429: HttpTarget tells a spent quota from a short
-    rate limit itself (urllib3 would retry any 429 carrying Retry-After)."""
-
-    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
-        return status_code != 429 and bool(super().is_retry(method, status_code, has_retry_after))
 
 
 @TARGETS.register("http")
@@ -179,35 +156,30 @@ class HttpTarget(BaseTarget):
         self.request_template = request_template
         self.response_field = response_field
         self.batch_size = max(1, int(batch_size))
-        self._headers = {"Content-Type": "application/json", **(headers or {})}
+        sent = dict(headers or {})
         if api_key:
-            self._headers[api_key_header] = api_key
-        self._retry = _RetryNot429(
-            total=int(retries),
-            connect=int(retries),
-            read=0,
-            status=int(retries),
-            backoff_factor=float(backoff),
-            status_forcelist=(502, 503, 504),  # 429 is handled by _predict_chunk (quota vs rate)
-            allowed_methods=frozenset({"POST"}),
-            respect_retry_after_header=True,
-            raise_on_status=False,
+            sent[api_key_header] = api_key
+        # 429 is not retried here: _predict_chunk tells a spent quota from a short rate limit
+        self._endpoint = JsonEndpoint(
+            url,
+            sent,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_retry_after=max_retry_after,
+            retry_statuses=(502, 503, 504),
+            pool_size=pool_size,
         )
-        self._retry.max_retry_after = float(max_retry_after)
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.max_wait = float(max_wait)
         self._sleep = sleep
-        self._timeout = urllib3.Timeout(connect=min(timeout, 5.0), read=timeout)
-        self._pool = urllib3.PoolManager(
-            num_pools=2, maxsize=int(pool_size), retries=self._retry, timeout=self._timeout
-        )
 
     def describe(self) -> str:
         return f"{self.access.name} (HTTP {self.preset} at {self._public_url})"
 
     def close(self) -> None:
-        self._pool.clear()
+        self._endpoint.close()
 
     # ------------------------------------------------------------------ request / response shapes
     def _body(self, x: np.ndarray) -> dict[str, Any]:
@@ -233,28 +205,7 @@ class HttpTarget(BaseTarget):
 
     # ------------------------------------------------------------------ transport
     def _post(self, body: dict[str, Any]) -> tuple[int, bytes, Any]:
-        route = f"POST {self._public_url}"
-        try:
-            # redirect=False: an inference endpoint has no business redirecting, and following one
-            # would hand the API key header to another host
-            resp = self._pool.request(
-                "POST",
-                self.url,
-                body=json.dumps(body).encode(),
-                headers=self._headers,
-                retries=self._retry.new(),
-                preload_content=True,
-                redirect=False,
-            )
-        except urllib3.exceptions.MaxRetryError as e:
-            if isinstance(e.reason, urllib3.exceptions.ReadTimeoutError):
-                raise TargetError(f"{route}: no answer within the read timeout ({e.reason})") from None
-            raise TargetError(f"{route}: cannot reach the endpoint after retries ({e.reason})") from None
-        except urllib3.exceptions.ReadTimeoutError as e:
-            raise TargetError(f"{route}: no answer within the read timeout ({e})") from None
-        except urllib3.exceptions.HTTPError as e:
-            raise TargetError(f"{route}: request failed: {e}") from None
-        return resp.status, resp.data, resp.headers
+        return self._endpoint.post(body)
 
     def _predict(self, x: np.ndarray) -> Prediction:
         preds: list[Prediction] = []

@@ -18,12 +18,11 @@ import json
 import os
 from typing import Any
 
-import urllib3
-
 from invguard.core.access import TextAccess
 from invguard.core.errors import AccessError, ConfigError, TargetError
-from invguard.targets.http import _BODY_PREVIEW, _CappedRetry
+from invguard.targets.http import _BODY_PREVIEW
 from invguard.targets.lm import BaseTextTarget, Generation, TokenLogprobs
+from invguard.targets.transport import JsonEndpoint
 from invguard.wire.openai import (
     CHAT,
     COMPLETIONS,
@@ -97,63 +96,38 @@ class OpenAITarget(BaseTextTarget):
         self._public_url = redact_url(self.url)
         self.model = model
         self.batch_size = max(1, min(int(batch_size), MAX_PROMPTS))
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._retry = _CappedRetry(
-            total=int(retries),
-            connect=int(retries),
-            read=0,
-            status=int(retries),
-            backoff_factor=float(backoff),
-            status_forcelist=(429, 502, 503, 504),
-            allowed_methods=frozenset({"POST"}),
-            respect_retry_after_header=True,
-            raise_on_status=False,
-        )
-        self._retry.max_retry_after = float(max_retry_after)
-        self._pool = urllib3.PoolManager(
-            num_pools=2,
-            maxsize=int(pool_size),
-            retries=self._retry,
-            timeout=urllib3.Timeout(connect=min(timeout, 5.0), read=timeout),
+        auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._endpoint = JsonEndpoint(
+            self.url,
+            auth,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_retry_after=max_retry_after,
+            retry_statuses=(429, 502, 503, 504),
+            pool_size=pool_size,
         )
 
     def describe(self) -> str:
         return f"{self.access.name} (OpenAI-compatible {self.api} at {self._public_url})"
 
     def close(self) -> None:
-        self._pool.clear()
+        self._endpoint.close()
 
     # ------------------------------------------------------------------ transport
     def _post(self, body: dict[str, Any], expected: int) -> tuple[dict[str, Any], str]:
-        route = f"POST {self._public_url}"
-        try:
-            resp = self._pool.request(
-                "POST",
-                self.url,
-                body=json.dumps(body).encode(),
-                headers=self._headers,
-                retries=self._retry.new(),
-                preload_content=True,
-                redirect=False,
-            )
-        except urllib3.exceptions.MaxRetryError as e:
-            if isinstance(e.reason, urllib3.exceptions.ReadTimeoutError):
-                raise TargetError(f"{route}: no answer within the read timeout ({e.reason})") from None
-            raise TargetError(f"{route}: cannot reach the endpoint after retries ({e.reason})") from None
-        except urllib3.exceptions.HTTPError as e:
-            raise TargetError(f"{route}: request failed: {e}") from None
-        preview = resp.data[:_BODY_PREVIEW].decode("utf-8", "replace")
-        where = f"{route} -> {resp.status} (body: {preview!r})"
-        if resp.status == 429:
+        route = self._endpoint.route
+        status, data, _headers = self._endpoint.post(body)
+        preview = data[:_BODY_PREVIEW].decode("utf-8", "replace")
+        where = f"{route} -> {status} (body: {preview!r})"
+        if status == 429:
             raise TargetError(f"{where}: still rate-limited after retries")
-        if 300 <= resp.status < 400:
+        if 300 <= status < 400:
             raise TargetError(f"{where}: the endpoint redirects; give the final URL")
-        if resp.status >= 400:
+        if status >= 400:
             raise TargetError(f"{where}: the endpoint answered with an error status")
         try:
-            doc = json.loads(resp.data)
+            doc = json.loads(data)
         except ValueError as e:
             raise TargetError(f"{where}: response is not valid JSON ({e})") from None
         if not isinstance(doc, dict):
