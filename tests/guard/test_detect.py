@@ -94,6 +94,121 @@ def test_each_detector_flags_its_attack_stream_and_not_benign_traffic(held_out):
     assert got == {"volume": 99}
 
 
+def nes_stream(x0: np.ndarray, iters: int, rng: np.random.Generator, sigma: float = 0.1) -> np.ndarray:
+    """An NES search in pixels, batched as the attack sends it: per iteration, 5 trajectories of
+    10 mirrored pairs (``c + s*u`` then ``c - s*u``), then the 5 centres (clipped to [0, 1]; the
+    centres start as a faded copy of ``x0``, so that clipping bends few pairs)."""
+    centres = np.clip(0.25 + 0.5 * x0 + rng.normal(0, 0.05, (5, x0.size)), 0, 1)
+    out = []
+    for _ in range(iters):
+        u = rng.normal(size=(5, 10, x0.size))
+        u = np.concatenate([u, -u], axis=1)
+        out += list(np.clip(centres[:, None, :] + sigma * u, 0, 1).reshape(-1, x0.size))
+        out += list(centres)
+        centres = np.clip(centres + 0.05 * rng.normal(size=centres.shape), 0, 1)
+    return np.array(out, dtype=np.float32)
+
+
+def fired_batched(det: Detection, stream: np.ndarray, batch: int, client: str = "c") -> dict[str, int]:
+    """Like :func:`fired`, in requests of ``batch`` rows: the queries sent when each detector fired."""
+
+    async def go() -> dict[str, int]:
+        first: dict[str, int] = {}
+        for s in range(0, len(stream), batch):
+            _, obs = await det.measure(client, "r", stream[s : s + batch])
+            for name, d in det.detectors.items():
+                if name not in first and d.check(obs) is not None:
+                    first[name] = s + len(stream[s : s + batch])
+        return first
+
+    return asyncio.run(go())
+
+
+def test_mirrored_pairs_of_an_nes_search_are_flagged_and_natural_batches_are_not(held_out):
+    from invguard.guard.detect.antithetic import shared_midpoints
+
+    rng = np.random.default_rng(5)
+    only = DetectionConfig(
+        enabled=True,
+        detectors={n: {"enabled": False} for n in ("fingerprint", "knn", "prada", "volume", "subspace")},
+    )
+    nes = nes_stream(held_out[0], 3, rng)
+    got = fired_batched(detection(only), nes, 64)
+    assert got["antithetic"] == 64  # the first request: its blocks of mirrored pairs
+    # one query per request too: the window spans requests
+    assert fired(detection(only), nes)["antithetic"] < 40
+    # natural images, batched or one by one, with noisy copies and shifts: no shared midpoints
+    assert fired_batched(detection(only), held_out[:640], 64) == {}
+    copies = np.concatenate([held_out[:100], np.clip(held_out[:100] + rng.normal(0, 0.02, (100, 64)), 0, 1)])
+    rng.shuffle(copies)
+    assert fired_batched(detection(only), copies, 64) == {}
+    assert fired(detection(only), copies) == {}
+    # the statistic itself: 4 pairs about one centre are a group of 4 (each pair has 3 partners)
+    c = held_out[1]
+    u = rng.normal(size=(4, 64))
+    rows = np.concatenate([c + 0.2 * u, c - 0.2 * u])
+    assert shared_midpoints(rows, len(rows), 0.35, 0.1) == 3
+    assert shared_midpoints(held_out[:24], 24, 0.35, 0.1) <= 1
+
+
+def test_a_search_in_a_public_pca_prior_is_flagged_by_its_missing_residual(digits, held_out):
+    """The subspace detector needs the PCA encoder calibration fits: prior samples (public mean plus
+    8 components) leave almost no energy outside the encoder's components; held-out digits do."""
+    from invguard.guard.detect.encoder import Encoder
+
+    rng = np.random.default_rng(6)
+    pub = digits.public.X.reshape(-1, 64).astype(np.float64)
+    mean = pub.mean(axis=0)
+    _, s, vt = np.linalg.svd(pub - mean, full_matrices=False)
+    std = s[:8] / np.sqrt(len(pub) - 1)
+    prior = np.clip(mean + (rng.normal(size=(200, 8)) * std) @ vt[:8], 0, 1).astype(np.float32)
+    only = DetectionConfig(
+        enabled=True,
+        detectors={n: {"enabled": False} for n in ("fingerprint", "knn", "prada", "volume", "antithetic")},
+    )
+    idle = detection(only)  # the random-projection encoder: idle, whatever the stream
+    assert fired(idle, prior) == {}
+
+    def pca() -> Detection:
+        det = detection(only)
+        det.encoder = Encoder.pca(pub, 32)
+        det.detectors["subspace"].values["subspace.threshold"] = 0.02
+        return det
+
+    assert fired(pca(), held_out[:400]) == {}
+    assert fired(pca(), prior) == {"subspace": 7}  # as soon as it has min_queries (8) of them
+    assert fired_batched(pca(), prior, 64) == {"subspace": 64}
+
+
+def test_a_similarity_finding_alone_flags_and_a_second_detector_mitigates(make_guard, tmp_path, digits):
+    weak = ["fingerprint", "knn", "prada"]
+    cfg = detect_cfg(tmp_path, partner={"action": "tighten", "corroborate": weak})
+    cfg["detection"]["detectors"] = {"knn": {"enabled": False}, "prada": {"enabled": False}}
+    url, g = make_guard(cfg)
+    x0 = digits.evaluation.X[5]
+    for p in probe_stream(x0, 40, seed=7):  # near-duplicates: only the fingerprints fire
+        call(url, PREDICT, {"inputs": p[None].tolist()}, KEYS["partner"])
+    recs = records(g)
+    assert [r for r in recs if r.get("decision") == "mitigation"] == []
+    flags = [r["detection"] for r in recs if r.get("decision") == "detection"]
+    assert [f["detector"] for f in flags] == ["fingerprint"]  # one flag, however often it fires
+    assert flags[0]["action"] == "none" and flags[0]["evidence"]["awaiting"] == "a second detector"
+    _, _, raw = call(url, PREDICT, {"inputs": x0[None].tolist()}, KEYS["partner"])
+    assert max(json.loads(raw)["scores"][0]) < 1.0  # not tightened
+    # the same client starts a search with mirrored pairs: a detector outside `corroborate` acts
+    nes = nes_stream(x0.reshape(-1), 2, np.random.default_rng(8)).reshape(-1, 1, 8, 8)
+    for s0 in range(0, len(nes), 8):
+        assert call(url, PREDICT, {"inputs": nes[s0 : s0 + 8].tolist()}, KEYS["partner"])[0] == 200
+    recs = records(g)
+    mits = [r["mitigation"] for r in recs if r.get("decision") == "mitigation"]
+    assert [m["action"] for m in mits] == ["tighten"]
+    dets = [r["detection"] for r in recs if r.get("decision") == "detection"]
+    assert "antithetic" in {d["detector"] for d in dets[1:]}
+    assert all(d["action"] == "tighten" for d in dets[1:])
+    _, _, raw = call(url, PREDICT, {"inputs": x0[None].tolist()}, KEYS["partner"])
+    assert sorted(json.loads(raw)["scores"][0]) == [0.0] * 9 + [1.0]
+
+
 def test_keys_whose_queries_match_are_linked(held_out):
     rng = np.random.default_rng(1)
     det = detection()

@@ -9,7 +9,7 @@ rate, and a threshold nobody set is the detector's stated default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,6 +29,9 @@ class Observation:
     features: np.ndarray  # (rows, d) encoder features of the new rows
     knn: list[float]  # per new row: mean distance to its k nearest earlier queries (NaN: too few)
     dmins: list[float]  # per new (non-repeat) row: distance to the nearest earlier query
+    antithetic: list[int] = field(default_factory=list)  # per request window: mirrored pairs
+    # the client's recent residual fractions outside the PCA subspace, most recent first (NaN: none)
+    residual: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ DETECTORS: Registry[type[Detector]] = Registry("detector")
 
 
 def _load() -> None:
-    from invguard.guard.detect import fingerprint, knn, prada, volume  # noqa: F401
+    from invguard.guard.detect import antithetic, fingerprint, knn, prada, subspace, volume  # noqa: F401
 
 
 DETECTORS.add_loader(_load)

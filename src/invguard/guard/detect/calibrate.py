@@ -3,11 +3,13 @@
 The benign samples are replayed through the same detectors the guard runs (a fresh in-memory
 state, one query per request, each stream as its own client), after the encoder is fitted to them
 (their principal components). Each detector's per-request statistic is collected and its threshold
-set so that at most ``fpr`` of the benign requests would be flagged: the ``1 - fpr`` quantile
-(plus one, for the integer match count) where high means attack, the ``fpr`` quantile where low
-does. The volume limits (rows per hour, distinct inputs per day) are not calibrated: a replayed
-sample has no time in it and too few clients to estimate a tail; they are an operator's decision,
-like budgets. The result is written to ``detection.calibration`` (JSON, atomically), which the
+set so that at most ``fpr`` of the benign requests would be flagged, with 95% confidence: an
+order statistic of the benign values chosen as a one-sided tolerance limit (:func:`_tail`; plus one
+for the integer counts) on the attack side of each detector. The antithetic detector's pair count
+is at least 3 whatever the benign values (two pairs can share a midpoint by chance).
+The volume limits (rows per hour, distinct inputs per day) are not calibrated: a replayed
+sample has no time in it and too few clients to estimate a tail; they are an operator's
+decision, like budgets. The result is written to ``detection.calibration`` (JSON, atomically), which the
 guard reads at start.
 
 Benign samples: a ``.npy`` file (one stream), an ``.npz`` file (``X``, and optionally ``client``
@@ -28,7 +30,13 @@ from invguard.core.errors import ConfigError
 from invguard.guard.detect.config import DetectionConfig
 from invguard.guard.detect.encoder import Encoder
 
-CALIBRATED = ("fingerprint.matches", "knn.threshold", "prada.threshold")
+CALIBRATED = (
+    "fingerprint.matches",
+    "knn.threshold",
+    "prada.threshold",
+    "antithetic.pairs",
+    "subspace.threshold",
+)
 
 
 def load_benign(path: str | Path, input_shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -66,12 +74,25 @@ def load_benign(path: str | Path, input_shape: tuple[int, ...]) -> list[np.ndarr
     return streams
 
 
-def _quantile(v: list[float], q: float) -> float:
-    return float(np.quantile(np.asarray(v, dtype=np.float64), q, method="lower" if q < 0.5 else "higher"))
+def _tail(v: list[float], fpr: float, high: bool) -> float:
+    """The order statistic a threshold sits at: with ``n`` benign values, the ``k + 1``-th most
+    attack-like, ``k`` the 5% quantile of Binomial(n, fpr) (a one-sided 95% tolerance limit, Wilks,
+    "Determination of sample sizes for setting tolerance limits", Ann. Math. Stat. 1941): a
+    threshold that leaves ``k`` benign values beyond it exceeds the target rate with probability
+    at most 5% (for independent requests). A plain ``1 - fpr`` quantile of a few thousand requests
+    is its own noise: half the time the held-out rate lands above target."""
+    from scipy.stats import binom
+
+    a = np.sort(np.asarray(v, dtype=np.float64))
+    if high:
+        a = a[::-1]
+    k = max(0, int(binom.ppf(0.05, len(a), fpr)) - 1)
+    # ppf gives the smallest k with P(X <= k) >= 5%; one fewer keeps P(X <= k) under it
+    return float(a[min(k, len(a) - 1)])
 
 
 async def _replay(det: Any, streams: list[np.ndarray]) -> dict[str, list[float]]:
-    stats: dict[str, list[float]] = {k: [] for k in ("fingerprint", "knn", "prada")}
+    stats: dict[str, list[float]] = {k: [] for k in ("fingerprint", "knn", "prada", "antithetic", "subspace")}
     for i, s in enumerate(streams):
         for row in s:
             _, obs = await det.measure(f"benign-{i}", "benign", row[None, :])
@@ -120,11 +141,16 @@ def calibrate(
     stats = asyncio.run(_replay(det, streams))
     th: dict[str, float] = {}
     if stats["fingerprint"]:
-        th["fingerprint.matches"] = float(math.floor(_quantile(stats["fingerprint"], 1 - fpr)) + 1)
+        th["fingerprint.matches"] = float(math.floor(_tail(stats["fingerprint"], fpr, True)) + 1)
     if stats["knn"]:
-        th["knn.threshold"] = _quantile(stats["knn"], fpr)
+        th["knn.threshold"] = _tail(stats["knn"], fpr, False)
+    if stats["antithetic"]:
+        # at least three pairs: two can share a midpoint by chance; an NES iteration sends many
+        th["antithetic.pairs"] = float(max(3, math.floor(_tail(stats["antithetic"], fpr, True)) + 1))
+    if stats["subspace"]:
+        th["subspace.threshold"] = _tail(stats["subspace"], fpr, False)
     if stats["prada"]:
-        th["prada.threshold"] = _quantile(stats["prada"], fpr)
+        th["prada.threshold"] = _tail(stats["prada"], fpr, False)
     return {
         "version": CALIBRATION_VERSION,
         "fpr": fpr,

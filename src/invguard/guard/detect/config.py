@@ -11,6 +11,8 @@ detection:
     fingerprint: {window: 20, quant_step: 50, keep: 50, match: 25, recent: 32, matches: 8}
     knn: {k: 10, history: 128}
     prada: {history: 128, min_queries: 20}
+    antithetic: {window: 24, tau: 0.35}
+    subspace: {recent: 16, min_queries: 8}
     volume: {rows_per_hour: 10000, distinct_per_day: 20000, linked_keys: 3}
   roles:
     partner: {action: tighten, tighten_policy: label_only, duration_seconds: 3600}
@@ -71,6 +73,29 @@ class PradaConfig(_Strict):
     threshold: float | None = Field(default=None, gt=0, le=1)
 
 
+class AntitheticConfig(_Strict):
+    """Mirrored pairs (NES): ``pairs`` or more disjoint pairs of queries among the client's last
+    ``window`` sharing one midpoint (within ``tau`` of their length), each pair longer than ``floor``
+    (a fraction of the value range per element, RMS)."""
+
+    enabled: bool = True
+    window: int = Field(default=24, ge=4, le=256)
+    tau: float = Field(default=0.35, gt=0, lt=1)
+    floor: float = Field(default=0.02, ge=0)
+    pairs: int | None = Field(default=None, ge=1)
+
+
+class SubspaceConfig(_Strict):
+    """Energy outside the public principal subspace: the mean fraction over the client's last
+    ``recent`` queries (at least ``min_queries``), flagged below ``threshold`` (needs the PCA
+    encoder calibration fits)."""
+
+    enabled: bool = True
+    recent: int = Field(default=16, ge=2, le=1024)
+    min_queries: int = Field(default=8, ge=1)
+    threshold: float | None = Field(default=None, ge=0, le=1)
+
+
 class VolumeConfig(_Strict):
     """Rows per client per hour against its own baseline (``rate_factor`` times its mean over the
     previous hours, and at least ``rows_per_hour``), distinct inputs per client per UTC day
@@ -87,6 +112,8 @@ class DetectorsConfig(_Strict):
     fingerprint: FingerprintConfig = Field(default_factory=FingerprintConfig)
     knn: KnnConfig = Field(default_factory=KnnConfig)
     prada: PradaConfig = Field(default_factory=PradaConfig)
+    antithetic: AntitheticConfig = Field(default_factory=AntitheticConfig)
+    subspace: SubspaceConfig = Field(default_factory=SubspaceConfig)
     volume: VolumeConfig = Field(default_factory=VolumeConfig)
 
 
@@ -99,9 +126,14 @@ class RoleDetection(_Strict):
     """What a detection on a client of this role leads to. ``tighten`` answers with
     ``tighten_policy`` in the role's response shape; ``throttle`` applies ``throttle`` as a
     second rate limit; ``block`` refuses with 403. Each lasts ``duration_seconds`` and covers the
-    keys linked to the client (``link: true``)."""
+    keys linked to the client (``link: true``). A finding of a detector in ``corroborate`` only
+    flags the client (a detection record and event with action ``none``): the action waits for a
+    second, different detector to find the client (now or later, while the flag is remembered).
+    The similarity detectors cannot tell a user re-sending noisy copies of a photo from a
+    small-step search; listing them here keeps such a user's flag from becoming a mitigation."""
 
     detectors: tuple[str, ...] | None = None  # None = every enabled detector
+    corroborate: tuple[str, ...] = ()
     action: Literal["none", "tighten", "throttle", "block"] = "tighten"
     tighten_policy: Any = "label_only"
     throttle: ThrottleConfig = Field(default_factory=ThrottleConfig)
@@ -132,9 +164,9 @@ class DetectionConfig(_Strict):
         lo, hi = self.input_range
         if not lo < hi:
             raise ValueError(f"input_range must be [low, high] with low < high, got {list(self.input_range)}")
-        known = {"fingerprint", "knn", "prada", "volume"}
+        known = {"fingerprint", "knn", "prada", "antithetic", "subspace", "volume"}
         for name, r in self.roles.items():
-            for d in r.detectors or ():
+            for d in (*(r.detectors or ()), *r.corroborate):
                 if d not in known:
                     raise ValueError(
                         f"roles.{name}.detectors: unknown detector {d!r} (known: {sorted(known)})"

@@ -31,6 +31,19 @@ class Encoder:
         out: np.ndarray = (flat - self.mean) @ self.components.T
         return out
 
+    def residual_fraction(self, x: np.ndarray) -> np.ndarray:
+        """Per row: the fraction of its energy about the mean outside the components (PCA only: a
+        random projection's rows are not orthonormal; NaN there)."""
+        flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        if self.kind != "pca":
+            return np.full(len(flat), np.nan)
+        c = flat - self.mean
+        proj = c @ self.components.T
+        total = (c * c).sum(axis=1)
+        inside = (proj * proj).sum(axis=1)
+        out: np.ndarray = np.clip(1.0 - inside / np.maximum(total, 1e-12), 0.0, 1.0)
+        return out
+
     @classmethod
     def random(cls, secret: bytes, size: int, dim: int) -> Encoder:
         seed = int.from_bytes(hashlib.sha256(b"encoder" + secret).digest()[:8], "little")

@@ -27,6 +27,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from invguard.core.errors import ConfigError
+from invguard.guard.detect.antithetic import antithetic_counts
 from invguard.guard.detect.base import DETECTORS, Detector, Finding, Observation
 from invguard.guard.detect.config import DetectionConfig, RoleDetection
 from invguard.guard.detect.encoder import Encoder
@@ -74,6 +75,10 @@ def resolve_thresholds(
         # mean k-NN distance below 5% of the value range per element (RMS): a tight cluster
         "knn.threshold": (d.knn.threshold, 0.05 * (hi - lo) * math.sqrt(size)),
         "prada.threshold": (d.prada.threshold, 0.9),  # the paper's delta for its image tasks
+        # an NES iteration centres population/2 mirrored pairs; one pair can be chance
+        "antithetic.pairs": (d.antithetic.pairs, 3.0),
+        # idle until calibrated: it needs the PCA encoder calibration fits
+        "subspace.threshold": (d.subspace.threshold, 0.0),
         "volume.rows_per_hour": (d.volume.rows_per_hour, 10_000.0),
         "volume.distinct_per_day": (d.volume.distinct_per_day, 20_000.0),
     }
@@ -168,7 +173,11 @@ class Detection:
         self.match = fp.match if fp.match is not None else max(1, self.fingerprinter.keep // 2)
         enc = (self.calibration or {}).get("encoder")
         self.encoder = Encoder.from_dict(enc) if enc else Encoder.random(secret, self.size, cfg.encoder_dim)
-        self.history = max(cfg.detectors.knn.history, cfg.detectors.prada.history)
+        self.history = max(
+            cfg.detectors.knn.history, cfg.detectors.prada.history, cfg.detectors.antithetic.window
+        )
+        lo, hi = cfg.input_range
+        self.mirror_floor = cfg.detectors.antithetic.floor * (hi - lo) * math.sqrt(self.size)
         self.detectors: dict[str, Detector] = {}
         for name in DETECTORS.names():
             dcfg = getattr(cfg.detectors, name)
@@ -233,11 +242,23 @@ class Detection:
         if xc.mitigation is not None and xc.mitigation.get("action") == "block":
             return xc, None
         feats = self.encoder(flat)
+        resid = self.encoder.residual_fraction(flat)
         skip = np.array([r.repeat for r in xc.rows], dtype=bool)
-        hist = xc.features if xc.features.size else np.zeros((0, feats.shape[1]), np.float32)
+        d = feats.shape[1]
+        # the history stores each query's features and, in one more column, its residual fraction
+        stored = xc.features if xc.features.size else np.zeros((0, d + 1), np.float32)
+        hist = stored[:, :d]
+        hist_resid = stored[:, d] if stored.shape[1] > d else np.full(len(stored), np.nan)
         knn, dmins = neighbour_distances(hist, feats, self.cfg.detectors.knn.k, skip)
-        await self.state.commit(client, feats[~skip], dmins)
-        return xc, Observation(client, role, len(flat), xc, feats, knn, dmins)
+        mirrored: list[int] = []
+        if "antithetic" in self.detectors:
+            a = self.cfg.detectors.antithetic
+            mirrored = antithetic_counts(
+                hist, feats, skip, window=a.window, tau=a.tau, floor=self.mirror_floor
+            )
+        residual = np.concatenate([resid[~skip][::-1], hist_resid]).tolist()
+        await self.state.commit(client, np.hstack([feats, resid[:, None]])[~skip], dmins)
+        return xc, Observation(client, role, len(flat), xc, feats, knn, dmins, mirrored, residual)
 
     async def observe(self, ex: Request) -> Verdict | None:
         assert ex.x is not None and ex.client is not None and ex.role is not None
@@ -257,9 +278,38 @@ class Detection:
         ex.findings = len(findings)
         for f in findings:
             self.metrics.detections.labels(f.detector, role).inc()
-        if xc.mitigation is not None:  # already flagged: counted, not re-reported
+        if xc.mitigation is not None:  # already mitigated: counted, not re-reported
             return verdict
+        weak = set(rcfg.corroborate)
+        if weak and all(f.detector in weak for f in findings):
+            ev = await self.state.evidence(client)
+            before = {e.get("detector") for e in ev if e.get("flag")}
+            if len(before | {f.detector for f in findings}) < 2:  # one detector alone: a flag
+                await self._flag(ex, obs, [f for f in findings if f.detector not in before])
+                return verdict
         return await self._detected(ex, obs, rcfg, findings, flat) or verdict
+
+    async def _flag(self, ex: Request, obs: Observation, findings: list[Finding]) -> None:
+        """Record a finding that waits for corroboration (once per detector and client)."""
+        assert ex.client is not None and ex.role is not None
+        for f in findings:
+            ev = DetectionEvent(
+                id=uuid.uuid4().hex,
+                time=self.clock(),
+                detector=f.detector,
+                model=self.model_name,
+                client=ex.client,
+                role=ex.role.name,
+                score=round(f.score, 6),
+                threshold=round(f.threshold, 6),
+                queries=obs.exchange.queries,
+                evidence={**f.evidence, "awaiting": "a second detector"},
+            )
+            await self.state.add_evidence(ex.client, {**ev.to_dict(), "flag": True})
+            await self._audit(
+                {"event": "detection", "client": ev.client, "role": ev.role, "detection": ev.to_dict()}
+            )
+            self.events.emit(ev)
 
     async def _mitigated(
         self, client: str, role: str, rcfg: RoleDetection, mit: dict[str, Any] | None
