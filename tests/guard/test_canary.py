@@ -97,15 +97,28 @@ def _clients(c, want_canary, n):
     return out
 
 
+def _split(total, n):
+    return [total // n + (i < total % n) for i in range(n)]
+
+
 def feed(c, clients, rows, confident, observed=0, detected=0):
     """``rows`` scored rows (``confident`` of them high-confidence) and ``observed`` requests
-    (``detected`` flagged) spread over ``clients``."""
+    (``detected`` flagged) spread evenly over ``clients`` (each client at the same rates)."""
     arms = [c.choose(x) for x in clients]
-    arm = arms[0]
-    assert all(a is arm for a in arms)
-    c.served(arm, rows, confident)
-    for j in range(observed):
-        c.observed(arm, j < detected)
+    assert all(a is arms[0] for a in arms)
+    n = len(clients)
+    for a, x, r, k, o, d in zip(
+        arms,
+        clients,
+        _split(rows, n),
+        _split(confident, n),
+        _split(observed, n),
+        _split(detected, n),
+        strict=True,
+    ):
+        c.served(a, x, r, k)
+        for j in range(o):
+            c.observed(a, x, j < d)
 
 
 async def _collect(c, incidents, records):
@@ -166,13 +179,13 @@ def test_more_detections_on_the_canary_roll_it_back(tmp_path):
     clock, records = Clock(), []
     c = make(tmp_path, clock, min_requests=200, detection_margin=0.01)
     incidents = IncidentStore(tmp_path / "incidents.db", clock=clock)
-    stable, canary = _clients(c, False, 5), _clients(c, True, 5)
+    stable, canary = _clients(c, False, 10), _clients(c, True, 10)
 
     async def go():
         for _ in range(3):
             clock.t += 60
-            feed(c, stable, 0, 0, observed=100, detected=1)
-            feed(c, canary, 0, 0, observed=100, detected=20)
+            feed(c, stable, 0, 0, observed=200, detected=2)
+            feed(c, canary, 0, 0, observed=200, detected=40)
             await _collect(c, incidents, records)
 
     asyncio.run(go())
@@ -228,6 +241,43 @@ def test_no_decision_below_the_minimum_sample(tmp_path):
 
     asyncio.run(go())
     assert not c.active
+
+
+def test_two_heavy_clients_do_not_make_a_version_worse(tmp_path):
+    """The canary's rate is 0.25 against 0.10, but only because three of its ten clients send
+    confident queries (0.83) and the rest none: independent rows would call that a breach (the
+    Newcombe bound alone is above the margin); the clients' design effect does not."""
+    clock, records = Clock(), []
+    c = make(tmp_path, clock)
+    incidents = IncidentStore(tmp_path / "incidents.db", clock=clock)
+    stable, canary = _clients(c, False, 10), _clients(c, True, 10)
+
+    async def go():
+        clock.t += 60
+        feed(c, stable, 1000, 100)
+        for i, cid in enumerate(canary):
+            c.served(c.choose(cid), cid, 100, (84, 83, 83)[i] if i < 3 else 0)
+        await _collect(c, incidents, records)
+
+    asyncio.run(go())
+    assert c.active and incidents.find(state=None) == []
+    m2 = c.last["slis"]["high_confidence_rate"]
+    _, newcombe_lower, _ = difference_interval(250, 1000, 100, 1000, confidence=0.999)
+    assert newcombe_lower > 0.02  # rows taken as independent: a breach
+    assert m2["canary"]["design_effect"] > 50 and m2["stable"]["design_effect"] == 1.0
+    assert m2["lower"] == m2["lower_clustered"] < 0 and not m2["breach"]
+    # the same excess spread over all ten clients is a breach
+    c2 = make(tmp_path / "b", clock)
+    inc2 = IncidentStore(tmp_path / "b" / "incidents.db", clock=clock)
+
+    async def spread():
+        clock.t += 60
+        feed(c2, _clients(c2, False, 10), 1000, 100)
+        feed(c2, _clients(c2, True, 10), 1000, 250)
+        await _collect(c2, inc2, records)
+
+    asyncio.run(spread())
+    assert not c2.active
 
 
 def test_too_few_clients_decide_nothing(tmp_path):
@@ -681,9 +731,9 @@ def test_under_several_workers_each_compares_the_traffic_of_all(tmp_path, monkey
     clock, records = Clock(), []
     c = make(tmp_path, clock)
     incidents = IncidentStore(tmp_path / "incidents.db", clock=clock)
-    for arm in (False, True):
-        for cid in _clients(c, arm, 3):  # this worker has seen the clients, not their rows
-            c.choose(cid)
+    for arm in (False, True):  # this worker served 8 clients of each version a row each
+        for cid in _clients(c, arm, 8):
+            c.served(c.choose(cid), cid, 1, 0)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp)}
     for args in (("v1", "300", "6"), ("v2", "300", "150")):
         subprocess.run([sys.executable, "-c", _WORKER, *args], env=env, check=True)
@@ -693,4 +743,4 @@ def test_under_several_workers_each_compares_the_traffic_of_all(tmp_path, monkey
     m2 = c.last["slis"]["high_confidence_rate"]
     assert (m2["stable"]["bad"], m2["stable"]["total"]) == (6, 300)
     assert (m2["canary"]["bad"], m2["canary"]["total"]) == (150, 300)
-    assert c.stable.counts.rows == c.canary.counts.rows == 0  # nothing of it was served here
+    assert c.stable.counts.rows == c.canary.counts.rows == 8  # what this worker served itself

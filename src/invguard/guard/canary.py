@@ -23,19 +23,24 @@ counters carry it as a label.
   ``history_model``, default ``<model>@<version>``): a failed gate is a breach at once.
 
 A rate is compared only when each version has at least ``min_rows`` scored rows (M2) or
-``min_requests`` requests (detections) from at least ``min_clients`` distinct clients in the
-window; below that the comparison is "insufficient data" and decides nothing. Under ``serve
---workers N`` every worker compares the counts of all workers (summed from the multiprocess metric
-files); its distinct-client count is its own, a lower bound, so a worker may wait longer to decide.
+``min_requests`` requests (detections) from at least ``min_clients`` distinct clients (that
+contributed to that rate) in the window; below that the comparison is "insufficient data" and
+decides nothing. Under ``serve --workers N`` every worker compares the counts of all workers
+(summed from the multiprocess metric files); its client count and design effects are from its
+own traffic (a lower bound of the clients), so a worker may wait longer to decide.
 
-The rule is a one-sided test on the difference ``p_canary - p_stable``: Newcombe's hybrid score interval
-(Newcombe 1998, method 10; :func:`invguard.metrics.stats.difference_interval`) at confidence
-``1 - alpha`` gives a lower bound, and the canary breaches when that bound exceeds the SLI's margin
+The rule is a one-sided test on the difference ``p_canary - p_stable``: the canary breaches when
+a lower confidence bound (at ``1 - alpha``) of the difference exceeds the SLI's margin
 (``m2_margin``, ``detection_margin``): the canary is worse by more than the margin with confidence
-``1 - alpha``. Rows are treated as independent although a client's rows are not (the minimum client
-count guards against one client deciding alone), and the comparison is repeated every
-``check_seconds`` over an overlapping window, so the false-rollback rate per day is higher than
-``alpha``; ``alpha`` defaults to 0.001 for that reason.
+``1 - alpha``. The bound is the lower of two: Newcombe's hybrid score interval (Newcombe 1998,
+method 10; :func:`invguard.metrics.stats.difference_interval`), right for independent rows and
+rates near 0 or 1; and, because clients and not rows are randomised (a client's rows are alike,
+and a few heavy clients can make a version's rate without the model having anything to do with
+it), a cluster-robust bound: each rate's variance inflated by its design effect over the clients
+seen (:func:`design_effect`) and a Student t quantile with ``min(clients) - 1`` degrees of freedom
+(:func:`clustered_lower`). The comparison is repeated every ``check_seconds`` over an overlapping
+window, so the false-rollback rate per day is higher than ``alpha``; ``alpha`` defaults to 0.001
+for that reason (``python benchmarks/canary.py`` measures both rates).
 
 **Rollback.** On a breach the guard flips its routing to stable-only at once (one attribute holding
 an immutable value: a request routed after it gets the stable version), then records it in the
@@ -76,7 +81,9 @@ log = logging.getLogger("invguard.guard.canary")
 ACTIVE, ROLLED_BACK = "active", "rolled_back"
 SLIS = ("high_confidence_rate", "detection_rate")
 SLI_NAMES = {"high_confidence_rate": "M2 high-confidence rate", "detection_rate": "detection rate"}
-_MAX_CLIENTS = 100_000  # distinct clients tracked per version and window (a lower bound beyond)
+# clients tracked per version and time bucket (beyond it a client's rows count in the totals only,
+# so the client count and the design effect see the first 100,000 clients of a bucket)
+_MAX_CLIENTS = 100_000
 # the per-version counters, in the order of _Counts.snapshot (rows, confident, observed, detected)
 _VERSION_COUNTERS = (
     "invguard_guard_version_scored_rows_total",
@@ -385,6 +392,41 @@ def latest_audit(history: str | Path, model: str) -> dict[str, Any] | None:
     return {"model": model, "run_id": r[0], "finished_at": r[1], "passed": bool(r[2]), "summary": r[3]}
 
 
+def design_effect(units: list[tuple[int, int]]) -> float:
+    """Kish's design effect of a rate estimated from clustered units ``(bad, total)`` per client:
+    the cluster-robust variance of the ratio estimator ``R = sum(bad) / sum(total)`` (Cochran
+    1977, *Sampling Techniques*, 6.13: ``m / (m - 1) * sum((bad_j - R total_j)^2) / N^2``) over the
+    binomial variance ``R (1 - R) / N``; at least 1 (never more optimistic than independent rows)."""
+    m = len(units)
+    n = sum(t for _, t in units)
+    if m < 2 or n <= 0:
+        return 1.0
+    r = sum(b for b, _ in units) / n
+    vb = r * (1 - r) / n
+    if vb <= 0:
+        return 1.0
+    vc = m / (m - 1) * sum((b - r * t) ** 2 for b, t in units) / (n * n)
+    return max(1.0, vc / vb)
+
+
+def clustered_lower(c: dict[str, Any], s: dict[str, Any], confidence: float) -> float:
+    """The lower bound of ``rate_c - rate_s`` allowing for clients that differ from each other:
+    each rate's binomial variance times its design effect, a Student t quantile with
+    ``min(clients) - 1`` degrees of freedom (as for a cluster-randomised comparison, Donner & Klar
+    2000, *Design and Analysis of Cluster Randomization Trials in Health Research*, ch. 6)."""
+    import math
+
+    from scipy.stats import t as student_t
+
+    var = 0.0
+    for a in (c, s):
+        r, n = a["bad"] / a["total"], a["total"]
+        var += a["design_effect"] * r * (1 - r) / n
+    df = max(1, min(c["clients"], s["clients"]) - 1)
+    q = float(student_t.ppf(confidence, df))
+    return float(c["bad"] / c["total"] - s["bad"] / s["total"] - q * math.sqrt(var))
+
+
 # ---------------------------------------------------------------------------------------- runtime
 
 
@@ -406,7 +448,17 @@ class _Counts:
     confident: int = 0
     observed: int = 0
     detected: int = 0
-    clients: dict[str, float] = field(default_factory=dict)  # client -> last tick time it was seen
+    # per client and time bucket: [rows, confident, observed, detected] (for the design effect)
+    buckets: deque[tuple[float, dict[str, list[int]]]] = field(default_factory=deque)
+
+    def client(self, client: str) -> list[int] | None:
+        if not self.buckets:
+            return None
+        b = self.buckets[-1][1]
+        row = b.get(client)
+        if row is None and len(b) < _MAX_CLIENTS:
+            row = b[client] = [0, 0, 0, 0]
+        return row
 
     def snapshot(self) -> tuple[int, int, int, int]:
         return self.rows, self.confident, self.observed, self.detected
@@ -454,6 +506,7 @@ class Canary:
             True: deque(),
         }
         self._tick_time = clock()
+        self._bucket = cfg.window_seconds / 10  # per-client counts are kept in 10 time buckets
         self._last_check: float | None = None
         self._baseline(self._tick_time)
         self.last: dict[str, Any] | None = st.evaluation
@@ -537,11 +590,7 @@ class Canary:
 
     def choose(self, client: str) -> Arm:
         active, _ = self._route
-        arm = self.canary if active and self.in_canary(client) else self.stable
-        clients = arm.counts.clients
-        if client in clients or len(clients) < _MAX_CLIENTS:
-            clients[client] = self._tick_time
-        return arm
+        return self.canary if active and self.in_canary(client) else self.stable
 
     def version_of(self, client: str) -> str:
         """The version that answers ``client`` now (no side effect, unlike :meth:`choose`)."""
@@ -551,19 +600,27 @@ class Canary:
     def active(self) -> bool:
         return self._route[0]
 
-    def served(self, arm: Arm, scored_rows: int, confident_rows: int) -> None:
+    def served(self, arm: Arm, client: str, scored_rows: int, confident_rows: int) -> None:
         c = arm.counts
         c.rows += scored_rows
         c.confident += confident_rows
+        row = c.client(client)
+        if row is not None:
+            row[0] += scored_rows
+            row[1] += confident_rows
         m = self._children[arm.canary]
         if scored_rows:
             m[0].inc(scored_rows)
         if confident_rows:
             m[1].inc(confident_rows)
 
-    def observed(self, arm: Arm, detected: bool) -> None:
+    def observed(self, arm: Arm, client: str, detected: bool) -> None:
         c = arm.counts
         c.observed += 1
+        row = c.client(client)
+        if row is not None:
+            row[2] += 1
+            row[3] += detected
         m = self._children[arm.canary]
         m[2].inc()
         if detected:
@@ -573,7 +630,7 @@ class Canary:
     # ------------------------------------------------------------------ the window
     def _reset(self) -> None:
         for arm in (self.stable, self.canary):
-            arm.counts.clients.clear()
+            arm.counts.buckets.clear()
         self._last_check = None
         self._baseline(self.clock())
 
@@ -583,6 +640,8 @@ class Canary:
         for arm in (self.stable, self.canary):
             self._samples[arm.canary].clear()
             self._samples[arm.canary].append((now, snaps[arm.canary]))
+            arm.counts.buckets.clear()
+            arm.counts.buckets.append((now, {}))
 
     def _snapshots(self) -> dict[bool, tuple[int, int, int, int]]:
         """Each version's cumulative counts: this process's, or (``serve --workers N``) every
@@ -614,10 +673,11 @@ class Canary:
             dq.append((now, snaps[arm.canary]))
             while len(dq) > 2 and dq[1][0] <= now - keep:
                 dq.popleft()
-            cutoff = now - self.cfg.window_seconds
-            stale = [c for c, t in arm.counts.clients.items() if t < cutoff]
-            for c in stale:
-                del arm.counts.clients[c]
+            b = arm.counts.buckets
+            if not b or now - b[-1][0] >= self._bucket:
+                b.append((now, {}))
+            while b and b[0][0] < now - self.cfg.window_seconds - self._bucket:
+                b.popleft()
 
     def _window(self, arm: Arm, now: float) -> tuple[int, int, int, int]:
         """(rows, confident, observed, detected) of the last ``window_seconds`` (the history there
@@ -638,11 +698,17 @@ class Canary:
         """Compare the versions over the window; ``breach`` lists what breached (empty: none)."""
         cfg = self.cfg
         ws, wc = self._window(self.stable, now), self._window(self.canary, now)
-        cut = now - cfg.window_seconds
-        nclients = {
-            arm.canary: sum(1 for t in arm.counts.clients.values() if t >= cut)
-            for arm in (self.stable, self.canary)
-        }
+        cut = now - cfg.window_seconds - self._bucket
+        per_client: dict[bool, dict[str, list[int]]] = {}
+        for arm in (self.stable, self.canary):
+            merged: dict[str, list[int]] = {}
+            for t, bucket in arm.counts.buckets:
+                if t >= cut:
+                    for client, row in bucket.items():
+                        acc = merged.setdefault(client, [0, 0, 0, 0])
+                        for i in range(4):
+                            acc[i] += row[i]
+            per_client[arm.canary] = merged
         conf = 1 - cfg.alpha
         slis: dict[str, Any] = {}
         breach: list[str] = []
@@ -653,12 +719,14 @@ class Canary:
             arms: dict[str, dict[str, Any]] = {}
             for arm, w in ((self.stable, ws), (self.canary, wc)):
                 bad, total = w[bi], w[ti]
+                units = [(r[bi], r[ti]) for r in per_client[arm.canary].values() if r[ti] > 0]
                 arms["canary" if arm.canary else "stable"] = {
                     "version": arm.version,
                     "bad": bad,
                     "total": total,
                     "rate": bad / total if total else None,
-                    "clients": nclients[arm.canary],
+                    "clients": len(units),
+                    "design_effect": design_effect(units),
                 }
             s, c = arms["stable"], arms["canary"]
             short = [
@@ -685,7 +753,17 @@ class Canary:
                 d, lower, upper = difference_interval(
                     c["bad"], c["total"], s["bad"], s["total"], confidence=conf
                 )
-                doc.update(decided=True, difference=d, lower=lower, upper=upper, breach=lower > margin)
+                lower_c = clustered_lower(c, s, conf)
+                doc.update(
+                    decided=True,
+                    difference=d,
+                    lower=min(lower, lower_c),
+                    upper=upper,
+                    lower_rows=lower,
+                    lower_clustered=lower_c,
+                    breach=min(lower, lower_c) > margin,
+                )
+                lower = min(lower, lower_c)
                 if lower > margin:
                     breach.append(sli)
             slis[sli] = doc

@@ -308,7 +308,7 @@ class Pipeline:
             msg = f"the detection backend is unavailable ({type(e).__name__}); try later"
             return _error(ex, 503, "detection_unavailable", msg, headers=ex.headers)
         if ex.arm is not None:
-            self.canary.observed(ex.arm, ex.findings > 0)
+            self.canary.observed(ex.arm, ex.client, ex.findings > 0)
         if verdict is None:
             return None
         if verdict.status is not None:
@@ -363,7 +363,7 @@ class Pipeline:
             if n_conf:
                 self.child(self.metrics.high_confidence, role.name).inc(n_conf)
             if ex.arm is not None:
-                self.canary.served(ex.arm, len(ent), int(n_conf))
+                self.canary.served(ex.arm, ex.client, len(ent), int(n_conf))
         self.child(self.metrics.rows, role.name).inc(rows)
         access = "logits" if logits is not None else ("scores" if scores is not None else "label")
         for fname, arr in (("scores", scores), ("logits", logits)):
