@@ -211,7 +211,13 @@ def post(port: int, body: bytes, key: str = KEYS["partner"]) -> int:
 
 
 def spawn_workers(config: Path, port: int, n: int = 2) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    # TMPDIR: the metrics directory of a supervisor killed with SIGKILL stays in the test's tmp_path
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "OMP_NUM_THREADS": "1",
+        "TMPDIR": str(config.parent),
+    }
     cmd = [sys.executable, "-m", "invguard.cli", "serve", str(config), "--port", str(port)]
     return subprocess.Popen(
         [*cmd, "--workers", str(n)],

@@ -1,13 +1,14 @@
-"""``invguard serve --workers N``: a supervisor and N guard worker processes on one listening socket.
+"""``invguard serve --workers N``: a supervisor and N guard worker processes on one port.
 
 The supervisor checks that what must be shared is shared (below), opens every worker's chain of
 the audit log (recovering it as a single guard does at start) and signs the worker manifest
 (:mod:`invguard.guard.auditlog.workers`), holds the port, and starts each worker as
 ``python -m invguard.guard.workers CONFIG INDEX N HOST PORT``: a fresh interpreter (no fork of a
-process holding threads or a model) with ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per run:
-see :mod:`invguard.guard.metrics`). Each worker listens on its own ``SO_REUSEPORT`` socket, so the
-kernel spreads new connections over the live workers by their addresses (one shared listening
-socket would let the first worker to wake take every connection of a burst, kept alive). The
+process holding threads or a model) with ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per run
+under ``$TMPDIR``, removed at a clean exit: see :mod:`invguard.guard.metrics`). Each worker
+listens on its own ``SO_REUSEPORT`` socket, so the kernel spreads new connections over the live
+workers by their addresses (one shared listening socket would let the first worker to wake take
+every connection of a burst, kept alive). The
 supervisor first binds the port without ``SO_REUSEPORT`` (any other server on it, another guard
 included, is refused), then keeps it bound with ``SO_REUSEPORT`` but not listening: nothing else
 can take it, and connections go to the workers only. Connections still queued at a worker that
