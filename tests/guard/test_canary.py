@@ -510,6 +510,31 @@ def test_the_canary_model_is_loaded_from_its_own_path(tmp_path, sklearn_model_fi
     assert got.labels.tolist() == want.labels.tolist()  # the same weights, loaded twice
 
 
+def test_detection_records_about_a_canary_client_carry_the_canary_version(tmp_path, torch_model):
+    from invguard.guard.app import Guard
+
+    _, doc = _write(tmp_path, {"version": "v2", "weight": 0.5, "path": "m.pt"})
+    guard = Guard(from_dict(doc), model=torch_model, canary_model=torch_model)
+    on = next(f"c{i}" for i in range(100) if guard.canary.in_canary(f"c{i}"))
+    off = next(f"c{i}" for i in range(100) if not guard.canary.in_canary(f"c{i}"))
+
+    async def go():
+        await guard.audit.start()
+        for cid in (on, off):
+            await guard.append({"route": "detection", "decision": "detection", "client": cid})
+        await guard.append({"route": "/admin/api/canary", "decision": "served", "client": on})
+        await guard.audit.close()
+
+    asyncio.run(go())
+    recs = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    got = [(r["route"], r["client"], r["model_version"]) for r in recs if r.get("client")]
+    assert got == [
+        ("detection", on, "v2"),
+        ("detection", off, "v1"),
+        ("/admin/api/canary", on, "v1"),  # an admin's own records are the guard's, not a version's
+    ]
+
+
 # ------------------------------------------------------------------------------------ through HTTP
 
 
