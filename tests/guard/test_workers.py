@@ -432,3 +432,21 @@ def test_sigkill_of_one_worker_then_of_all_loses_no_acknowledged_request(
     res = CliRunner().invoke(cli, [*args, "--witness", f"file:{witness}"])
     assert res.exit_code == 0, res.output
     assert f"{len(rep.chains)} chain(s) listed in the signed manifest" in res.stdout
+
+
+def test_every_gauge_of_the_guard_says_how_workers_combine(tmp_path, torch_model):
+    """A gauge left in the default multiprocess mode ('all') would be served once per worker pid."""
+    from prometheus_client import Gauge
+
+    from invguard.guard.app import Guard
+
+    cfg = base_config(
+        tmp_path,
+        detection={"enabled": True},
+        incidents={"store": str(tmp_path / "incidents.db")},
+        slos=[{"name": "m2", "sli": "high_confidence_rate", "objective": 0.95}],
+    )
+    guard = Guard(from_dict(cfg), model=torch_model)
+    gauges = [c for c in guard.registry._collector_to_names if isinstance(c, Gauge)]
+    assert len(gauges) >= 6
+    assert {g._name: g._multiprocess_mode for g in gauges if g._multiprocess_mode == "all"} == {}
