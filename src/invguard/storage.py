@@ -98,3 +98,46 @@ def cached(
     with atomic_path(path) as tmp:
         save(obj, tmp)
     return obj
+
+
+class SqliteFile:
+    """A SQLite file several processes share (the guard's workers and the CLI): WAL journal, a
+    30 s busy timeout, and :meth:`connect` ``(write=True)`` for one ``BEGIN IMMEDIATE``
+    transaction (committed on success, rolled back on any error), so concurrent writers agree.
+    ``schema`` runs at open; a file that is not a SQLite database is a ``ConfigError`` naming
+    ``what`` it should have been."""
+
+    def __init__(self, path: str | Path, schema: str, *, what: str) -> None:
+        import sqlite3
+
+        from invguard.core.errors import ConfigError
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self.connect() as con:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(schema)
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"{self.path}: not {what} ({e})") from None
+
+    @contextlib.contextmanager
+    def connect(self, write: bool = False) -> Iterator[Any]:
+        import sqlite3
+
+        con = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        try:
+            con.execute("PRAGMA busy_timeout=30000")
+            con.execute("PRAGMA synchronous=NORMAL")
+            if write:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            else:
+                yield con
+        finally:
+            con.close()

@@ -64,8 +64,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +74,7 @@ from invguard.guard.config import CanaryConfig
 from invguard.guard.incidents import Clock, Detection, IncidentStore, iso
 from invguard.guard.metrics import aggregate, multiprocess
 from invguard.metrics.stats import difference_interval
+from invguard.storage import SqliteFile
 
 log = logging.getLogger("invguard.guard.canary")
 
@@ -165,34 +165,10 @@ class CanaryStateStore:
     marked ``audited`` once the guard has appended its audit-log record."""
 
     def __init__(self, path: str | Path, *, clock: Clock = time.time) -> None:
-        self.path = Path(path)
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self._connect() as con:
-                con.execute("PRAGMA journal_mode=WAL")
-                con.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise ConfigError(f"{self.path}: not an incident store ({e})") from None
-
-    @contextmanager
-    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-        try:
-            con.execute("PRAGMA busy_timeout=30000")
-            con.execute("PRAGMA synchronous=NORMAL")
-            if write:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    yield con
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT")
-            else:
-                yield con
-        finally:
-            con.close()
+        self._db = SqliteFile(path, _SCHEMA, what="an incident store")
+        self.path = self._db.path
+        self._connect = self._db.connect
 
     @staticmethod
     def _state(r: tuple[Any, ...]) -> CanaryState:

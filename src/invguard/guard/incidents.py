@@ -41,7 +41,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from invguard.core.errors import ConfigError, InvguardError
+from invguard.storage import SqliteFile
 
 Clock = Callable[[], float]
 State = Literal["open", "acknowledged", "resolved"]
@@ -307,35 +307,11 @@ class IncidentStore:
     """The incident store at ``path`` (created if missing). Safe to share between processes."""
 
     def __init__(self, path: str | Path, *, clock: Clock = time.time, group_window: float = 3600.0) -> None:
-        self.path = Path(path)
         self.clock = clock
         self.group_window = group_window
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with self._connect() as con:
-                con.execute("PRAGMA journal_mode=WAL")
-                con.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise ConfigError(f"{self.path}: not an incident store ({e})") from None
-
-    @contextmanager
-    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-        try:
-            con.execute("PRAGMA busy_timeout=30000")
-            con.execute("PRAGMA synchronous=NORMAL")
-            if write:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    yield con
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-                con.execute("COMMIT")
-            else:
-                yield con
-        finally:
-            con.close()
+        self._db = SqliteFile(path, _SCHEMA, what="an incident store")
+        self.path = self._db.path
+        self._connect = self._db.connect
 
     # ------------------------------------------------------------------ reading
     @staticmethod
