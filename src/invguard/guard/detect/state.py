@@ -3,7 +3,8 @@
 What is stored, per query: its fingerprint's salted 64-bit hashes in a global inverted index
 (hash -> the last ``postings`` queries that had it, with their client), a keyed digest of the raw
 row (exact repeats and distinct inputs are counted by it), and in the client's bounded history its
-encoder features (float16) and its PRADA minimum distance. Never the input itself. Everything
+encoder features with its residual fraction outside them in one more column (float16) and its
+PRADA minimum distance. Never the input itself. Everything
 expires ``ttl`` seconds after it was last written; the index holds at most ``max_hashes`` hashes
 and the table at most ``max_clients`` clients (the least recently seen go first), so memory is
 bounded whatever the traffic.
