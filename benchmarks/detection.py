@@ -326,11 +326,13 @@ def summary(r: Any) -> str:
     return f"AUC {f('auc')}, TPR@1%FPR {f('tpr_at_fpr_0.01')}"
 
 
-def run_attack(name: str, params: dict, relay: Relay, splits: Any, ctx: Any) -> tuple[Any, str]:
+def run_attack(
+    name: str, params: dict, relay: Relay, splits: Any, ctx: Any, seed: int = 0
+) -> tuple[Any, str]:
     from invguard.core.errors import InvguardError
 
     try:
-        r = ig.attacks.get(name)(**params).run(relay, splits, seed=0, context=ctx)
+        r = ig.attacks.get(name)(**params).run(relay, splits, seed=seed, context=ctx)
         return r, summary(r)
     except InvguardError as e:
         return None, f"stopped: {type(e).__name__}: {str(e)[:120]}"
@@ -615,7 +617,8 @@ def main() -> None:
                 )
                 served.on_event = [spread.seen]
                 n_ev = len(served.events)
-                run_attack(name, params, spread, splits, ctx)
+                # another seed: the single-key run's queries again would be exact repeats (no probe)
+                run_attack(name, params, spread, splits, ctx, seed=1)
                 evs = [e for e in served.events[n_ev:] if e.type == "invguard.detection"]
                 mits = [
                     e
