@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -71,6 +73,14 @@ class _Client:
     seen: float = 0.0
 
 
+def _ranked(counts: Counter[int]) -> Iterator[tuple[int, int]]:
+    """Most common first; the full sort only when the top four are all stale."""
+    top = counts.most_common(4)
+    yield from top
+    if len(top) == 4:
+        yield from counts.most_common()[4:]
+
+
 class MemoryState:
     """The state of one guard process."""
 
@@ -95,7 +105,8 @@ class MemoryState:
             max_distinct,
         )
         self.clock = clock
-        self._index: OrderedDict[int, list[tuple[int, str, float]]] = OrderedDict()
+        self._index: OrderedDict[int, list[int]] = OrderedDict()
+        self._queries: dict[int, tuple[str, float]] = {}  # query id -> (client, time), oldest first
         self._digests: OrderedDict[bytes, float] = OrderedDict()
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._mitigations: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -150,27 +161,31 @@ class MemoryState:
                 self._digests.popitem(last=False)
             if len(c.distinct) < self.max_distinct:
                 c.distinct.add(r.digest)
-            counts: Counter[int] = Counter()
-            owner: dict[int, str] = {}
-            for h in r.hashes.tolist():
-                post = self._index.get(h)
+            # postings hold query ids only (ints: counted at C speed, 8 bytes a slot); who sent a
+            # query and when is kept once per query in `_queries`
+            hs = r.hashes.tolist()
+            posts = [self._index.get(h) for h in hs]
+            best, other = 0, None
+            if not repeat:
+                counts = Counter(chain.from_iterable(p for p in posts if p))
+                for q, n in _ranked(counts):
+                    meta = self._queries.get(q)  # the best query still known and within its ttl
+                    if meta is not None and now - meta[1] <= self.ttl:
+                        best, other = n, meta[0]
+                        break
+            for h, post in zip(hs, posts, strict=True):
                 if post is None:
-                    post = self._index[h] = []  # a list: a deque costs ~600 bytes even when empty
+                    self._index[h] = [qid]  # a list: a deque costs ~600 bytes even when empty
                     while len(self._index) > self.max_hashes:
                         self._index.popitem(last=False)
                 else:
                     self._index.move_to_end(h)
-                    for q, who, t in post:
-                        if now - t <= self.ttl:
-                            counts[q] += 1
-                            owner[q] = who
-                post.append((qid, client, now))
-                if len(post) > self.postings:
-                    del post[0]
-            best, other = 0, None
-            if counts and not repeat:
-                q, best = counts.most_common(1)[0]
-                other = owner[q]
+                    post.append(qid)
+                    if len(post) > self.postings:
+                        del post[0]
+            self._queries[qid] = (client, now)
+            while len(self._queries) > self.max_hashes:
+                del self._queries[next(iter(self._queries))]
             matched = best >= self.match
             c.flags.append(1 if matched else 0)
             if matched and other is not None and other != client:
@@ -254,6 +269,7 @@ class MemoryState:
             "index_hashes": len(self._index),
             "index_postings": sum(len(p) for p in self._index.values()),
             "digests": len(self._digests),
+            "queries": len(self._queries),
             "clients": len(self._clients),
         }
 
