@@ -25,6 +25,12 @@ from invguard.metrics.stats import bootstrap_metric, proportion_metric
 # ------------------------------------------------------------------------------------- exposure
 
 
+def _first(metrics: dict[str, Metric], names: Sequence[str]) -> dict[str, Metric]:
+    """``metrics`` with ``names`` (those present) first: the headline a summary shows."""
+    head = {n: metrics[n] for n in names if n in metrics}
+    return {**head, **{k: v for k, v in metrics.items() if k not in head}}
+
+
 @dataclass(frozen=True)
 class CanaryRow:
     """One canary's measurement. ``exact``/``approx`` are exposures in bits (NaN where not computed)."""
@@ -220,7 +226,7 @@ def judge_exposure(ev: CanaryExposure, case: Case) -> AttackOutput:
             )
         )
     return AttackOutput(
-        metrics=metrics,
+        metrics=_first(metrics, [f"exposure_{counts[-1]}", "exposure_0"] if counts else []),
         tables={"canaries": table},
         findings=findings,
         info={
@@ -368,7 +374,7 @@ def judge_extraction(ev: ExtractionCandidates, case: Case) -> AttackOutput:
     else:
         findings.append(Finding("No training text extracted", detail, "info"))
     return AttackOutput(
-        metrics=metrics,
+        metrics=_first(metrics, ["canaries_recovered", f"memorised_share_{best}"]),
         tables={
             "extracted": rows,
             "recovered_by": [{"ranking": k, "canaries": len(v)} for k, v in found_by.items()],
