@@ -353,7 +353,10 @@ def serve(
         cfg = load(config)
         h = host or cfg.server.host
         pt = port if port is not None else cfg.server.port
-        if workers > 1:
+        from invguard.guard.auditlog.workers import manifest_path, worker_files
+
+        if workers > 1 or manifest_path(cfg.audit.path).exists() or worker_files(cfg.audit.path):
+            # once a manifest binds the log, every start (one worker too) is a start of the set
             from invguard.guard.workers import serve_workers
 
             code = serve_workers(config, cfg, h, pt, workers, log=lambda m: console.print(m, highlight=False))
@@ -558,7 +561,12 @@ def log_verify(
     Pin the guard's signing key with --public-key (required unless --trust-embedded-key)."""
     from invguard.core.errors import ConfigError, InvguardError
     from invguard.guard.auditlog import load_chain_key, load_public_key_hex, verify, witness_from_spec
-    from invguard.guard.auditlog.workers import manifest_path, verify_workers
+    from invguard.guard.auditlog.workers import (
+        WorkersReport,
+        manifest_path,
+        single_chain_problem,
+        verify_workers,
+    )
 
     rep: Any
     try:
@@ -579,6 +587,8 @@ def log_verify(
                 trust_embedded_key=trust_embedded_key,
                 allow_missing_head=allow_missing_head,
             )
+        elif (problem := single_chain_problem(file)) is not None:
+            rep = WorkersReport(manifest=str(manifest_path(file))).fail(problem)
         else:
             rep = verify(
                 file,

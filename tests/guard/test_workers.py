@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,13 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from invguard.cli import app as cli
+from invguard.core.errors import ConfigError
 from invguard.guard import from_dict
 from invguard.guard.auditlog import AuditLog, chain_key_path, segments, verify
 from invguard.guard.auditlog.workers import (
+    manifest_digest,
     manifest_path,
+    single_chain_problem,
     verify_workers,
     worker_path,
     worker_start_record,
@@ -88,7 +93,7 @@ def test_the_manifest_binds_the_workers_chains_and_verify_catches_a_deleted_or_s
     rep = _check(log)
     assert rep.ok, rep.problem
     assert [name for name, _ in rep.chains] == ["audit.w0.jsonl", "audit.w1.jsonl"]
-    assert rep.records == 6 + 7
+    assert rep.records == (1 + 6) + (1 + 7)  # the supervisor's worker_start, then the worker's
     runner = CliRunner()
     pub = key_paths(str(log), None, None)[0]
     args = ["log", "verify", str(log), "--public-key", str(pub)]
@@ -137,24 +142,250 @@ def test_an_older_manifest_put_back_to_hide_a_deleted_chain_is_caught(tmp_path):
     for w in (0, 1, 2):
         _write(cfg, w, 3, 2)
     assert _check(log).ok
+    new = manifest_path(log).read_bytes()
     # the attacker deletes w2's chain and puts back the signed manifest that did not list it
     for f in [*segments(worker_path(log, 2)), worker_path(log, 2).with_name("audit.w2.jsonl.head")]:
         f.unlink()
     manifest_path(log).write_bytes(old)
     rep = _check(log)
     assert rep.problem == (
-        f"{worker_path(log, 0)}: worker chain w0 last started (record seq 5) under another manifest than "
-        f"{manifest_path(log)}: the manifest was replaced by an older one (a chain added since may have "
-        "been deleted)"
+        f"{worker_path(log, 0)}: worker chain w0 last started (record seq 7) under worker manifest "
+        f"revision 2, and {manifest_path(log)} is revision 1: the manifest was rolled back to an older "
+        "one (a chain added since may have been deleted)"
     )
     # nor can the manifest be edited: dropping w2 from the current one breaks its signature
-    prepare_chains(cfg, 3)
-    doc = json.loads(manifest_path(log).read_bytes())
+    doc = json.loads(new)
     doc["chains"] = doc["chains"][:2]
     manifest_path(log).write_text(json.dumps(doc))
     assert _check(log).problem == (
         f"{manifest_path(log)}: the worker manifest's signature is invalid: it was modified or replaced"
     )
+
+
+def _single(log: Path, records: int) -> None:
+    """What a single-process guard writes: ``records`` records on ``log`` itself."""
+    keys = open_keys(str(log), None, None)
+
+    async def go() -> None:
+        chain = AuditLog(log, signing_key=keys.signing_key, chain_key=keys.chain_key, checkpoint_every=4)
+        await chain.start()
+        for k in range(records):
+            await chain.append({"decision": "served", "client": "acme", "input_hmac": f"s-{k}", "rows": 1})
+        await chain.close()
+
+    asyncio.run(go())
+
+
+def _verify_cli(log: Path):
+    pub = key_paths(str(log), None, None)[0]
+    return CliRunner().invoke(cli, ["log", "verify", str(log), "--public-key", str(pub)])
+
+
+def _gone(chain: Path) -> None:
+    for f in [*segments(chain), chain.with_name(chain.name + ".head")]:
+        f.unlink()
+
+
+def test_deleting_the_manifest_does_not_turn_the_worker_chains_into_an_ignored_directory(tmp_path):
+    """Hole: with the manifest gone, verify fell back to the single chain and ignored guard.w*."""
+    cfg = from_dict(base_config(tmp_path))
+    log = Path(cfg.audit.path)
+    _single(log, 3)  # a single-process guard first (the natural case: it leaves audit.jsonl)
+    prepare_chains(cfg, 2)
+    for w in (0, 1):
+        _write(cfg, w, 2, 3)
+    assert _check(log).ok
+    assert verify(log, public_key=audit_keys(log)[0]).ok  # the single chain alone is still intact
+    manifest_path(log).unlink()
+    missing = (
+        f"the worker manifest {manifest_path(log)} is missing; worker chains w0, w1 exist beside "
+        "audit.jsonl: the manifest was deleted (verify or serve the set with it in place)"
+    )
+    res = _verify_cli(log)
+    assert res.exit_code == 1
+    assert f"FAILED: {missing}" in " ".join(res.output.split())
+    with pytest.raises(ConfigError) as e:  # nor does the guard start on it
+        prepare_chains(cfg, 2)
+    assert str(e.value) == (
+        f"refusing to start: {missing}; investigate (keep the files as evidence) before starting the guard"
+    )
+    # only rotated (or archived) files of a chain left are still a chain
+    _gone(worker_path(log, 1))
+    w0 = worker_path(log, 0)
+    data = w0.read_bytes()
+    _gone(w0)
+    (tmp_path / "audit.w0.jsonl.1").write_bytes(data)
+    assert single_chain_problem(log) == missing.replace("w0, w1", "w0")
+    os.rename(tmp_path / "audit.w0.jsonl.1", tmp_path / "audit.w0.jsonl.1.gz")
+    assert single_chain_problem(log) == missing.replace("w0, w1", "w0")
+
+
+def test_a_worker_chain_renamed_to_the_single_chain_does_not_verify_as_one(tmp_path):
+    """Hole: remove the manifest and w1, rename w0's files to audit.jsonl*: it verified OK."""
+    cfg = from_dict(base_config(tmp_path))
+    log = Path(cfg.audit.path)
+    prepare_chains(cfg, 2)
+    for w in (0, 1):
+        _write(cfg, w, 2, 3)
+    manifest_path(log).unlink()
+    _gone(worker_path(log, 1))
+    w0 = worker_path(log, 0)
+    for f in [*segments(w0), w0.with_name(w0.name + ".head")]:
+        f.rename(f.with_name(f.name.replace(".w0.", ".")))
+    assert verify(log, public_key=audit_keys(log)[0]).ok  # the chain itself is intact
+    res = _verify_cli(log)
+    assert res.exit_code == 1
+    assert (
+        f"FAILED: the worker manifest {manifest_path(log)} is missing, and {log} holds records written "
+        "by a worker (record seq 1 names worker 0): the chain was written under a manifest (its files "
+        "were renamed, or the manifest deleted)"
+    ) in " ".join(res.output.split())
+    # one worker's chain may be read alone only while its manifest is in place
+    assert single_chain_problem(worker_path(log, 3)) == (
+        f"the worker manifest {manifest_path(log)} is missing; audit.w3.jsonl is the chain of worker w3 "
+        "of audit.jsonl: the manifest was deleted"
+    )
+
+
+def test_after_workers_every_start_is_one_of_the_set_and_every_chain_is_bound(tmp_path, torch_model):
+    """Hole: after --workers 2 then --workers 1, the new single chain was checked only if present."""
+    from invguard.guard.app import Guard
+
+    cfg = from_dict(base_config(tmp_path))
+    log = Path(cfg.audit.path)
+    _single(log, 2)
+    prepare_chains(cfg, 2)
+    _write(cfg, 0, 2, 2)
+    _write(cfg, 1, 2, 2)
+    m = prepare_chains(cfg, 1)  # --workers 1 (and plain serve) once a manifest exists
+    _write(cfg, 0, 1, 2)
+    assert (m["revision"], m["workers"]) == (2, 1)
+    assert [(c["file"], c["started"]) for c in m["chains"]] == [
+        ("audit.jsonl", None), ("audit.w0.jsonl", 2), ("audit.w1.jsonl", 1),
+    ]  # fmt: skip
+    assert _check(log).ok
+    with pytest.raises(ConfigError) as e:  # a single-process guard does not write beside the set
+        Guard(cfg, model=torch_model)
+    assert str(e.value) == (
+        f"audit.path: {log} is written by several workers (manifest {manifest_path(log)}): serve it with "
+        "invguard serve, which opens the chains and signs the manifest for any number of workers"
+    )
+    # a single-process chain begun beside the set is not part of it
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    _move(log, aside)
+    _single(log, 2)
+    assert _check(log).problem == (
+        f"{log}: the single-process chain does not start with the genesis the signed manifest lists for "
+        "it: the file was swapped with another chain's or replaced"
+    )
+    _gone(log)
+    # every chain ever opened is listed: deleting any fails, the retired w1 and the first one too
+    assert _check(log).problem == (
+        f"{log}: the single-process chain listed in the signed manifest is missing: it was deleted or moved"
+    )
+    _move(aside / log.name, tmp_path)
+    assert _check(log).ok
+    _gone(worker_path(log, 1))
+    assert _check(log).problem == (
+        f"{worker_path(log, 1)}: worker chain w1 listed in the signed manifest is missing: it was deleted "
+        "or moved"
+    )
+
+
+def test_a_restart_does_not_launder_a_rolled_back_set(tmp_path, sklearn_model_file):
+    """Hole: an older (validly signed) manifest put back after deleting a chain, then a restart:
+    the supervisor accepted it and the workers named it."""
+    config = write_sklearn_config(tmp_path, sklearn_model_file)
+    cfg = from_dict(yaml.safe_load(config.read_text()))
+    log = Path(cfg.audit.path)
+    prepare_chains(cfg, 2)
+    old = manifest_path(log).read_bytes()
+    prepare_chains(cfg, 3)
+    _gone(worker_path(log, 2))
+    manifest_path(log).write_bytes(old)
+    rolled = (
+        f"refusing to start: {worker_path(log, 0)}: worker chain w0 last started (record seq 2) under "
+        f"worker manifest revision 2, and {manifest_path(log)} is revision 1: the manifest was rolled back "
+        "to an older one (a chain added since may have been deleted); investigate (keep the files as "
+        "evidence) before starting the guard"
+    )
+    with pytest.raises(ConfigError) as e:
+        prepare_chains(cfg, 2)
+    assert str(e.value) == rolled
+    res = CliRunner().invoke(cli, ["serve", str(config), "--port", str(free_port())])  # plain serve too
+    assert res.exit_code == 2
+    assert rolled in " ".join(res.output.split())
+    assert manifest_path(log).read_bytes() == old  # nothing written
+    # a chain on disk that the manifest does not list
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    cfg2 = from_dict(base_config(fresh))
+    log2 = Path(cfg2.audit.path)
+    prepare_chains(cfg2, 2)
+    (fresh / "audit.w7.jsonl.3").write_bytes(worker_path(log2, 0).read_bytes())
+    with pytest.raises(ConfigError) as e:
+        prepare_chains(cfg2, 2)
+    assert str(e.value).startswith(
+        f"refusing to start: {fresh / 'audit.w7.jsonl.3'}: a worker chain (w7) that the signed manifest "
+        f"{manifest_path(log2)} does not list: it was added outside the guard"
+    )
+    assert _check(log2).problem.startswith(f"{fresh / 'audit.w7.jsonl.3'}: a worker chain (w7)")
+
+
+def test_a_whole_directory_put_back_is_caught_by_the_manifests_witness(tmp_path):
+    witness = tmp_path / "other-mount" / "guard.head"
+    cfg = from_dict(base_config(tmp_path / "d", audit={"witnesses": [f"file:{witness}"]}))
+    log = Path(cfg.audit.path)
+    prepare_chains(cfg, 2)
+    backup = tmp_path / "backup"
+    shutil.copytree(log.parent, backup)
+    prepare_chains(cfg, 2)
+    held = json.loads((witness.parent / "guard.manifest.head").read_bytes())
+    assert (held["chain"], held["size"]) == ("worker_manifest", 2)
+    shutil.rmtree(log.parent)
+    shutil.copytree(backup, log.parent)  # every chain, head and the manifest as they were at revision 1
+    rolled = (
+        f"the witness file:{witness.parent / 'guard.manifest.head'} holds worker manifest revision 2, "
+        "newer than revision 1 on disk: the manifest was rolled back"
+    )
+    with pytest.raises(ConfigError) as e:
+        prepare_chains(cfg, 2)
+    assert str(e.value) == (
+        f"refusing to start: {rolled}; investigate (keep the files as evidence) before starting the guard"
+    )
+    rep = verify_workers(log, public_key=audit_keys(log)[0], witnesses=[f"file:{witness}"])
+    assert rep.problem == rolled
+
+
+def test_a_worker_that_never_ran_its_lifespan_is_no_false_alarm(tmp_path):
+    """Hole: a worker SIGTERMed before its lifespan wrote no worker_start, and verify then said the
+    manifest was replaced by an older one. The supervisor now writes every chain's worker_start."""
+    cfg = from_dict(base_config(tmp_path))
+    log = Path(cfg.audit.path)
+    prepare_chains(cfg, 2)
+    _write(cfg, 0, 2, 2)
+    _write(cfg, 1, 2, 2)
+    prepare_chains(cfg, 3)
+    _write(cfg, 0, 3, 1)  # w1 and w2 were stopped before their lifespans ran
+    rep = _check(log)
+    assert rep.ok, rep.problem
+    prepare_chains(cfg, 2)  # and the restart after that is accepted, w2 retired
+    assert _check(log).ok
+    # a start interrupted after signing the manifest, before sealing the chains: the next start
+    # repairs it; verify in between names the chain exactly
+    keys = open_keys(str(log), None, None)
+    from invguard.guard.auditlog.workers import read_manifest, write_manifest
+
+    prev = read_manifest(log, audit_keys(log)[0])
+    write_manifest(log, 2, keys.signing_key, prev)
+    assert _check(log).problem == (
+        f"{worker_path(log, 0)}: worker chain w0 last started (record seq 8) under another manifest "
+        f"(revision 3) than {manifest_path(log)} says (revision 4): the manifest was replaced by an older "
+        "one (a chain added since may have been deleted)"
+    )
+    prepare_chains(cfg, 2)
+    assert _check(log).ok
 
 
 def test_the_timeline_of_a_log_of_several_workers_replays_every_chain_verified(tmp_path):
@@ -169,7 +400,7 @@ def test_the_timeline_of_a_log_of_several_workers_replays_every_chain_verified(t
     t = tl.build(log, public_key=pub, chain_key=audit_chain_key(log), clients=["acme"])
     assert t.verified.startswith("OK: 2 chain(s) listed in the signed manifest")
     assert [(e.worker, e.seq, e.input_hmac) for e in t.entries] == [
-        (0, 2, "h0-0"), (0, 3, "h0-1"), (0, 4, "h0-2"), (1, 2, "h1-0"), (1, 3, "h1-1"),
+        (0, 3, "h0-0"), (0, 4, "h0-1"), (0, 5, "h0-2"), (1, 3, "h1-0"), (1, 4, "h1-1"),
     ]  # fmt: skip
     assert t.columns[-1] == "worker" and t.to_csv().splitlines()[0].endswith(",worker")
     worker_path(log, 1).unlink()
@@ -418,12 +649,15 @@ def test_sigkill_of_one_worker_then_of_all_loses_no_acknowledged_request(
         for x in f.read_text().splitlines()
         if '"event":"worker_start"' in x
     ]
-    assert [s["worker"] for s in starts] == [1, 1]  # it was restarted, on its own chain
+    # the supervisor's, the first worker 1's (unless it was killed before its lifespan ran) and
+    # the restarted one's: on its own chain, each naming the manifest in force
+    assert len(starts) in (2, 3) and {s["worker"] for s in starts} == {1}, starts
+    assert {s["manifest"] for s in starts} == {manifest_digest(json.loads(manifest_path(log).read_bytes()))}
     assert len(segments(worker_path(log, 0))) + len(segments(worker_path(log, 1))) >= 3  # rotated
     # one witness key per worker, never one shared by two chains; each present was compared
     # (a .tmp beside them is a head being written when the kill came: never renamed into place)
     heads = sorted(p.name for p in witness.parent.glob("*.head")) if witness.parent.exists() else []
-    assert set(heads) <= {"guard.w0.head", "guard.w1.head"}, heads
+    assert set(heads) <= {"guard.w0.head", "guard.w1.head", "guard.manifest.head"}, heads
     for name, r in rep.chains:
         if f"guard.w{name.split('.w')[1].split('.')[0]}.head" in heads:
             assert any(a.startswith("witness file:") for a in r.anchors), (name, r.anchors)

@@ -43,7 +43,13 @@ from invguard.guard import openapi
 from invguard.guard.admin import AdminPage
 from invguard.guard.auditlog import AuditLog, AuditLogError, witness_from_spec
 from invguard.guard.auditlog.signing import public_hex, read_secret
-from invguard.guard.auditlog.workers import read_manifest, worker_path, worker_start_record, worker_witness
+from invguard.guard.auditlog.workers import (
+    read_manifest,
+    single_chain_problem,
+    worker_path,
+    worker_start_record,
+    worker_witness,
+)
 from invguard.guard.auth import Authenticator, KeyRecord, KeyStore
 from invguard.guard.codec import ENCODER, V1, V2, BadInput, InputCodec, read_body
 from invguard.guard.config import GuardConfig
@@ -155,6 +161,14 @@ class Guard:
         self._hkey = keys.hmac_key
         audit_path, witnesses = cfg.audit.path, list(cfg.audit.witnesses)
         self._manifest: dict[str, Any] | None = None
+        if (
+            worker is None
+            and (problem := single_chain_problem(cfg.audit.path, scan_records=False)) is not None
+        ):
+            raise ConfigError(
+                f"audit.path: {problem}: serve it with invguard serve, which opens the chains and signs "
+                "the manifest for any number of workers"
+            )
         if worker is not None:  # its own chain, bound to the others by the manifest the supervisor signed
             self._manifest = read_manifest(cfg.audit.path, public_hex(keys.signing_key))
             audit_path = str(worker_path(cfg.audit.path, worker))

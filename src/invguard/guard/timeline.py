@@ -168,7 +168,7 @@ def build(
 ) -> Timeline:
     """Verify the log, then replay the records matching the query (see the module docstring)."""
     from invguard.guard.auditlog import segments, verify
-    from invguard.guard.auditlog.workers import manifest_path, verify_workers
+    from invguard.guard.auditlog.workers import manifest_path, single_chain_problem, verify_workers
 
     wanted = set(clients)
     if not wanted and input_hmac is None and incident is None:
@@ -201,6 +201,9 @@ def build(
                 "evidence seqs are not marked: in a log of several workers they do not say their chain"
             )
     else:
+        problem = single_chain_problem(path)
+        if problem is not None:
+            raise TimelineError(f"{refuse}: FAILED: {problem}")
         rep = verify(
             path,
             public_key=public_key,

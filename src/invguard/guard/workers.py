@@ -72,16 +72,43 @@ def check_shared(cfg: GuardConfig, workers: int, where: str) -> None:
         )
 
 
-def prepare_chains(cfg: GuardConfig, workers: int) -> dict[str, Any]:
-    """Open (and so recover, or create) every worker's chain, then sign the manifest listing them."""
+def prepare_chains(cfg: GuardConfig, workers: int, log: Any = print) -> dict[str, Any]:
+    """Check the set on disk against the manifest in force (refusing to start on a rollback, a chain
+    deleted, swapped or added outside the guard: :func:`~invguard.guard.auditlog.workers.set_problem`),
+    open (and so recover, or create) every worker's chain, sign the next manifest revision, and seal
+    each chain with a ``worker_start`` record naming it, before any worker starts. Returns the
+    manifest."""
     from invguard.guard.auditlog import AuditLog, witness_from_spec
-    from invguard.guard.auditlog.workers import worker_path, worker_witness, write_manifest
+    from invguard.guard.auditlog.signing import public_hex
+    from invguard.guard.auditlog.workers import (
+        manifest_path,
+        publish_manifest,
+        read_manifest,
+        set_problem,
+        single_chain_problem,
+        worker_path,
+        worker_start_record,
+        worker_witness,
+        write_manifest,
+    )
     from invguard.guard.keys import open_keys
 
     a = cfg.audit
     keys = open_keys(a.path, a.signing_key, a.hash_key, a.chain_key)
-    for i in range(workers):
-        chain = AuditLog(
+    pk = public_hex(keys.signing_key)
+    previous = None
+    if manifest_path(a.path).exists():
+        previous = read_manifest(a.path, pk)
+        problem = set_problem(a.path, previous, public_key=pk, witnesses=a.witnesses, at_start=True)
+    else:
+        problem = single_chain_problem(a.path)
+    if problem is not None:
+        raise ConfigError(
+            f"refusing to start: {problem}; investigate (keep the files as evidence) before starting "
+            "the guard"
+        )
+    chains = [
+        AuditLog(
             worker_path(a.path, i),
             signing_key=keys.signing_key,
             chain_key=keys.chain_key,
@@ -90,14 +117,22 @@ def prepare_chains(cfg: GuardConfig, workers: int) -> dict[str, Any]:
             rotate_bytes=a.rotate_bytes,
             fsync=a.fsync,
         )
-        asyncio.run(_seal(chain))
-    return write_manifest(a.path, workers, keys.signing_key)
+        for i in range(workers)
+    ]
+    manifest = write_manifest(a.path, workers, keys.signing_key, previous)
+    for i, chain in enumerate(chains):
+        asyncio.run(_seal(chain, worker_start_record(i, workers, manifest)))
+    for problem in publish_manifest(manifest, a.witnesses, keys.signing_key):
+        log(f"warning: the worker manifest's witness: {problem}")
+    return manifest
 
 
-async def _seal(chain: Any) -> None:
-    """Start and close a chain: a tail recovered after a crash is sealed by a checkpoint, which
-    reaches the chain's witnesses before its worker starts."""
+async def _seal(chain: Any, start: dict[str, Any]) -> None:
+    """Start a chain, write its ``worker_start`` record (so every chain names the manifest in
+    force whatever becomes of its worker) and close it: the record and a tail recovered after a
+    crash are sealed by a checkpoint, which reaches the chain's witnesses before its worker starts."""
     await chain.start()
+    await chain.append(start)
     await chain.close()
 
 
@@ -202,7 +237,7 @@ def serve_workers(
 ) -> int:
     """Check, prepare the chains, bind, and supervise ``workers`` workers until stopped."""
     check_shared(cfg, workers, str(config))
-    prepare_chains(cfg, workers)
+    prepare_chains(cfg, workers, log)
     sock = reserve(host, port)
     port = int(sock.getsockname()[1])
     log(
