@@ -348,3 +348,76 @@ def test_a_witness_that_cannot_take_the_heads_is_counted_and_the_records_still_s
     assert problem is not None and problem.startswith(
         f"file:{tmp_path / 'not-a-dir' / 'guard.head'} cannot be"
     )
+
+
+def _heads(log):
+    """Every signed checkpoint of the log's files, by size (the heads it published)."""
+    from invguard.guard.auditlog import segments
+
+    return {
+        d["size"]: d
+        for f in segments(log)
+        for d in map(json.loads, f.read_text().splitlines())
+        if d["kind"] == "checkpoint"
+    }
+
+
+def test_a_witness_holding_another_historys_head_is_never_overwritten(tmp_path):
+    """Hole: a witness took any larger head, even of another history. Chain b's witness holds b's
+    8-record head; chain a's files (24 records, rotated so that recovery cannot compare the
+    witness's head with the live file) are put in b's place. The writer must see that the
+    witness's root is not the log's root at 8 records, refuse to publish, log and count it."""
+    key = load_signing_key(tmp_path / "k.pem")
+    wb = FileWitness(tmp_path / "other-mount" / "b.head")
+    write_log(tmp_path / "b.jsonl", 8, key=key, witnesses=[wb])
+    held = wb.path.read_bytes()
+    assert json.loads(held)["size"] == 8
+    a = tmp_path / "a.jsonl"
+    write_log(a, 24, key=key, rotate=1500)
+    assert json.loads(a.read_text().splitlines()[0])["size"] > 8  # the live file opens after record 8
+    counted: list[int] = []
+
+    async def restart(witness):
+        log = AuditLog(
+            a, chain_key=CK, signing_key=key, witnesses=[witness], checkpoint_every=4, rotate_bytes=1500,
+            on_witness_inconsistent=counted.append,
+        )  # fmt: skip
+        await log.start()
+        await log.append({"decision": "served"})
+        await log.close()
+        return log
+
+    log = asyncio.run(restart(wb))
+    assert wb.path.read_bytes() == held  # not overwritten
+    assert counted and set(counted) == {1}  # every head it would have published (one witness each)
+    assert log.witness_problem == (
+        f"the witness {wb.name} holds a head of 8 records whose Merkle root is not this log's at 8 "
+        "records: it holds another history (the chain was swapped or rewritten); not overwritten"
+    )
+    # a witness of a's own history that lags behind (its head of 8 records, in a rotated file)
+    # is consistent: it advances
+    wa = FileWitness(tmp_path / "other-mount" / "a.head")
+    wa.path.write_bytes(canonical(_heads(a)[8]))
+    counted.clear()
+    log = asyncio.run(restart(wa))
+    assert counted == [] and log.witness_problem is None
+    assert json.loads(wa.path.read_bytes())["size"] == 26
+
+
+def test_a_deleted_chain_whose_witness_holds_a_head_does_not_start_afresh(tmp_path):
+    """Hole: recover() returned a new, empty chain without consulting the witnesses when no file
+    was left: deleting a whole chain (head included) was a rollback the next start laundered."""
+    key = load_signing_key(tmp_path / "k.pem")
+    w = FileWitness(tmp_path / "other-mount" / "g.head")
+    log = tmp_path / "g.jsonl"
+    write_log(log, 6, key=key, witnesses=[w])
+    for f in tmp_path.glob("g.jsonl*"):
+        f.unlink()
+    with pytest.raises(ConfigError) as e:
+        AuditLog(log, chain_key=CK, signing_key=key, witnesses=[w])
+    assert str(e.value) == (
+        f"audit log {log} has no files, but the witness {w.name} holds a signed head of 6 records of it: "
+        "the chain was deleted (rolled back); investigate (keep the witness's head as evidence) before "
+        "starting the guard on a new log"
+    )
+    assert not log.exists()

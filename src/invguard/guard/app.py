@@ -186,6 +186,7 @@ class Guard:
             on_failed=lambda n: self.metrics.audit_failures.inc(n),
             on_tail_rejected=lambda n: self.metrics.audit_tail_rejected.inc(n),
             on_witness_failed=lambda n: self.metrics.audit_witness_failures.inc(n),
+            on_witness_inconsistent=lambda n: self.metrics.audit_witness_inconsistent.inc(n),
         )
         self.model_version = cfg.model.version
         # incidents, SLOs, webhook: off the request path

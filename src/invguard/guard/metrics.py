@@ -116,6 +116,11 @@ class GuardMetrics:
             "M7: signed heads a witness refused or could not take (retried with the next head).",
             registry=registry,
         )
+        self.audit_witness_inconsistent = Counter(
+            "invguard_guard_audit_witness_inconsistent",
+            "M7: witnesses found holding a head of another history than the log (never overwritten).",
+            registry=registry,
+        )
         self.connections_refused = Counter(
             "invguard_guard_connections_refused",
             "Connections closed at the transport: request headers too slow (header_timeout) or too many "

@@ -56,6 +56,7 @@ def recover(
         path.unlink()  # a crash between the link and the unlink of a rotation
         files = rotated
     if not files:
+        _no_files(path, public_key, witnesses)
         return Recovered(0, VerifyReport().last_hash, 0, MerkleAccumulator())
     anchors = _anchors(path, public_key, witnesses, check_head)
 
@@ -94,6 +95,22 @@ def recover(
             fa.flush()
             os.fsync(fa.fileno())
     return Recovered(rep.records, rep.last_hash, rep.records - rep.last_checkpoint_size, acc, rejected)
+
+
+def _no_files(path: Path, public_key: str, witnesses: Sequence[Witness]) -> None:
+    """A log with no files is new only if no witness holds a head of it: else it was deleted."""
+    for w in witnesses:
+        try:
+            doc = w.read()
+        except WitnessError as e:
+            log.warning("audit log %s: cannot compare with its witness (%s)", path, e)
+            continue
+        if doc is not None and check_sig(doc, public_key) is None:
+            raise ConfigError(
+                f"audit log {path} has no files, but the witness {w.name} holds a signed head of "
+                f"{doc.get('size')} records of it: the chain was deleted (rolled back); investigate (keep "
+                "the witness's head as evidence) before starting the guard on a new log"
+            )
 
 
 def _anchors(path: Path, public_key: str, witnesses: Sequence[Witness], check_head: bool) -> list[Anchor]:

@@ -13,7 +13,9 @@ a time, so the file is written in chain order.
 **Checkpoints** are signed every ``checkpoint_every`` records, every ``checkpoint_seconds`` when
 records are pending, and on a clean shutdown; each is also written to ``<log>.head`` and handed to
 the **witnesses** (:mod:`.witness`) by a publisher task that always sends the newest head, off the
-request path. **Rotation**: when the live file passes ``rotate_bytes`` it is hard-linked to
+request path, once it has checked that the head the witness holds is a prefix of this log (the
+log's RFC 6962 Merkle root at the witness's size equals the root it holds, section 2.1.2): a
+witness holding another history is never overwritten (logged, counted). **Rotation**: when the live file passes ``rotate_bytes`` it is hard-linked to
 ``<log>.N`` (a link never overwrites an operator's file) and unlinked, and a new live file opens
 with a signed opening checkpoint carrying the Merkle frontier.
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import time
@@ -89,6 +92,7 @@ class AuditLog:
         on_failed: Callable[[int], None] | None = None,
         on_tail_rejected: Callable[[int], None] | None = None,
         on_witness_failed: Callable[[int], None] | None = None,
+        on_witness_inconsistent: Callable[[int], None] | None = None,
         io_thread_ms: float = 0.5,
         wall_clock: Callable[[], float] = time.time,
         perf_clock: Callable[[], float] = time.perf_counter,
@@ -104,6 +108,8 @@ class AuditLog:
         self.do_fsync = fsync
         self.on_written, self.on_failed, self.on_tail_rejected = on_written, on_failed, on_tail_rejected
         self.on_witness_failed = on_witness_failed
+        self.on_witness_inconsistent = on_witness_inconsistent
+        self._held: dict[int, tuple[int, str]] = {}  # witness -> (size, root) known to be ours
         self.io_thread_s = io_thread_ms / 1000.0
         self._now = UtcClock(wall_clock)
         self._perf = perf_clock
@@ -395,9 +401,17 @@ class AuditLog:
         if head is None or head is self._published:
             return
         problems = []
-        for w in self.witnesses:
+        inconsistent = 0
+        for i, w in enumerate(self.witnesses):
             try:
+                problem = await asyncio.to_thread(self._consistency, i, w)
+                if problem is not None:
+                    inconsistent += 1
+                    problems.append(problem)
+                    log.error("audit log %s: %s", self.path, problem)
+                    continue
                 await asyncio.to_thread(w.publish, head)
+                self._held[i] = (int(head["size"]), str(head["root"]))
             except WitnessError as e:
                 problems.append(str(e))
         if problems:
@@ -405,6 +419,66 @@ class AuditLog:
             log.warning("audit log %s: witness: %s", self.path, self.witness_problem)
             if self.on_witness_failed is not None:
                 self.on_witness_failed(len(problems))
+            if inconsistent and self.on_witness_inconsistent is not None:
+                self.on_witness_inconsistent(inconsistent)
         else:
             self.witness_problem = None
         self._published = head
+
+    def _consistency(self, i: int, w: Witness) -> str | None:
+        """Why the head ``w`` holds is not a prefix of this log (RFC 6962 section 2.1.2: the log's
+        Merkle root at the witness's size must equal the root it holds), or None. A head the
+        witness took from this writer, or one it holds of a larger size (it refuses to go back by
+        itself), is not recomputed."""
+        held = w.read()
+        if held is None:
+            return None
+        size, root = int(held.get("size", -1)), str(held.get("root"))
+        if self._held.get(i) == (size, root) or size > self.seq:
+            return None
+        try:
+            mine = root_at(self.path, size)
+        except (OSError, ValueError) as e:
+            return (
+                f"the witness {w.name} holds a head of {size} records that cannot be compared with this "
+                f"log ({e}): not overwritten"
+            )
+        if mine != root:
+            return (
+                f"the witness {w.name} holds a head of {size} records whose Merkle root is not this log's "
+                f"at {size} records: it holds another history (the chain was swapped or rewritten); not "
+                "overwritten"
+            )
+        self._held[i] = (size, root)
+        return None
+
+
+def root_at(path: Path, size: int) -> str:
+    """The RFC 6962 Merkle root (hex) of the log's first ``size`` records, read from its files;
+    ValueError if they are not all on disk (older files archived)."""
+    from invguard.guard.auditlog.format import segments
+
+    for _attempt in range(3):  # a rotation between listing and reading renames the live file
+        acc = MerkleAccumulator()
+        try:
+            for fi, f in enumerate(segments(path)):
+                with open(f, "rb") as fh:
+                    for n, raw in enumerate(fh):
+                        if acc.size >= size:
+                            break
+                        if n == 0:
+                            first = json.loads(raw)
+                            if fi == 0 and int(first.get("size", 0)) > 0:
+                                n0 = first["size"]
+                                raise ValueError(f"records 1-{n0} are not on disk: older files were archived")
+                            continue
+                        if json.loads(raw).get("kind") == "record":
+                            acc.add(raw.rstrip(b"\n"))
+                if acc.size >= size:
+                    break
+        except FileNotFoundError:
+            continue
+        if acc.size < size:
+            raise ValueError(f"the log holds only {acc.size} records")
+        return acc.root().hex()
+    raise ValueError("the log's files kept moving while they were read")
