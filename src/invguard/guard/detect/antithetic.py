@@ -20,8 +20,9 @@ only after all of an iteration's candidates, hundreds of queries later for a bat
 It works in the encoder's space (a linear map: a shared midpoint stays shared; the public data's
 principal components once calibrated). Work per request: one product of the ``window (window - 1) /
 2`` pair sums per window of ``window`` rows (``window = 24``: 276 sums); no state beyond the history
-the k-NN detector keeps. Input clipping (a search decoded through ``clip``) bends the symmetry a
-little; ``tau`` allows for it.
+the k-NN detector keeps. One-row requests are tested once per ``every`` queries of the client
+(the pending rows together), batched ones at every request. Input clipping (a search decoded
+through ``clip``) bends the symmetry a little; ``tau`` allows for it.
 
 An attacker who transforms every query independently (noise, shifts) breaks the symmetry in
 proportion to the transformation's size against the search step: see the README's "What it cannot
@@ -75,23 +76,33 @@ def shared_midpoints(window: np.ndarray, fresh: int, tau: float, floor: float) -
 
 
 def antithetic_counts(
-    history: np.ndarray, new: np.ndarray, skip: np.ndarray, *, window: int, tau: float, floor: float
+    history: np.ndarray,
+    new: np.ndarray,
+    skip: np.ndarray,
+    *,
+    window: int,
+    tau: float,
+    floor: float,
+    pending: int = 0,
 ) -> list[int]:
-    """Per new row: the largest group of mirrored pairs (:func:`shared_midpoints`) among the last
-    ``window`` queries at that row, each row's pairs tested once. A request's rows are taken in
-    windows of ``window`` rows, each overlapping the previous by half (a search's blocks of
-    mirrored candidates straddle windows); 0 for rows that were skipped (exact repeats)."""
+    """Per window (attributed to its newest row): the largest group of mirrored pairs
+    (:func:`shared_midpoints`). The request's rows and the ``pending`` newest history rows (not
+    yet tested: the detector tests one-row requests once per ``every``) are the fresh rows, taken in
+    windows of ``window`` rows, each overlapping the previous by half, every fresh row tested once;
+    0 for rows that were skipped (exact repeats)."""
     rows = new[~skip]
     out = [0] * len(new)
     where = np.flatnonzero(~skip)[::-1]  # the request's rows, newest first
     n = len(rows)
-    hist = history[:window] if len(history) else np.zeros((0, new.shape[1]), dtype=np.float32)
+    hist = history[: window + pending] if len(history) else np.zeros((0, new.shape[1]), dtype=np.float32)
     seq = np.vstack([rows[::-1], hist])  # most recent first
+    fresh_rows = min(len(seq), n + pending)
     step = max(1, window // 2)
-    for start in range(0, n, step):
-        fresh = min(step, n - start)
-        c = shared_midpoints(seq[start : start + window], fresh, tau, floor)
-        out[where[start]] = max(out[where[start]], c)
+    for start in range(0, fresh_rows, step):
+        c = shared_midpoints(seq[start : start + window], min(step, fresh_rows - start), tau, floor)
+        k = where[min(start, n - 1)] if n else 0
+        if n:
+            out[k] = max(out[k], c)
     return out
 
 

@@ -80,6 +80,7 @@ class AntitheticConfig(_Strict):
 
     enabled: bool = True
     window: int = Field(default=24, ge=4, le=256)
+    every: int = Field(default=4, ge=1)  # one-row requests: test once per `every` queries
     tau: float = Field(default=0.35, gt=0, lt=1)
     floor: float = Field(default=0.02, ge=0)
     pairs: int | None = Field(default=None, ge=1)

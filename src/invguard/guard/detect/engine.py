@@ -251,10 +251,12 @@ class Detection:
         hist_resid = stored[:, d] if stored.shape[1] > d else np.full(len(stored), np.nan)
         knn, dmins = neighbour_distances(hist, feats, self.cfg.detectors.knn.k, skip)
         mirrored: list[int] = []
-        if "antithetic" in self.detectors:
-            a = self.cfg.detectors.antithetic
+        a = self.cfg.detectors.antithetic
+        q, n = xc.queries, len(flat)
+        if "antithetic" in self.detectors and (n >= a.every or q // a.every != (q - n) // a.every):
+            pending = 0 if n >= a.every else (q - n) % a.every  # rows since the last test
             mirrored = antithetic_counts(
-                hist, feats, skip, window=a.window, tau=a.tau, floor=self.mirror_floor
+                hist, feats, skip, window=a.window, tau=a.tau, floor=self.mirror_floor, pending=pending
             )
         residual = np.concatenate([resid[~skip][::-1], hist_resid]).tolist()
         await self.state.commit(client, np.hstack([feats, resid[:, None]])[~skip], dmins)
