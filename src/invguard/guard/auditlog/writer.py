@@ -15,7 +15,8 @@ records are pending, and on a clean shutdown; each is also written to ``<log>.he
 the **witnesses** (:mod:`.witness`) by a publisher task that always sends the newest head, off the
 request path, once it has checked that the head the witness holds is a prefix of this log (the
 log's RFC 6962 Merkle root at the witness's size equals the root it holds, section 2.1.2): a
-witness holding another history is never overwritten (logged, counted). **Rotation**: when the live file passes ``rotate_bytes`` it is hard-linked to
+witness holding another history is never overwritten (logged, counted). **Rotation**: when the
+live file passes ``rotate_bytes`` it is hard-linked to
 ``<log>.N`` (a link never overwrites an operator's file) and unlinked, and a new live file opens
 with a signed opening checkpoint carrying the Merkle frontier.
 
