@@ -111,6 +111,8 @@ def guard_config(
             "admin": {"policy": "label_only", "rate": big},
         },
         "auth": {"keys": [{"id": k, "sha256": hash_key(v), "role": r} for k, (v, r) in keys.items()]},
+        # 64 rows of 28x28 as JSON floats (a decoder's full-precision outputs) exceed the 1 MB default
+        "server": {"max_body_bytes": 16_000_000},
         "audit": {"path": str(tmp / f"audit-{dataset}-{int(detection)}" / "guard.jsonl"), "fsync": True},
         "detection": {
             "enabled": detection,
