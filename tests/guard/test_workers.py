@@ -684,3 +684,36 @@ def test_every_gauge_of_the_guard_says_how_workers_combine(tmp_path, torch_model
     gauges = [c for c in guard.registry._collector_to_names if isinstance(c, Gauge)]
     assert len(gauges) >= 6
     assert {g._name: g._multiprocess_mode for g in gauges if g._multiprocess_mode == "all"} == {}
+
+
+def test_a_vanished_metrics_directory_never_turns_a_prediction_into_a_500(tmp_path, make_guard, monkeypatch):
+    """Hole: with the workers' Prometheus directory removed, a metric value created afterwards
+    (histogram_<pid>.db) raised FileNotFoundError and every prediction answered 500. A worker's
+    values are made as run_worker makes them; the directory is removed under the running guard."""
+    from prometheus_client import values
+
+    from invguard.guard.metrics import install_resilient_values
+
+    d = tmp_path / "audit.metrics"
+    d.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(d))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    install_resilient_values()
+    url, _ = make_guard()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    rng = np.random.default_rng(0)
+
+    def body() -> bytes:
+        return json.dumps({"inputs": rng.random((1, 1, 8, 8)).round(6).tolist()}).encode()
+
+    shutil.rmtree(d)  # before any labelled metric exists: the first answer creates its files
+    assert post(port, body()) == 200
+    assert d.is_dir()  # recreated
+    shutil.rmtree(d)
+    d.write_text("not a directory")  # cannot be recreated: the values stay in memory
+    assert [post(port, body()) for _ in range(3)] == [200] * 3
+    assert post(port, b"{", KEYS["partner"]) == 400  # a new label set: still no 500
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.status == 200
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert sum('"decision":"served"' in x for x in lines) == 4  # every answer audited

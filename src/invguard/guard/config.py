@@ -200,6 +200,8 @@ class MetricsConfig(_Strict):
     high_confidence_entropy: float = Field(default=0.1, ge=0)
     # roles whose keys may read /metrics; None = no key needed (bind the guard to a private network)
     roles: tuple[str, ...] | None = None
+    # several workers: where their metric files live (default: <audit log>.metrics/ beside the log)
+    multiprocess_dir: str | None = None
 
 
 class GuardConfig(_Strict):

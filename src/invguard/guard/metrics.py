@@ -14,14 +14,19 @@ Privacy SLIs:
   ``invguard_guard_audit_write_failures_total``: log fidelity.
 
 **Several workers** (``invguard serve --workers N``): prometheus-client's multiprocess mode. The
-supervisor gives every worker ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per run), each
-worker's values live in memory-mapped files there, and ``/metrics`` on any worker serves the sum
-over all of them (:func:`aggregate`): counters and histograms add up, the gauges say how they
-combine (``multiprocess_mode``), and the supervisor calls ``mark_process_dead`` when a worker exits.
+supervisor gives every worker ``PROMETHEUS_MULTIPROC_DIR`` (``metrics.multiprocess_dir``, by
+default ``<audit log>.metrics/`` beside the log: a directory the operator controls, emptied at
+each start), each worker's values live in memory-mapped files there, and ``/metrics`` on any
+worker serves the sum over all of them (:func:`aggregate`): counters and histograms add up, the
+gauges say how they combine (``multiprocess_mode``), and the supervisor calls
+``mark_process_dead`` when a worker exits. Metrics never fail a request: a worker's values are
+:func:`resilient` (a directory that vanished is recreated; a value that cannot be written is
+logged and kept in memory), and the request is still answered and audited.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -33,13 +38,84 @@ def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
+log = logging.getLogger("invguard.guard.metrics")
+
+
+def _ensure_dir() -> None:
+    d = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if d and not os.path.isdir(d):
+        log.error("metrics: the multiprocess directory %s vanished: recreating it", d)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+
+
+def resilient(base: Any) -> Any:
+    """prometheus-client's value class ``base`` (``values.ValueClass``) made unable to fail a
+    request: creating a value whose file cannot be opened recreates the multiprocess directory and
+    tries again, then falls back to a value in memory (logged); a failed write is logged."""
+    from prometheus_client.values import MutexValue
+
+    class ResilientValue:
+        _multiprocess = getattr(base, "_multiprocess", False)
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                self._v = base(*args, **kwargs)
+                return
+            except OSError:
+                pass
+            try:
+                _ensure_dir()
+                self._v = base(*args, **kwargs)
+            except (OSError, ValueError) as e:
+                log.error("metrics: cannot open the file of %s (%s): kept in memory only", args[2], e)
+                self._v = MutexValue(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+        def _call(self, what: str, *args: Any) -> Any:
+            try:
+                return getattr(self._v, what)(*args)
+            except Exception as e:  # never fail the request because of a metric
+                log.error("metrics: %s failed (%s: %s)", what, type(e).__name__, e)
+                return None
+
+        def inc(self, amount: float) -> None:
+            self._call("inc", amount)
+
+        def set(self, value: float, timestamp: float | None = None) -> None:
+            self._call("set", value, timestamp)
+
+        def set_exemplar(self, exemplar: Any) -> None:
+            self._call("set_exemplar", exemplar)
+
+        def get(self) -> Any:
+            v = self._call("get")
+            return 0.0 if v is None else v
+
+        def get_exemplar(self) -> Any:
+            return self._call("get_exemplar")
+
+    return ResilientValue
+
+
+def install_resilient_values() -> None:
+    """Wrap the value class prometheus-client chose at import (a worker's: memory-mapped files)."""
+    from prometheus_client import values
+
+    if not getattr(values.ValueClass, "_invguard_resilient", False):
+        values.ValueClass = resilient(values.ValueClass)
+        values.ValueClass._invguard_resilient = True
+
+
 def aggregate(collectors: tuple[Any, ...] = ()) -> CollectorRegistry:
     """A registry of every worker's metrics summed (MultiProcessCollector) and ``collectors``
     (those reading shared stores at scrape time, e.g. the incident store)."""
     from prometheus_client import multiprocess as mp
 
     reg = CollectorRegistry()
-    mp.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+    try:
+        _ensure_dir()
+        mp.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+    except (OSError, ValueError) as e:  # served without the workers' values rather than a 500
+        log.error("metrics: the multiprocess directory cannot be read (%s)", e)
     for c in collectors:
         reg.register(c)
     return reg

@@ -4,8 +4,9 @@ The supervisor checks that what must be shared is shared (below), opens every wo
 the audit log (recovering it as a single guard does at start) and signs the worker manifest
 (:mod:`invguard.guard.auditlog.workers`), holds the port, and starts each worker as
 ``python -m invguard.guard.workers CONFIG INDEX N HOST PORT``: a fresh interpreter (no fork of a
-process holding threads or a model) with ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per run
-under ``$TMPDIR``, removed at a clean exit: see :mod:`invguard.guard.metrics`). Each worker
+process holding threads or a model) with ``PROMETHEUS_MULTIPROC_DIR`` (``metrics.multiprocess_dir``,
+by default ``<log>.metrics/`` beside the audit log, emptied at each start and removed at a clean
+exit; recreated by a worker if it vanishes: see :mod:`invguard.guard.metrics`). Each worker
 listens on its own ``SO_REUSEPORT`` socket, so the kernel spreads new connections over the live
 workers by their addresses (one shared listening socket would let the first worker to wake take
 every connection of a burst, kept alive). The
@@ -42,7 +43,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -170,10 +170,15 @@ def worker_socket(host: str, port: int) -> socket.socket:
 class Supervisor:
     """Starts, restarts and stops the workers (see the module docstring)."""
 
-    def __init__(self, config: Path, workers: int, sock: socket.socket, log: Any = print) -> None:
+    def __init__(
+        self, config: Path, workers: int, sock: socket.socket, metrics_dir: Path, log: Any = print
+    ) -> None:
         self.config, self.n, self.sock, self.log = config.resolve(), workers, sock, log
         self.host, self.port = str(sock.getsockname()[0]), int(sock.getsockname()[1])
-        self.metrics_dir = tempfile.mkdtemp(prefix="invguard-metrics-")
+        # the workers' metric files: emptied at each start (a previous run's are stale)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.metrics_dir = str(metrics_dir)
         self.env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
         self.procs: dict[int, tuple[int, subprocess.Popen[bytes], float]] = {}  # pid -> (index, proc, t0)
         self.stopping = False
@@ -210,7 +215,8 @@ class Supervisor:
                     continue
                 index, proc, t0 = self.procs.pop(pid)
                 proc.returncode = code = os.waitstatus_to_exitcode(status)
-                multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+                with contextlib.suppress(OSError):  # the directory may have vanished: metrics only
+                    multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
                 if self.stopping:
                     continue
                 fast = fast + 1 if time.monotonic() - t0 < FAST_DEATH else 0
@@ -245,7 +251,15 @@ def serve_workers(
         f"(audit log chains {Path(cfg.audit.path).stem}.w0-w{workers - 1}, manifest "
         f"{Path(cfg.audit.path).stem}.workers.json)"
     )
-    return Supervisor(config, workers, sock, log).run()
+    return Supervisor(config, workers, sock, metrics_dir(cfg), log).run()
+
+
+def metrics_dir(cfg: GuardConfig) -> Path:
+    """The workers' metrics directory: ``metrics.multiprocess_dir``, else ``<log>.metrics/``."""
+    if cfg.metrics.multiprocess_dir:
+        return Path(cfg.metrics.multiprocess_dir)
+    p = Path(cfg.audit.path)
+    return p.with_name(f"{p.stem}.metrics")
 
 
 def run_worker(config: str, index: int, workers: int, host: str, port: int) -> None:
@@ -255,7 +269,9 @@ def run_worker(config: str, index: int, workers: int, host: str, port: int) -> N
     from invguard.core.errors import InvguardError
     from invguard.guard import load
     from invguard.guard.app import Guard
+    from invguard.guard.metrics import install_resilient_values
 
+    install_resilient_values()  # before any metric exists: metrics never fail a request
     try:
         guard = Guard(load(config), worker=index, workers=workers)
     except InvguardError as e:
