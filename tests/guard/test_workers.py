@@ -717,3 +717,41 @@ def test_a_vanished_metrics_directory_never_turns_a_prediction_into_a_500(tmp_pa
         assert r.status == 200
     lines = (tmp_path / "audit.jsonl").read_text().splitlines()
     assert sum('"decision":"served"' in x for x in lines) == 4  # every answer audited
+
+
+def test_rotated_files_compressed_in_place_still_verify_as_a_set(tmp_path):
+    """Hole: gzip guard.w0.jsonl.1 made the set fail as 'swapped'. Archived files are read."""
+    import gzip
+
+    cfg = from_dict(base_config(tmp_path))
+    log = Path(cfg.audit.path)
+    prepare_chains(cfg, 2)
+    keys = open_keys(cfg.audit.path, None, None)
+
+    async def go() -> None:
+        chain = AuditLog(
+            worker_path(log, 0), signing_key=keys.signing_key, chain_key=keys.chain_key,
+            checkpoint_every=4, rotate_bytes=1500,
+        )  # fmt: skip
+        await chain.start()
+        for k in range(20):
+            await chain.append({"decision": "served", "worker": 0, "input_hmac": f"g{k}", "pad": "x" * 40})
+        await chain.close()
+
+    asyncio.run(go())
+    rotated = tmp_path / "audit.w0.jsonl.1"
+    assert rotated.exists()
+    before = _check(log)
+    assert before.ok, before.problem
+    gz = rotated.with_name(rotated.name + ".gz")
+    gz.write_bytes(gzip.compress(rotated.read_bytes()))
+    rotated.unlink()
+    rep = _check(log)
+    assert rep.ok, rep.problem
+    assert rep.records == before.records
+    assert str(gz) in dict(rep.chains)["audit.w0.jsonl"].files
+    assert prepare_chains(cfg, 2)["revision"] == 2  # the supervisor reads it too
+    gz.write_bytes(gz.read_bytes()[:-8])  # an archive cut short
+    assert _check(log).problem.startswith(
+        f"worker chain w0: FAILED after 0 good records: {gz}:0: the archived"
+    )

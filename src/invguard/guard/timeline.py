@@ -128,17 +128,18 @@ class Timeline:
 
 
 def _records(files: Sequence[Path]) -> Iterator[dict[str, Any]]:
+    from invguard.guard.auditlog.format import read_file
+
     for f in files:
-        with f.open("rb") as fh:
-            for raw in fh:
-                if not raw.strip():
-                    continue
-                try:
-                    doc = json.loads(raw)
-                except ValueError:
-                    continue  # a torn last line: verify has already judged it
-                if isinstance(doc, dict) and doc.get("kind") == "record":
-                    yield doc
+        for raw in read_file(f).split(b"\n"):
+            if not raw.strip():
+                continue
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue  # a torn last line: verify has already judged it
+            if isinstance(doc, dict) and doc.get("kind") == "record":
+                yield doc
 
 
 def _entropy(v: Any) -> tuple[float | None, float | None]:
@@ -194,7 +195,7 @@ def build(
             raise TimelineError(f"{refuse}: {wrep.summary()}")
         summary, warnings = wrep.summary(), list(wrep.warnings)
         for name, r in wrep.chains:
-            docs = list(_records(segments(Path(path).parent / name)))
+            docs = list(_records(segments(Path(path).parent / name, archived=True)))
             chains.append((docs, r.start_size + 1, r.verified_through))
         if evidence_seqs:
             warnings.append(
@@ -216,7 +217,9 @@ def build(
         if not rep.ok:
             raise TimelineError(f"{refuse}: {rep.summary()}")
         summary, warnings = rep.summary(), list(rep.warnings)
-        chains.append((list(_records(segments(path))), rep.start_size + 1, rep.verified_through))
+        chains.append(
+            (list(_records(segments(path, archived=True))), rep.start_size + 1, rep.verified_through)
+        )
     stream = [(doc, first, through) for docs, first, through in chains for doc in docs]
     if several:  # the chains together in time order (the replayed mitigations cross workers)
         stream.sort(key=lambda x: str(x[0].get("time", "")))

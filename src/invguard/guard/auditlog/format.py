@@ -22,13 +22,15 @@ reordered members are tampering.
   carries ``opening``, and a signature cannot be moved to another line, so a file whose first lines
   were cut no longer starts with an opening checkpoint.
 
-Files: the live log ``<log>``, rotated files ``<log>.1``, ``<log>.2``, ... (oldest first), the
+Files: the live log ``<log>``, rotated files ``<log>.1``, ``<log>.2``, ... (oldest first; one
+compressed in place, ``<log>.N.gz``, is read by the verifier), the
 signed head ``<log>.head`` (the latest checkpoint, written atomically), and quarantined tails
 ``<log>.rejected.N``. Files are created with mode 0600.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
 import json
@@ -73,20 +75,28 @@ def record_line(body: bytes, digest: str) -> bytes:
     return body[:-1] + b',"hash":"' + digest.encode() + b'"}'
 
 
-def segments(path: str | Path) -> list[Path]:
-    """The files of a log, oldest first: rotated ``<log>.1``, ``<log>.2``, ... then ``<log>``."""
+def segments(path: str | Path, *, archived: bool = False) -> list[Path]:
+    """The files of a log, oldest first: rotated ``<log>.1``, ``<log>.2``, ... then ``<log>``;
+    with ``archived``, a rotated file compressed in place (``<log>.N.gz``) too, where ``<log>.N``
+    itself is gone."""
     p = Path(path)
-    pat = re.compile(re.escape(p.name) + r"\.(\d+)$")
-    rotated = []
+    pat = re.compile(re.escape(p.name) + (r"\.(\d+)(\.gz)?$" if archived else r"\.(\d+)$"))
+    rotated: dict[int, Path] = {}
     if p.parent.exists():
         for q in p.parent.iterdir():
             m = pat.match(q.name)
-            if m:
-                rotated.append((int(m.group(1)), q))
-    files = [q for _, q in sorted(rotated)]
+            if m and (int(m.group(1)) not in rotated or not q.name.endswith(".gz")):
+                rotated[int(m.group(1))] = q
+    files = [q for _, q in sorted(rotated.items())]
     if p.exists():
         files.append(p)
     return files
+
+
+def read_file(f: Path) -> bytes:
+    """A log file's bytes (an archived ``.gz`` one decompressed)."""
+    data = f.read_bytes()
+    return gzip.decompress(data) if f.name.endswith(".gz") else data
 
 
 def head_path(path: str | Path) -> Path:

@@ -16,6 +16,7 @@ chain key, records after the last signed checkpoint cannot be checked, and the r
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from invguard.guard.auditlog.format import (
     ChainKey,
     canonical,
     head_path,
+    read_file,
     record_line,
     segments,
 )
@@ -110,7 +112,10 @@ def scan(
         return None
 
     for fi, f in enumerate(files):
-        data = f.read_bytes()
+        try:
+            data = read_file(f)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            return rep.fail(f, 0, None, f"the archived file cannot be decompressed ({e}): it was modified")
         offset = 0
         lineno = 0
         while offset < len(data):
@@ -326,7 +331,7 @@ def verify(
     no witness is given). ``trusted`` is a saved signed checkpoint to start from when the log's
     older files were archived; ``witnesses`` are read and their heads compared with the log.
     """
-    files = segments(path)
+    files = segments(path, archived=True)
     if not files:
         raise ConfigError(f"{path}: audit log not found")
     if public_key is None and not trust_embedded_key:

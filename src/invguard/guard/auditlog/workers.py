@@ -74,19 +74,9 @@ def worker_witness(spec: str, worker: int) -> str:
 
 
 def chain_files(chain: Path) -> list[Path]:
-    """Every file of a chain, oldest first: rotated ``<chain>.N`` and archived ``<chain>.N.gz``
-    (by N), then the live file."""
-    pat = re.compile(re.escape(chain.name) + r"\.(\d+)(\.gz)?$")
-    found: list[tuple[int, Path]] = []
-    if chain.parent.exists():
-        for q in chain.parent.iterdir():
-            m = pat.match(q.name)
-            if m:
-                found.append((int(m.group(1)), q))
-    files = [q for _, q in sorted(found)]
-    if chain.exists():
-        files.append(chain)
-    return files
+    """Every file of a chain, oldest first: rotated ``<chain>.N`` (or archived ``<chain>.N.gz``),
+    then the live file."""
+    return segments(chain, archived=True)
 
 
 def _open(f: Path) -> Any:
@@ -195,7 +185,7 @@ def write_manifest(
                 c["started_digest"] = prev_digest  # active under the previous one: retired now
             chains[c["file"]] = c
     wanted: list[tuple[int | None, Path]] = [(i, worker_path(p, i)) for i in range(workers)]
-    if p.name not in chains and segments(p):
+    if p.name not in chains and segments(p, archived=True):
         wanted.insert(0, (None, p))  # the single-process chain written before the workers
     for i, chain in wanted:
         if chain.name in chains:
@@ -345,7 +335,7 @@ def single_chain_problem(path: str | Path, *, scan_records: bool = True) -> str 
             f"the worker manifest {mp} is missing; worker chains {_names(list(on_disk))} exist beside "
             f"{p.name}: the manifest was deleted (verify or serve the set with it in place)"
         )
-    doc = _worker_records(segments(p)) if scan_records else None
+    doc = _worker_records(segments(p, archived=True)) if scan_records else None
     if doc is not None:
         return (
             f"the worker manifest {mp} is missing, and {p} holds records written by a worker (record "
@@ -378,7 +368,7 @@ def set_problem(
                 f"{files[0]}: a worker chain (w{i}) that the signed manifest {mp} does not list: it was "
                 "added outside the guard, or the manifest was replaced by an older one"
             )
-    if p.name not in listed and segments(p):
+    if p.name not in listed and segments(p, archived=True):
         return (
             f"{p}: a single-process chain that the signed manifest {mp} does not list: it was written "
             "outside the guard's workers"
