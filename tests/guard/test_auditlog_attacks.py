@@ -417,7 +417,7 @@ def test_a_deleted_chain_whose_witness_holds_a_head_does_not_start_afresh(tmp_pa
         AuditLog(log, chain_key=CK, signing_key=key, witnesses=[w])
     assert str(e.value) == (
         f"audit log {log} has no files, but the witness {w.name} holds a signed head of 6 records of it: "
-        "the chain was deleted (rolled back); investigate (keep the witness's head as evidence) before "
-        "starting the guard on a new log"
+        "the chain was deleted (rolled back); investigate (keep the witness's head as evidence); to start "
+        "a new log on purpose, give it a new witness"
     )
     assert not log.exists()

@@ -109,7 +109,7 @@ def _no_files(path: Path, public_key: str, witnesses: Sequence[Witness]) -> None
             raise ConfigError(
                 f"audit log {path} has no files, but the witness {w.name} holds a signed head of "
                 f"{doc.get('size')} records of it: the chain was deleted (rolled back); investigate (keep "
-                "the witness's head as evidence) before starting the guard on a new log"
+                "the witness's head as evidence); to start a new log on purpose, give it a new witness"
             )
 
 
