@@ -386,6 +386,23 @@ def test_a_worker_that_never_ran_its_lifespan_is_no_false_alarm(tmp_path):
     )
     prepare_chains(cfg, 2)
     assert _check(log).ok
+    # a start of 3 interrupted after opening w2's chain, before signing the manifest: w2 holds no
+    # record, so the next start of 3 lists it; one holding records is refused
+    keys = open_keys(str(log), None, None)
+    AuditLog(worker_path(log, 2), signing_key=keys.signing_key, chain_key=keys.chain_key)
+    assert prepare_chains(cfg, 3)["workers"] == 3
+    assert _check(log).ok
+    w3 = AuditLog(worker_path(log, 3), signing_key=keys.signing_key, chain_key=keys.chain_key)
+
+    async def one() -> None:
+        await w3.start()
+        await w3.append({"decision": "served"})
+        await w3.close()
+
+    asyncio.run(one())
+    with pytest.raises(ConfigError) as e:
+        prepare_chains(cfg, 4)
+    assert "a worker chain (w3) that the signed manifest" in str(e.value)
 
 
 def test_the_timeline_of_a_log_of_several_workers_replays_every_chain_verified(tmp_path):

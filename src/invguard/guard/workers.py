@@ -99,7 +99,9 @@ def prepare_chains(cfg: GuardConfig, workers: int, log: Any = print) -> dict[str
     previous = None
     if manifest_path(a.path).exists():
         previous = read_manifest(a.path, pk)
-        problem = set_problem(a.path, previous, public_key=pk, witnesses=a.witnesses, at_start=True)
+        problem = set_problem(
+            a.path, previous, public_key=pk, witnesses=a.witnesses, at_start=True, starting=workers
+        )
     else:
         problem = single_chain_problem(a.path)
     if problem is not None:

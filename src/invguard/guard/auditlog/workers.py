@@ -352,18 +352,23 @@ def set_problem(
     public_key: str | None,
     witnesses: Sequence[str] = (),
     at_start: bool = False,
+    starting: int = 0,
 ) -> str | None:
     """Why the chains on disk are not the set ``manifest`` binds, or None: every worker chain file
     listed; every listed chain present with its genesis; the single-process chain listed if any;
     each worker chain's last ``worker_start`` naming exactly the manifest it last started under
     (this one for the active chains; ``at_start`` also accepts the one this manifest replaced, a
-    start interrupted before its chains were sealed); no witness holding a newer manifest."""
+    start interrupted before its chains were sealed, and an unlisted chain of one of the ``starting``
+    workers that holds no record, opened by a start interrupted before it signed the manifest); no
+    witness holding a newer manifest."""
     p = Path(path)
     mp = manifest_path(p)
     digest, revision = manifest_digest(manifest), int(manifest["revision"])
     listed = {str(c["file"]): c for c in manifest["chains"]}
     for i, files in sorted(worker_files(p).items()):
         if worker_path(p, i).name not in listed:
+            if at_start and i < starting and next(records(files), None) is None:
+                continue  # nothing in it to hide: the manifest about to be signed lists it
             return (
                 f"{files[0]}: a worker chain (w{i}) that the signed manifest {mp} does not list: it was "
                 "added outside the guard, or the manifest was replaced by an older one"
