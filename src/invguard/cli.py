@@ -556,7 +556,8 @@ def log_verify(
     first bad record and the exact range verified. Exit 1 if bad.
 
     A log served by several workers (FILE.workers.json beside it) is checked as a whole: the signed
-    manifest, every worker's chain present and in its place, each verifying.
+    manifest, every worker's chain present and in its place, each verifying; with worker chains
+    beside FILE and no manifest, verification fails.
 
     Pin the guard's signing key with --public-key (required unless --trust-embedded-key)."""
     from invguard.core.errors import ConfigError, InvguardError

@@ -11,18 +11,28 @@ an HTTP witness holds one chain, so it needs ``{worker}``.
 
 The **manifest** ``<log stem>.workers.json`` lists every chain the guard ever opened for this log
 (a chain is never dropped from it: fewer workers later leave the others retired, still verified),
-each with the SHA-256 of its genesis line (its signed opening checkpoint, unique by its time), and
-the single-process chain ``<log>`` too when one existed; it is signed (Ed25519, RFC 8032) with the
-log's key over its canonical JSON. Each worker's first record at every start is a
-``worker_start`` record naming its index and the SHA-256 of the manifest in force, and every record
-a worker writes carries ``worker``.
+each with the SHA-256 of its genesis line (its signed opening checkpoint, unique by its time) and
+the revision of the manifest it last started under (and that manifest's SHA-256 once retired), and
+the single-process chain ``<log>`` too when one existed before the workers; it carries a
+``revision`` that every start raises and the SHA-256 of the manifest it replaced, and is signed
+(Ed25519, RFC 8032) with the log's key over its canonical JSON. Once a manifest exists every start
+is a start of the set (one worker too): nothing writes ``<log>`` any more. At every start the
+supervisor checks the set on disk (:func:`set_problem`) and refuses a rollback, then signs the next
+revision and writes each started chain's ``worker_start`` record (its index, the manifest's
+SHA-256 and revision) before any worker runs; each worker writes one more when it starts, and every
+record a worker writes carries ``worker``. With witnesses, the manifest's (revision, SHA-256) is
+published to them as a signed head (:func:`manifest_head`), so their never-backwards rule refuses
+an older manifest.
 
 :func:`verify_workers` checks the set as a whole: the manifest's signature (by the pinned key);
-every listed chain present, with the genesis the manifest names (a chain deleted, or swapped with
-another's file, fails); no worker chain on disk that the manifest does not list; each chain
-verifying on its own (:func:`.verify.verify`: head, witnesses, chain key); and the last
-``worker_start`` of every chain naming this manifest and its own index (an older manifest put back
-to hide a chain deleted since fails: the surviving chains name the newer one).
+every listed chain present (rotated and ``.gz`` archived files included), with the genesis the
+manifest names (a chain deleted, or swapped with another's file, fails); no worker chain file on
+disk (live, rotated or archived) that the manifest does not list, nor an unlisted ``<log>``; the
+last ``worker_start`` of every chain naming its own index and exactly the manifest it last started
+under (an older manifest put back to hide a chain deleted since fails: the surviving chains name a
+newer revision); no witness holding a newer manifest; and each chain verifying on its own
+(:func:`.verify.verify`: head, witnesses, chain key). Without a manifest, worker chain files or
+records written by a worker make the log fail as one chain (:func:`single_chain_problem`).
 """
 
 from __future__ import annotations
