@@ -4,6 +4,7 @@ series, dashboards that are structurally valid and templated, runbooks with real
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -367,3 +368,31 @@ def test_runbooks_name_commands_that_exist():
                 assert sub in cmd.commands, f"{p.name}: no command `invguard {group} {sub}`"
             seen += 1
     assert seen >= 25
+
+
+def test_doc_key_paths_are_the_ones_examples_guard_yaml_creates():
+    """Every `--public-key`/`--chain-key` in the runbooks and README is what examples/guard.yaml makes."""
+    from invguard.guard.auditlog import chain_key_path
+    from invguard.guard.config import load
+    from invguard.guard.keys import key_paths
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load(repo / "examples" / "guard.yaml")
+    signing, _ = key_paths(cfg.audit.path, cfg.audit.signing_key, cfg.audit.hash_key)
+    want = {
+        "--public-key": Path(os.path.relpath(signing, repo)).as_posix() + ".pub",
+        "--chain-key": Path(
+            os.path.relpath(chain_key_path(cfg.audit.path, cfg.audit.chain_key), repo)
+        ).as_posix(),
+    }
+    assert want == {
+        "--public-key": "audit-keys/guard.ed25519.pem.pub",
+        "--chain-key": "audit-keys/guard.chain-key",
+    }
+    docs = [repo / "README.md", *sorted((repo / "src/invguard/guard/ops/runbooks").glob("*.md"))]
+    seen = 0
+    for doc in docs:
+        for m in re.finditer(r"(--public-key|--chain-key)[ =](audit-keys/\S+)", doc.read_text()):
+            assert m.group(2) == want[m.group(1)], f"{doc.name}: {m.group(0)}"
+            seen += 1
+    assert seen >= 20
