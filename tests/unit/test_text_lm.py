@@ -182,3 +182,21 @@ def test_openai_target_config_errors(monkeypatch):
     t = OpenAITarget("http://127.0.0.1:1/v1", model="m", api_key_env="LM_KEY")
     assert t._endpoint.headers["Authorization"] == "Bearer sk-test" and t.url.endswith("/v1/completions")
     assert "sk-test" not in t.describe()
+
+
+def test_lm_training_progress_reports_each_epochs_finite_mean_loss():
+    from invguard.models.lm import epoch_mean_loss, train_lm
+
+    calls: list[tuple[int, int, float]] = []
+    docs = [f"def f{i}(x):\n    return x + {i}\n" for i in range(40)]
+    spec = {"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 16, "vocab_size": 300, "epochs": 3}
+    _, _, report = train_lm(docs, spec=spec, seed=0, progress=lambda e, n, loss: calls.append((e, n, loss)))
+    assert [(e, n) for e, n, _ in calls] == [(1, 3), (2, 3), (3, 3)]  # once per epoch, not per step
+    assert all(np.isfinite(loss) and loss > 0 for _, _, loss in calls)
+    assert calls[-1][2] < calls[0][2]  # it learns
+    per_epoch = report.steps // 3
+    assert calls[0][2] == pytest.approx(np.mean(report.losses[:per_epoch]), rel=0.2)
+    # a short last batch counts for the sequences it holds
+    assert epoch_mean_loss([2.0, 5.0], [3, 1]) == pytest.approx(2.75)
+    with pytest.raises(ValueError, match="one loss per batch"):
+        epoch_mean_loss([], [])

@@ -125,11 +125,7 @@ def resolve_lm_target(
     if ref is not None:
         from invguard.models.lm import reference_lm
 
-        def report(task: str, done: int, total: int) -> None:
-            if progress is not None:
-                progress(done, total, float("nan"))
-
-        path, ref_splits = reference_lm(ref, seed=splits.seed, cache_dir=cache_dir, progress=report)
+        path, ref_splits = reference_lm(ref, seed=splits.seed, cache_dir=cache_dir, progress=progress)
         if ref_splits.digest() != splits.digest():  # pragma: no cover - resolve_text_data makes them agree
             raise ConfigError(f"target.model: reference/{ref} was trained on other splits than the audit's")
     else:

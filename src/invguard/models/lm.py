@@ -157,7 +157,7 @@ def train_lm(
     seed: int = 0,
     tokenizer: Any = None,
     tokenizer_texts: Sequence[str] | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> tuple[Any, Any, LMTrainReport]:
     """Train a tiny GPT-2 from scratch on ``docs`` (each followed by the end-of-text token).
 
@@ -192,7 +192,7 @@ def train_lm(
 
 
 def _fit(
-    ids: np.ndarray, tokenizer: Any, sp: LMSpec, seed: int, progress: Callable[[str, int, int], None] | None
+    ids: np.ndarray, tokenizer: Any, sp: LMSpec, seed: int, progress: Callable[[int, int, float], None] | None
 ) -> tuple[Any, list[float], int]:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -228,10 +228,11 @@ def _fit(
     model.train()
     losses: list[float] = []
     step = 0
-    for _epoch in range(sp.epochs):
+    for epoch in range(sp.epochs):
         offset = int(rng.integers(0, bs))  # block boundaries move every epoch
         n = max(1, (ids.size - offset - 1) // bs)
         starts = offset + bs * rng.permutation(n)
+        batch_sizes: list[int] = []
         for i in range(0, n, sp.batch_size):
             batch = np.stack([ids[s : s + bs] for s in starts[i : i + sp.batch_size]])
             x = torch.from_numpy(batch)
@@ -242,11 +243,22 @@ def _fit(
             opt.step()
             sched.step()
             losses.append(float(out.loss.detach()))
+            batch_sizes.append(len(batch))
             step += 1
-            if progress is not None:
-                progress("train LM", step, total)
+        if progress is not None:
+            progress(epoch + 1, sp.epochs, epoch_mean_loss(losses[-len(batch_sizes) :], batch_sizes))
     model.eval()  # type: ignore[no-untyped-call]
     return model, losses, step
+
+
+def epoch_mean_loss(batch_losses: Sequence[float], batch_sizes: Sequence[int]) -> float:
+    """The mean training loss of an epoch: the per-batch mean losses weighted by the batch's
+    number of sequences (every sequence has the same number of tokens), so a short last batch
+    counts for what it holds."""
+    if len(batch_losses) != len(batch_sizes) or not batch_losses:
+        raise ValueError("epoch_mean_loss: one loss per batch, at least one batch")
+    w = np.asarray(batch_sizes, dtype=np.float64)
+    return float(np.dot(np.asarray(batch_losses, dtype=np.float64), w) / w.sum())
 
 
 def save_lm(model: Any, tokenizer: Any, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -320,7 +332,7 @@ def cached_lm(
     tokenizer_texts: Sequence[str] | None = None,
     cache_dir: str | Path | None = None,
     meta: dict[str, Any] | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> Path:
     """Train (or find in the cache) an LM on ``docs``; the path of its model directory."""
     sp = LMSpec.of(spec)
@@ -348,7 +360,7 @@ def reference_lm(
     *,
     seed: int = 0,
     cache_dir: str | Path | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> tuple[Path, Any]:
     """A named reference LM trained (seeded) on its corpus's members with the canaries inserted.
 
