@@ -22,7 +22,26 @@ from invguard.core.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 
-__all__ = ["line_map", "problems", "read_yaml", "validate"]
+__all__ = ["FieldProblems", "line_map", "problems", "read_yaml", "validate"]
+
+
+class FieldProblems(ValueError):
+    """Raised by a model validator that checks fields against each other: every problem found,
+    each at its own field path (relative to the model validated), so that :func:`problems` reports
+    each at its own line instead of at the model's."""
+
+    def __init__(self, items: list[tuple[tuple[Any, ...], str]]) -> None:
+        self.items = items
+        super().__init__("; ".join(f"{path_text(loc)}: {msg}" for loc, msg in items))
+
+
+def expand(err: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """``(loc, message)`` of one pydantic error; a :class:`FieldProblems` becomes one per field."""
+    loc = tuple(err["loc"])
+    exc = (err.get("ctx") or {}).get("error")
+    if isinstance(exc, FieldProblems):
+        return [((*loc, *sub), msg) for sub, msg in exc.items]
+    return [(loc, err["msg"])]
 
 
 def read_yaml(path: str | Path, what: str) -> tuple[Any, str]:
@@ -94,15 +113,16 @@ def problems(e: ValidationError, lines: dict[tuple[Any, ...], int]) -> list[str]
     """One line per pydantic error: ``field.path (line N): message``."""
     out = []
     for err in e.errors():
-        # pydantic names the Literal/union branch tried in the loc; keep only real field names/indices
-        loc = tuple(
-            p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
-        )
-        msg = err["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling)"
-        line = line_of(loc, lines)
-        out.append(path_text(loc) + (f" (line {line})" if line else "") + f": {msg}")
+        for raw_loc, raw_msg in expand(err):
+            # pydantic names the Literal/union branch tried in the loc; keep only real field names/indices
+            loc = tuple(
+                p for p in raw_loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+            )
+            msg = raw_msg
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (check the spelling)"
+            line = line_of(loc, lines)
+            out.append(path_text(loc) + (f" (line {line})" if line else "") + f": {msg}")
     return out

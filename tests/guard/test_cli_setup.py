@@ -42,3 +42,45 @@ def test_keys_add_refuses_a_role_the_guard_using_the_store_does_not_have(tmp_pat
     ) in " ".join(r.output.split())
     r = runner.invoke(cli, [*args, "partner", "--id", "acme"])
     assert r.exit_code == 0, r.output
+
+
+def _readme_detection_block() -> str:
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"```yaml\n(detection:\n.*?)```", text, re.S)
+    assert m is not None, "README has no detection: snippet"
+    return m.group(1)
+
+
+def test_readme_detection_snippet_pastes_into_examples_guard_yaml(tmp_path):
+    from invguard.guard.config import load
+
+    f = tmp_path / "guard.yaml"
+    f.write_text((ROOT / "examples" / "guard.yaml").read_text() + "\n" + _readme_detection_block())
+    cfg = load(f)
+    assert sorted(cfg.detection.roles) == ["default", "partner"]
+    assert cfg.detection.admin_roles == ("internal",)
+
+
+def test_unknown_roles_are_reported_all_at_once_each_at_its_own_line(tmp_path):
+    import pytest
+
+    from invguard.core.errors import ConfigError
+    from invguard.guard.config import load
+
+    base = (ROOT / "examples" / "guard.yaml").read_text()
+    n = base.count("\n")
+    f = tmp_path / "guard.yaml"
+    f.write_text(
+        base + "detection:\n  roles:\n    partner: {action: block}\n    public: {action: block}\n"
+        "  admin_roles:\n    - admin\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load(f)
+    known = "['default', 'internal', 'partner']"
+    assert str(e.value) == (
+        f"{f}: 2 problems in the guard config\n"
+        f"  - detection.roles.public (line {n + 4}): 'public' is not one of the roles {known}\n"
+        f"  - detection.admin_roles (line {n + 5}): 'admin' is not one of the roles {known}"
+    )

@@ -186,3 +186,27 @@ def test_every_record_and_incident_carries_the_model_version(make_guard, tmp_pat
     asyncio.run(go())
     (inc,) = IncidentStore(tmp_path / "incidents.db").find()
     assert inc.model_version == "2026-12-01.3"
+
+
+def test_an_unset_webhook_secret_names_the_file_and_line_of_secret_env(tmp_path, monkeypatch):
+    import pytest
+    import yaml
+
+    from invguard.core.errors import ConfigError
+    from invguard.guard.config import load
+
+    monkeypatch.delenv("INVGUARD_TEST_UNSET_SECRET", raising=False)
+    doc = base_config(tmp_path)
+    f = tmp_path / "guard.yaml"
+    text = yaml.safe_dump(doc, sort_keys=False) + (
+        "incidents:\n  store: incidents.db\n  webhook:\n    url: https://pager.example/hook\n"
+        "    secret_env: INVGUARD_TEST_UNSET_SECRET\n"
+    )
+    f.write_text(text)
+    line = text.splitlines().index("    secret_env: INVGUARD_TEST_UNSET_SECRET") + 1
+    with pytest.raises(ConfigError) as e:
+        OnCall(load(f), CollectorRegistry(), model_version="v1", clock=Clock(), transport=Receiver([]))
+    assert str(e.value) == (
+        f"{f}: incidents.webhook.secret_env (line {line}): environment variable "
+        "INVGUARD_TEST_UNSET_SECRET is not set"
+    )

@@ -10,8 +10,17 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from invguard.configfile import FieldProblems
 from invguard.core.errors import ConfigError
 from invguard.guard.detect.config import DetectionConfig
 from invguard.guard.incidents import IncidentsConfig
@@ -216,6 +225,19 @@ class GuardConfig(_Strict):
     slos: tuple[SLOConfig, ...] = ()
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     canary: CanaryConfig | None = None
+    # where it was read from (set by load()): the file and the line of every field path
+    _source: str | None = PrivateAttr(default=None)
+    _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)
+
+    def locate(self, message: str) -> str:
+        """``message`` (``field.path: what``) with the file and the field's line, when known:
+        ``guard.yaml: incidents.webhook.secret_env (line 80): ...``."""
+        field, sep, rest = message.partition(": ")
+        if not sep or " " in field:
+            return f"{self._source}: {message}" if self._source else message
+        line = self._lines.get(tuple(field.split(".")))
+        where = f"{field} (line {line})" if line else field
+        return f"{self._source + ': ' if self._source else ''}{where}: {rest}"
 
     def canary_model(self) -> ModelConfig:
         """The canary's model config: the stable model's with the canary's source and version."""
@@ -235,31 +257,38 @@ class GuardConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> GuardConfig:
+        # every cross-field problem at once, each at its own field (and so its own line)
+        found: list[tuple[tuple[Any, ...], str]] = []
         if not self.roles:
-            raise ValueError("roles: define at least one role")
+            found.append((("roles",), "define at least one role"))
         names = [s.name for s in self.slos]
         if len(set(names)) != len(names):
-            raise ValueError(f"slos: names must be unique, got {names}")
+            found.append((("slos",), f"names must be unique, got {names}"))
         if any(s.sli == "incident_resolution" for s in self.slos) and self.incidents is None:
-            raise ValueError(
-                "slos: sli incident_resolution needs an incident store (incidents: {store: ...})"
+            found.append(
+                (("slos",), "sli incident_resolution needs an incident store (incidents: {store: ...})")
             )
+        known = sorted(self.roles)
         for r in self.metrics.roles or ():
             if r not in self.roles:
-                raise ValueError(f"metrics.roles: {r!r} is not one of the roles {sorted(self.roles)}")
-        for k in self.auth.keys:
+                found.append((("metrics", "roles"), f"{r!r} is not one of the roles {known}"))
+        for i, k in enumerate(self.auth.keys):
             if k.role not in self.roles:
-                raise ValueError(
-                    f"auth.keys[{k.id}].role {k.role!r} is not one of the roles {sorted(self.roles)}"
+                found.append(
+                    (("auth", "keys", i, "role"), f"{k.role!r} (key {k.id}) is not one of the roles {known}")
                 )
-        for where, names in (
-            ("detection.roles", list(self.detection.roles)),
-            ("detection.admin_roles", list(self.detection.admin_roles)),
-            ("incidents.admin_roles", list(self.incidents.admin_roles) if self.incidents else []),
+        for r in self.detection.roles:
+            if r not in self.roles:
+                found.append((("detection", "roles", r), f"{r!r} is not one of the roles {known}"))
+        for where, rs in (
+            (("detection", "admin_roles"), list(self.detection.admin_roles)),
+            (("incidents", "admin_roles"), list(self.incidents.admin_roles) if self.incidents else []),
         ):
-            for r in names:
+            for r in rs:
                 if r not in self.roles:
-                    raise ValueError(f"{where}: {r!r} is not one of the roles {sorted(self.roles)}")
+                    found.append((where, f"{r!r} is not one of the roles {known}"))
+        if found:
+            raise FieldProblems(found)
         return self
 
     def resolve(self, base: Path) -> GuardConfig:
@@ -311,10 +340,12 @@ class GuardConfig(_Strict):
 
 
 def _format(e: ValidationError, where: str) -> str:
+    from invguard.configfile import expand, path_text
+
     lines = []
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{where}: {loc}: {err['msg']}")
+        for loc, msg in expand(err):
+            lines.append(f"{where}: {path_text(loc)}: {msg.removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
@@ -372,9 +403,11 @@ def canary_problem(cfg: GuardConfig) -> str | None:
 def load(path: str | Path) -> GuardConfig:
     """Read and validate ``guard.yaml`` (problems with field paths and line numbers, see
     :mod:`invguard.configfile`)."""
-    from invguard.configfile import read_yaml, validate
+    from invguard.configfile import line_map, read_yaml, validate
 
     p = Path(path)
     doc, text = read_yaml(p, "guard config")
     validate(GuardConfig, doc, source=str(p), what="guard config", text=text)
-    return from_dict(doc, str(p), base=p.parent)
+    cfg = from_dict(doc, str(p), base=p.parent)
+    cfg._source, cfg._lines = str(p), line_map(text)
+    return cfg

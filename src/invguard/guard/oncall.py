@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from invguard.core.errors import ConfigError
 from invguard.guard.incidents import Clock, Detection, IncidentCollector, IncidentStore
 from invguard.guard.metrics import aggregate, multiprocess
 from invguard.guard.slo import SLOEvaluator, counter_totals
@@ -159,13 +160,17 @@ class OnCall:
                     ["outcome"],
                     registry=registry,
                 )
-                self.webhook = WebhookDispatcher.from_config(
-                    self.store,
-                    inc.webhook,
-                    clock=clock,
-                    transport=transport,
-                    on_result=lambda o: deliveries.labels(o).inc(),
-                )
+                try:
+                    self.webhook = WebhookDispatcher.from_config(
+                        self.store,
+                        inc.webhook,
+                        clock=clock,
+                        transport=transport,
+                        on_result=lambda o: deliveries.labels(o).inc(),
+                    )
+                except ConfigError as e:  # the secret's field, with its file and line
+                    locate = getattr(cfg, "locate", None)
+                    raise ConfigError(locate(str(e)) if locate else str(e)) from None
         self.slo = (
             SLOEvaluator(
                 cfg.slos,
