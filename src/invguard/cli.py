@@ -347,7 +347,7 @@ def serve(
     """Run the guard: API keys, rate limits, output policies and an audit log in front of a model."""
     from invguard.core.errors import InvguardError
     from invguard.guard import load
-    from invguard.guard.app import build_app
+    from invguard.guard.app import Guard
 
     try:
         cfg = load(config)
@@ -362,7 +362,8 @@ def serve(
             code = serve_workers(config, cfg, h, pt, workers, log=lambda m: console.print(m, highlight=False))
             raise typer.Exit(code)
         _port_free(h, pt)  # before the model loads and the log opens: a clear exit 2, not exit 3 later
-        asgi = build_app(cfg)
+        guard = Guard(cfg)
+        asgi = guard.app
     except InvguardError as e:
         _fail(e)
         return
@@ -372,6 +373,8 @@ def serve(
         f"guard serving model {cfg.model.name!r} on http://{h}:{pt} (audit log {cfg.audit.path})",
         highlight=False,
     )
+    for line in guard.startup_report:  # each detection threshold: (calibrated), (config) or (default)
+        console.print(line, highlight=False, markup=False)
     uvicorn.run(
         asgi,
         host=h,

@@ -84,3 +84,36 @@ def test_unknown_roles_are_reported_all_at_once_each_at_its_own_line(tmp_path):
         f"  - detection.roles.public (line {n + 4}): 'public' is not one of the roles {known}\n"
         f"  - detection.admin_roles (line {n + 5}): 'admin' is not one of the roles {known}"
     )
+
+
+def test_serve_prints_each_detection_threshold_and_a_missing_calibration(
+    tmp_path, monkeypatch, sklearn_model_file
+):
+    import uvicorn
+    import yaml
+
+    ran = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.append(kw))
+    doc = base_config(tmp_path, model={"kind": "sklearn", "path": str(sklearn_model_file)})
+    doc["detection"] = {"enabled": True, "backend": "memory", "calibration": "detect-calibration.json"}
+    f = tmp_path / "guard.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = runner.invoke(cli, ["serve", str(f), "--port", str(port)])
+    assert r.exit_code == 0, r.output
+    assert len(ran) == 1
+    lines = r.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("guard serving"))
+    after = lines[start + 1 :]
+    cal = tmp_path / "detect-calibration.json"
+    assert after[0] == (
+        f"detection.calibration: {cal} not found: thresholds are defaults until "
+        "`invguard guard calibrate` writes it"
+    )
+    assert after[1].startswith("detection encoder: ")
+    thresholds = [line for line in after if line.startswith("detection threshold ")]
+    assert any(line.startswith("detection threshold knn.threshold = ") for line in thresholds)
+    others = [line for line in thresholds if "fingerprint.match" not in line]
+    assert others and all(line.endswith(" (default)") for line in others), thresholds

@@ -215,6 +215,7 @@ class Guard:
         self._m_latency: dict[str, Any] = {}
         self._m_children: dict[tuple[Any, ...], Any] = {}
         self.detection: Any = None
+        self.startup_report: list[str] = []  # detection's thresholds, for the start-up output
         if observer is None and cfg.detection.enabled and not self.text:
             observer = self.detection = self._build_detection(events, detect_state, clock)
         text_kw: dict[str, Any] = (
@@ -318,8 +319,10 @@ class Guard:
             model_name=self.model_name,
             **({"clock": clock} if clock is not None else {}),
         )
-        for line in det.report():
-            log.info(line)
+        # each threshold and where it came from: printed by `invguard serve` under "guard serving"
+        self.startup_report = det.report()
+        for line in self.startup_report:
+            (log.warning if line.startswith("detection.calibration:") else log.info)(line)
         # detection and mitigation events become incidents (queued: handled off the request path)
         det.events.subscribe(self.oncall)
         return det

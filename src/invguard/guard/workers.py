@@ -279,6 +279,9 @@ def run_worker(config: str, index: int, workers: int, host: str, port: int) -> N
     except InvguardError as e:
         print(f"error: worker {index}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if index == 0:  # every worker has the same thresholds: one says them
+        for line in guard.startup_report:
+            print(line, flush=True)
     try:
         sock = worker_socket(host, port)
     except InvguardError as e:

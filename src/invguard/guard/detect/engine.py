@@ -217,7 +217,14 @@ class Detection:
     # ------------------------------------------------------------------ start-up report
     def report(self) -> list[str]:
         """One line per threshold: its value and whether it is configured, calibrated or a default."""
-        lines = [f"detection encoder: {self.encoder.kind} ({self.encoder.dim} dimensions)"]
+        lines = []
+        cal = self.cfg.calibration
+        if cal is not None and not Path(cal).exists():
+            lines.append(
+                f"detection.calibration: {cal} not found: thresholds are defaults until "
+                "`invguard guard calibrate` writes it"
+            )
+        lines.append(f"detection encoder: {self.encoder.kind} ({self.encoder.dim} dimensions)")
         lines.append(
             f"detection threshold fingerprint.match = {self.match} shared hashes of {self.fingerprinter.keep}"
         )
