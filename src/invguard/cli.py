@@ -925,15 +925,33 @@ def incidents_stats(
 
 @incidents_app.command("sync-history")
 def incidents_sync_history(
-    history: Annotated[Path, typer.Option(help="The audit history store.")] = Path(".invguard/history.db"),
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            help="The audit history store (default: incidents.history of --config, resolved "
+            "against the config's directory as the guard does; without --config .invguard/history.db)."
+        ),
+    ] = None,
     store: Annotated[Path | None, _ISTORE] = None,
     config: Annotated[Path | None, _ICONFIG] = None,
 ) -> None:
     """Open an incident for every failed audit gate of the history not seen yet."""
-    from invguard.core.errors import InvguardError
+    from invguard.core.errors import ConfigError, InvguardError
 
     s = _incidents(store, config)
     try:
+        if history is None and config is not None:
+            from invguard.guard.config import load
+
+            inc = load(config).incidents
+            if inc is None or inc.history is None:
+                raise ConfigError(
+                    f"{config}: incidents.history is not set (the audit history the guard reads, "
+                    "e.g. history: .invguard/history.db); set it or pass --history"
+                )
+            history = Path(inc.history)
+        elif history is None:
+            history = Path(".invguard/history.db")
         opened = s.open_from_history(history)
     except InvguardError as e:
         _fail(e)

@@ -228,3 +228,39 @@ def test_cli_lifecycle_and_mttr(tmp_path):
     r = cli("show", "7")
     assert r.exit_code == 2 and "no incident #7" in r.output and "Traceback" not in r.output
     assert cli("list", "--state", "nope").exit_code == 2
+
+
+def test_cli_sync_history_with_config_reads_the_configs_history(tmp_path, monkeypatch):
+    """`sync-history --config` reads incidents.history relative to the config file, not the CWD."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from invguard.audit.history import connect
+    from invguard.cli import app
+    from tests.guard.conftest import base_config
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    with connect(etc / "history.db") as con:
+        con.execute(
+            "INSERT INTO runs (model, started_at, finished_at, config_hash, passed, summary, attacks) "
+            "VALUES ('digits', 1.0, 2.0, 'h', 0, 'run 0', '[]')"
+        )
+    doc = base_config(tmp_path)
+    doc["incidents"] = {"store": "incidents.db", "history": "history.db"}
+    cfg = etc / "guard.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    runner = CliRunner()
+    r = runner.invoke(app, ["incidents", "sync-history", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert f"1 incident(s) opened from {etc / 'history.db'}" in r.output
+    assert not (elsewhere / ".invguard").exists()
+    assert [i.source for i in IncidentStore(etc / "incidents.db").find(state=None)] == ["audit"]
+    doc["incidents"] = {"store": "incidents.db"}
+    cfg.write_text(yaml.safe_dump(doc))
+    r = runner.invoke(app, ["incidents", "sync-history", "--config", str(cfg)])
+    assert r.exit_code == 2
+    assert f"{cfg}: incidents.history is not set" in " ".join(r.output.split())
