@@ -620,7 +620,10 @@ def log_timeline(
     file: Annotated[Path, typer.Argument(help="The audit log (its rotated files are read too).")],
     client: Annotated[list[str] | None, typer.Option(help="A client id (repeatable).")] = None,
     input_hmac: Annotated[
-        str | None, typer.Option(help="Every client that sent this input (its HMAC).")
+        str | None,
+        typer.Option(
+            help="Every client that sent this input: its HMAC (hex), or a unique prefix of 8+ digits."
+        ),
     ] = None,
     incident: Annotated[int | None, typer.Option(help="The timeline behind this incident.")] = None,
     incidents: Annotated[Path | None, typer.Option(help="The incident store, for --incident.")] = None,

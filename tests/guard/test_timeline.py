@@ -10,12 +10,18 @@ import pytest
 from typer.testing import CliRunner
 
 from invguard.cli import app
+from invguard.core.errors import ConfigError
 from invguard.guard import timeline as tl
 from invguard.guard.auditlog import AuditLog, ChainKey, load_public_key_hex, load_signing_key
 from invguard.guard.incidents import Detection, IncidentStore
 
 T0 = 1_800_000_000.0
 CHAIN = b"c" * 32
+
+
+# an input two clients sent, and another whose HMAC shares its first 10 hex digits
+SAME = "5f0c1a2b3c" + "d4" * 26 + "e1"
+NEAR = SAME[:10] + "00" * 26 + "e1"
 
 
 def req(client, i, *, hm=None, decision="served", ent=(0.5, 1.5), **kw):
@@ -59,7 +65,7 @@ def log(tmp_path):
         for i in range(40):
             now[0] += 60
             client = "acme" if i % 2 else "zeta"
-            hm = "same-input" if i in (6, 7) else None
+            hm = SAME if i in (6, 7) else (NEAR if i == 8 else None)
             expected[client].append(
                 await a.append(req(client, i, hm=hm, ent=(0.01, 0.02) if client == "acme" else (0.9, 1.1)))
             )
@@ -122,8 +128,13 @@ def test_timeline_equals_the_records_a_client_produced_across_rotated_files(log)
     )  # its requests of the 10 minutes of block
 
     # the same input from two clients; a time window
-    t = tl.build(path, public_key=pk, chain_key=load_chain_key(chain, create=False), input_hmac="same-input")
+    t = tl.build(path, public_key=pk, chain_key=load_chain_key(chain, create=False), input_hmac=SAME)
     assert t.clients == ["acme", "zeta"] and len(t.entries) == 2
+    # a unique prefix (upper case too) finds the same rows and names the full HMAC in the query
+    t = tl.build(
+        path, public_key=pk, chain_key=load_chain_key(chain, create=False), input_hmac=SAME[:12].upper()
+    )
+    assert t.clients == ["acme", "zeta"] and len(t.entries) == 2 and t.query["input_hmac"] == SAME
     t = tl.build(
         path,
         public_key=pk,
@@ -205,3 +216,25 @@ def test_cli_formats_and_the_incident_timeline(log, tmp_path):
     )
     r = runner.invoke(app, [*base, "--client", "acme", "--from", "yesterday"])
     assert r.exit_code == 2 and "--from: 'yesterday' is not an ISO 8601 time" in r.output
+
+
+def test_an_abbreviated_or_ambiguous_input_hmac_is_refused(log):
+    path, pk, chain, _ = log
+    from invguard.guard.auditlog import load_chain_key
+
+    def build(h):
+        return tl.build(path, public_key=pk, chain_key=load_chain_key(chain, create=False), input_hmac=h)
+
+    for bad in ("5f0c...e1", "5f0c1a2", "not-hex!"):
+        with pytest.raises(ConfigError) as e:
+            build(bad)
+        assert str(e.value) == (
+            "--input-hmac: expected an input's HMAC-SHA256 in hex (all 64 digits, or a prefix of at "
+            f"least 8 that only it starts with), got {bad!r}"
+        )
+    with pytest.raises(ConfigError) as e:
+        build(SAME[:8])
+    assert str(e.value) == (
+        f"--input-hmac {SAME[:8]}: 2 different input HMACs in the log start with it ({NEAR}, {SAME}); "
+        "give more digits"
+    )

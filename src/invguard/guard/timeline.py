@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -174,6 +175,14 @@ def build(
     wanted = set(clients)
     if not wanted and input_hmac is None and incident is None:
         raise ConfigError("timeline: say whose requests: --client, --input-hmac or --incident")
+    if input_hmac is not None:
+        input_hmac = input_hmac.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{8,64}", input_hmac):
+            raise ConfigError(
+                f"--input-hmac: expected an input's HMAC-SHA256 in hex (all 64 digits, or a prefix of at "
+                f"least 8 that only it starts with), got {input_hmac!r}"
+            )
+    hmac_matches: set[str] = set()  # the full input HMACs the prefix matched
     refuse = "refusing to build a timeline from a log that does not verify"
     several = manifest_path(path).exists()
     # (records, first seq, last verified seq) of each chain
@@ -245,9 +254,12 @@ def build(
                     mitigation[str(m.get("client"))] = (str(m.get("action")), m.get("until"))
                 else:
                     mitigation.pop(str(m.get("client")), None)
+        hmac_hit = input_hmac is not None and str(doc.get("input_hmac") or "").startswith(input_hmac)
+        if hmac_hit:
+            hmac_matches.add(str(doc["input_hmac"]))
         match = (
             (client in wanted)
-            or (input_hmac is not None and doc.get("input_hmac") == input_hmac)
+            or hmac_hit
             or (incident is not None and route == "incident" and doc.get("incident") == incident)
         )
         if not match or (since is not None and t < since) or (until is not None and t > until):
@@ -286,6 +298,14 @@ def build(
                 worker=doc.get("worker") if several else None,
             )
         )
+    if len(hmac_matches) > 1:
+        shown = ", ".join(sorted(hmac_matches)[:3]) + (", ..." if len(hmac_matches) > 3 else "")
+        raise ConfigError(
+            f"--input-hmac {input_hmac}: {len(hmac_matches)} different input HMACs in the log start "
+            f"with it ({shown}); give more digits"
+        )
+    if len(hmac_matches) == 1:
+        (input_hmac,) = hmac_matches
     if unverified:
         raise TimelineError(
             f"refusing: {len(unverified)} matching record(s) (seq {unverified[0]}-{unverified[-1]}) lie "
