@@ -310,17 +310,22 @@ def verdict(
     outcomes: Sequence[GateOutcome | Mapping[str, Any]],
     findings: Sequence[Mapping[str, Any]] = (),
     incomplete: Sequence[Mapping[str, Any]] = (),
+    endpoint_changed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The audit verdict in data and in words: it passes iff every blocking gate passed.
+    """The audit verdict in data and in words: it passes iff every blocking gate passed and the
+    endpoint answered the same way throughout (``endpoint_changed`` is None; otherwise a pass
+    becomes inconclusive and its message leads the headline).
 
     ``headline`` summarises gates and findings together (``"PASS: 7 of 7 gates pass; 1 medium
     finding: ..."``) so the top of a report never contradicts its body."""
     rows = [o.to_json() if isinstance(o, GateOutcome) else dict(o) for o in outcomes]
     by = {s: [r for r in rows if r["status"] == s] for s in STATUSES}
     blocking = [r for r in rows if r["status"] != "pass" and r["blocking"]]
-    passed = not blocking
+    passed = not blocking and endpoint_changed is None
     if passed:
         status = "pass"
+    elif not blocking:
+        status = "inconclusive"
     elif any(r["status"] in ("fail", "error") for r in blocking):
         status = "fail"
     else:
@@ -336,7 +341,8 @@ def verdict(
                 tail = f", {len(nb)} of them non-blocking" if nb else ""
                 parts.append(f"{len(by[s])} {word}{tail} ({'; '.join(r['gate'] for r in by[s])})")
         gates_text = "; ".join(parts)
-    headline = f"{status.upper()}: {gates_text}; {findings_phrase(findings)}"
+    changed = "" if endpoint_changed is None else f"{endpoint_changed['message']}; "
+    headline = f"{status.upper()}: {changed}{gates_text}; {findings_phrase(findings)}"
     if incomplete:
 
         def where(j: Mapping[str, Any]) -> str:
@@ -361,4 +367,5 @@ def verdict(
         "gates_blocking_failed": len(blocking),
         "findings": [dict(f) for f in findings],
         "incomplete": [dict(j) for j in incomplete],
+        "endpoint_changed": None if endpoint_changed is None else dict(endpoint_changed),
     }

@@ -207,8 +207,12 @@ def build_results(
     config_text: str | None,
     budget: dict[str, Any] | None = None,
     probe_rows: int = 1,
+    endpoint_changed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the results document from the job outputs (see the schema for every field)."""
+    """Assemble the results document from the job outputs (see the schema for every field).
+
+    ``endpoint_changed``: the closing probe found the endpoint answering differently than the first
+    (``runner.endpoint_change``); recorded under ``audit`` and the verdict is never a pass."""
     attacks = [o for o in outputs if not o.get("sweep")]
     sweep_outs = [o for o in outputs if o.get("sweep")]
     sweep = build_sweep(cfg, sweep_outs, cfg.fail_on) if cfg.exposures is not None else None
@@ -257,8 +261,9 @@ def build_results(
             "wall_time_s": finished - started,
             "seed": cfg.seed,
             "fail_on": cfg.fail_on,
+            "endpoint_changed": endpoint_changed,
         },
-        "verdict": verdict(outcomes, notable_findings(attacks), unfinished(outputs)),
+        "verdict": verdict(outcomes, notable_findings(attacks), unfinished(outputs), endpoint_changed),
         "target": {
             "kind": target.kind,
             "name": target.name,

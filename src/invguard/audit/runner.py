@@ -8,7 +8,10 @@ attack is already one of the parallel jobs, so its own work runs in its worker p
 
 The target model is resolved once (reference models are trained once and cached by content hash
 under ``cache_dir``), probed with one query so that an unreachable endpoint is reported before any
-attack starts (``TargetError``, exit code 3), and shipped to the workers as bytes. Progress is
+attack starts (``TargetError``, exit code 3), and shipped to the workers as bytes. A remote
+classifier (``http``) is probed again with the same row after the last job, and the two answers'
+form compared (:func:`answer_form`): an endpoint that changed its answers under the audit (a guard's
+detection tightening the key, a replaced model) makes the verdict inconclusive at best. Progress is
 shown with rich bars; Ctrl-C cancels the pending jobs, stops the workers and writes nothing
 partial (caches are written by rename, results only at the end).
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from invguard.audit.config import AuditConfig, exposure_label, is_whitebox, load_config
@@ -156,15 +160,23 @@ def make_executor(
 
 # ---------------------------------------------------------------------------- jobs
 PROBE_ROWS = 1  # the one query that checks the target answers before any attack starts
+REPROBED_KINDS = ("http",)  # targets whose answers can change under the audit: probed again at the end
 
 
-def allocate_budget(total: int | None, explicit: list[int | None]) -> list[int | None]:
+def probe_queries(target: ResolvedTarget) -> int:
+    """The queries the probes take: the first probe, and for a remote target the closing one."""
+    return PROBE_ROWS * (2 if target.kind in REPROBED_KINDS else 1)
+
+
+def allocate_budget(
+    total: int | None, explicit: list[int | None], probes: int = PROBE_ROWS
+) -> list[int | None]:
     """Each job's share of the audit's query budget, decided up front so their sum never exceeds
-    ``total``: the shares a config gives, and the rest (less the probe query) divided equally
-    among the other jobs (the first ones get the remainder)."""
+    ``total``: the shares a config gives, and the rest (less the ``probes`` queries) divided
+    equally among the other jobs (the first ones get the remainder)."""
     if total is None:
         return [None] * len(explicit)
-    rest = max(0, total - PROBE_ROWS - sum(b for b in explicit if b is not None))
+    rest = max(0, total - probes - sum(b for b in explicit if b is not None))
     n_free = sum(1 for b in explicit if b is None)
     each, extra = divmod(rest, n_free) if n_free else (0, 0)
     out: list[int | None] = []
@@ -225,22 +237,71 @@ def _make_jobs(
                 )
     n_main = len(cfg.attacks)
     explicit = [a.budget for a in cfg.attacks] + [None] * (len(jobs) - n_main)
-    shares = allocate_budget(cfg.target.budget, explicit)
+    shares = allocate_budget(cfg.target.budget, explicit, probe_queries(target))
     return [
         dataclasses.replace(j, target=_with_budget(j.target, b)) for j, b in zip(jobs, shares, strict=True)
     ]
 
 
-def _probe(target: ResolvedTarget, splits: Any) -> str:
+def answer_form(pred: Any) -> list[dict[str, Any]]:
+    """The form of a classifier's answer, row by row: the label, whether scores came back, how
+    many are non-zero and whether they are one-hot. Two answers of an unchanged endpoint have the
+    same form even under a noise policy (whose scores differ every time); a guard that tightens a
+    key to ``label_only`` in the same response shape turns the scores one-hot."""
+    import numpy as np
+
+    labels = np.asarray(pred.labels).tolist()
+    if pred.scores is None:
+        return [{"label": int(y), "scores": False} for y in labels]
+    s = np.asarray(pred.scores, dtype=np.float64)
+    nz = (s != 0).sum(axis=1)
+    one_hot = (nz == 1) & np.isclose(s.max(axis=1), 1.0)
+    return [
+        {"label": int(y), "scores": True, "nonzero": int(n), "one_hot": bool(o)}
+        for y, n, o in zip(labels, nz, one_hot, strict=True)
+    ]
+
+
+def _probe(target: ResolvedTarget, splits: Any) -> tuple[str, list[dict[str, Any]] | None]:
     """Build the target once and ask it about one record (a language model: one one-token
-    generation): an unreachable model fails here (exit 3)."""
+    generation): an unreachable model fails here (exit 3). Returns the target's description and,
+    for a remote classifier, the form of its answer (compared with the closing probe's)."""
     t = target.build()
     if target.is_text:
         from invguard.audit.text import probe_text
 
-        return probe_text(t, splits)
-    t.predict(splits.evaluation.X[:PROBE_ROWS])
-    return str(t.describe())
+        return probe_text(t, splits), None
+    pred = t.predict(splits.evaluation.X[:PROBE_ROWS])
+    return str(t.describe()), answer_form(pred) if target.kind in REPROBED_KINDS else None
+
+
+def endpoint_change(
+    target: ResolvedTarget, splits: Any, before: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, int]:
+    """Send the first probe's row(s) again after every job finished and compare the answers'
+    form. Returns None when it is the same, otherwise ``{before, after, message}`` (``after`` is
+    None when the endpoint did not answer the closing probe: the audit cannot say its answers
+    held); and the queries the closing probe spent (a request the server refused is not spent)."""
+    t = target.build()
+    try:
+        after: list[dict[str, Any]] | None = answer_form(t.predict(splits.evaluation.X[:PROBE_ROWS]))
+    except Exception as e:  # budget spent, endpoint gone: unverified, so never a pass
+        return {
+            "before": before,
+            "after": None,
+            "message": "the endpoint did not answer the closing probe "
+            f"({type(e).__name__}: {e}): the audit cannot tell whether its answers changed "
+            "during the run",
+        }, int(t.queries_used)
+    if after == before:
+        return None, int(t.queries_used)
+    return {
+        "before": before,
+        "after": after,
+        "message": "the endpoint's answers changed during the audit (e.g. the guard's detection "
+        "tightened this key, or the model was replaced): the figures mix two behaviours; rerun "
+        "with a key the guard does not mitigate",
+    }, int(t.queries_used)
 
 
 def run_audit(
@@ -287,7 +348,7 @@ def run_audit(
     timings["target_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    described = _probe(target, splits)
+    described, first_answer = _probe(target, splits)
     timings["probe_s"] = time.perf_counter() - t0
 
     jobs = _make_jobs(cfg, target, splits, cache_dir, show_secrets)
@@ -300,6 +361,14 @@ def run_audit(
         connect_timeout=connect_timeout,
     )
     timings["attacks_s"] = time.perf_counter() - t0
+    changed, probe_rows = None, PROBE_ROWS
+    if first_answer is not None:
+        t0 = time.perf_counter()
+        changed, spent = endpoint_change(target, splits, first_answer)
+        probe_rows += spent
+        timings["reprobe_s"] = time.perf_counter() - t0
+        if changed is not None:
+            console.print(f"[red]{escape(changed['message'])}[/]", highlight=False)
 
     for o in outputs:  # the finished jobs' results are written whatever happened to the others
         st = o.get("status")
@@ -316,7 +385,7 @@ def run_audit(
     if cfg.target.budget is not None:
         budget = {
             "total": cfg.target.budget,
-            "probe": PROBE_ROWS,
+            "probe": probe_queries(target),
             "shares": {j.id: j.target.options.get("budget") for j in jobs},
         }
 
@@ -331,7 +400,8 @@ def run_audit(
         executor=executor_desc,
         config_text=config_text,
         budget=budget,
-        probe_rows=PROBE_ROWS,
+        probe_rows=probe_rows,
+        endpoint_changed=changed,
     )
     hist_path = None
     if history is True:

@@ -99,6 +99,7 @@ def verdict_of(results: dict[str, Any]) -> dict[str, Any]:
         "findings_summary": v.get("findings_summary") or "",
         "findings": list(v.get("findings") or []),
         "incomplete": list(v.get("incomplete") or []),
+        "endpoint_changed": v.get("endpoint_changed"),
     }
 
 

@@ -4,7 +4,10 @@ A violated gate is a ``<failure>`` (type ``GateFailed[severity]``), an inconclus
 ``GateInconclusive``: its CI straddles the threshold, so it is not a pass); a gate that could not be
 checked (its attack failed or did not report the metric) is an ``<error>``; a non-blocking gate that
 did not pass is reported as a ``<skipped>`` test with the reason, so it is visible without failing
-the build. Attacks that crashed are added as errored testcases of their own. The verdict's headline
+the build. Attacks that crashed are added as errored testcases of their own; an endpoint whose
+answers changed during the audit is a failing testcase ``endpoint unchanged during the audit``
+(type ``EndpointChanged``), so a run whose gates pass on mixed answers never shows green. The
+verdict's headline
 and the findings are suite properties (``finding.N``) and the suite's ``<system-out>``.
 """
 
@@ -24,10 +27,13 @@ def render(results: dict[str, Any]) -> str:
     failures = sum(1 for g in gates if g["status"] in ("fail", "inconclusive") and g["blocking"])
     errors = sum(1 for g in gates if g["status"] == "error" and g["blocking"]) + len(crashed)
     skipped = sum(1 for g in gates if g["status"] != "pass" and not g["blocking"])
+    changed = (results.get("audit") or {}).get("endpoint_changed")
+    failures += 1 if changed else 0
+    extra = len(crashed) + (1 if changed else 0)
     root = ET.Element(
         "testsuites",
         name="invguard",
-        tests=str(len(gates) + len(crashed)),
+        tests=str(len(gates) + extra),
         failures=str(failures),
         errors=str(errors),
     )
@@ -35,7 +41,7 @@ def render(results: dict[str, Any]) -> str:
         root,
         "testsuite",
         name=suite_name,
-        tests=str(len(gates) + len(crashed)),
+        tests=str(len(gates) + extra),
         failures=str(failures),
         errors=str(errors),
         skipped=str(skipped),
@@ -88,6 +94,12 @@ def render(results: dict[str, Any]) -> str:
         )
         e = ET.SubElement(tc, "error", message=str(a.get("error")), type=str(a.get("status")))
         e.text = a.get("traceback") or str(a.get("error"))
+    if changed:
+        tc = ET.SubElement(
+            suite, "testcase", classname="invguard.audit", name="endpoint unchanged during the audit"
+        )
+        f = ET.SubElement(tc, "failure", message=str(changed["message"]), type="EndpointChanged")
+        f.text = f"first probe: {changed.get('before')}\nclosing probe: {changed.get('after')}"
     out = ET.SubElement(suite, "system-out")
     out.text = "\n".join(
         [
