@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="invguard",
@@ -28,7 +29,8 @@ def _fail(e: Exception) -> None:
     from invguard.core.errors import InvguardError
 
     code = e.exit_code if isinstance(e, InvguardError) else 2
-    console.print(f"[bold red]error:[/] {e}", highlight=False)
+    # escaped: a message such as "pip install 'invguard[synth]'" must not lose its brackets to markup
+    console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -104,8 +106,9 @@ def export_onnx(
         _fail(e)
 
 
-def _audit_errors(fn: Any) -> Any:
-    """Run ``fn``; map invguard errors to their exit codes and an interrupt to 130, never a traceback."""
+def _audit_errors(fn: Any, stopped: str = "the audit was stopped") -> Any:
+    """Run ``fn``; map invguard errors to their exit codes and an interrupt to 130, never a traceback.
+    ``stopped`` says what an interrupt stopped."""
     from invguard.core.errors import InvguardError
 
     try:
@@ -113,10 +116,10 @@ def _audit_errors(fn: Any) -> Any:
     except InvguardError as e:
         _fail(e)
     except OSError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted: the audit was stopped; no report was written[/]")
+        console.print(f"[yellow]interrupted: {stopped}; no report was written[/]")
         raise typer.Exit(130) from None
 
 
@@ -228,7 +231,14 @@ def synth_check(
         str | None, typer.Option(help="Column attribute inference targets (default: the last).")
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/synth"),
-    n_attacks: Annotated[int, typer.Option(help="Records each anonymeter attack targets.")] = 300,
+    n_attacks: Annotated[
+        int | None,
+        typer.Option(
+            help="Records each anonymeter attack targets (default: a third of the real records, "
+            "between 20 and 500).",
+            min=1,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the subsamples and bootstraps.")] = 0,
 ) -> None:
     """DCR/NNDR against a holdout, anonymeter's risks and a membership attack; exit 1 on a leak."""
@@ -236,7 +246,17 @@ def synth_check(
     from invguard.defences.synth import verdict_text
 
     doc, paths = _audit_errors(
-        lambda: run(real, synthetic, holdout, out_dir=out_dir, secret=secret, n_attacks=n_attacks, seed=seed)
+        lambda: run(
+            real,
+            synthetic,
+            holdout,
+            out_dir=out_dir,
+            secret=secret,
+            n_attacks=n_attacks,
+            seed=seed,
+            progress=lambda line: console.print(line, highlight=False, markup=False),
+        ),
+        stopped="the synthetic-data check was stopped",
     )
     out.print(verdict_text(doc), highlight=False)
     for fmt_, path in paths.items():
@@ -1108,7 +1128,7 @@ def main() -> None:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
     except OSError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(2)
     except Exception as e:
         if os.environ.get("INVGUARD_DEBUG"):

@@ -4,6 +4,7 @@ CIs, through the CLI and its reports."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,11 @@ def test_noisy_copies_are_flagged(files):
     titles = [f["title"] for f in doc["findings"] if f["severity"] in ("medium", "high")]
     assert "Synthetic records sit on the training records" in titles
     assert "Membership is exposed by the synthetic data" in titles
-    assert r.output.startswith("Leak found:")
+    progress = [ln for ln in r.output.splitlines() if ln.startswith("anonymeter ")]
+    assert progress[0] == "anonymeter 1/3: singling-out, 100 attacks"
+    assert progress[1].startswith("anonymeter 2/3: linkability, 100 attacks (previous took ")
+    assert progress[2].startswith("anonymeter 3/3: inference of 'income', 100 attacks (previous took ")
+    assert "Leak found:" in r.output
     assert "Synthetic records sit on the training records" in (out / "synth.html").read_text()
     assert 'failures="4"' in (out / "junit.xml").read_text()
 
@@ -73,7 +78,7 @@ def test_an_independent_generator_passes(files):
     assert m["mia_auc"]["low"] <= 0.5
     for k in ("singling_out_risk", "linkability_risk", "inference_risk"):
         assert m[k]["low"] == 0.0 and m[k]["high"] < 0.5, k
-    assert not doc["leak"] and r.output.startswith("No leak found by these checks")
+    assert not doc["leak"] and "\nNo leak found by these checks" in r.output
     assert "| dcr_share |" in (out / "synth.md").read_text()
 
 
@@ -87,3 +92,53 @@ def test_bad_inputs_are_named(files, tmp_path):
         app, ["synth", "check", "--real", str(files / "train.csv"), "--synthetic", str(tmp_path / "thin.csv")]
     )
     assert r.exit_code == 2 and "lacks the columns ['workclass'" in r.output
+
+
+def test_default_attack_count_follows_the_data_size():
+    from invguard.defences.synth import default_n_attacks
+
+    assert [default_n_attacks(n) for n in (10, 300, 1000, 1500, 100_000)] == [20, 100, 333, 500, 500]
+
+
+def test_a_collapsed_generator_does_not_hang_the_singling_out_attack(files, tmp_path):
+    # three distinct records repeated: fewer singling-out predicates exist than attacks are asked for,
+    # and anonymeter's default of 10 million draws ran for many minutes
+    train = pd.read_csv(files / "train.csv")
+    train.iloc[np.arange(300) % 3].to_csv(tmp_path / "collapsed.csv", index=False)
+    r = CliRunner().invoke(
+        app,
+        ["synth", "check", "--real", str(files / "train.csv"), "--synthetic", str(tmp_path / "collapsed.csv"),
+         "--holdout", str(files / "holdout.csv"), "--n-attacks", "20", "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert r.exit_code == 1, r.output
+    doc = json.loads((tmp_path / "out" / "synth.json").read_text())
+    assert "singling_out_risk" in doc["metrics"]
+    assert "anonymeter: each attack targets up to 20 records." in doc["notes"]
+
+
+def test_a_missing_synth_dependency_names_the_install_command(files, monkeypatch):
+    args = ["synth", "check", "--real", str(files / "train.csv"), "--synthetic", str(files / "noisy.csv")]
+    install = "pip install 'invguard[synth]' && pip install --no-deps 'anonymeter==1.1.0'"
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert "needs the pandas package, which is not installed" in r.output and install in r.output
+    monkeypatch.delitem(sys.modules, "pandas")
+    monkeypatch.setitem(sys.modules, "anonymeter.evaluators", None)
+    r = CliRunner().invoke(app, [*args, "--n-attacks", "5"])
+    assert r.exit_code == 2, r.output
+    assert "needs the anonymeter package" in r.output and install in r.output
+
+
+def test_an_interrupt_names_the_synthetic_data_check(files, monkeypatch):
+    import invguard.defences.synth as synth
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "synth_check", stop)
+    r = CliRunner().invoke(
+        app, ["synth", "check", "--real", str(files / "train.csv"), "--synthetic", str(files / "noisy.csv")]
+    )
+    assert r.exit_code == 130
+    assert "interrupted: the synthetic-data check was stopped; no report was written" in r.output

@@ -32,6 +32,7 @@ data is audited as usual, with the real training records as the private members
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,18 @@ class Table:
         return len(self.frame) if self.frame is not None else int(self.X.shape[0])  # type: ignore[union-attr]
 
 
+INSTALL_SYNTH = "pip install 'invguard[synth]' && pip install --no-deps 'anonymeter==1.1.0'"
+
+
+def _missing(package: str, e: ImportError) -> ConfigError:
+    """The clear error of a missing optional dependency of the synth extra (exit code 2)."""
+    return ConfigError(
+        f"invguard synth check needs the {package} package, which is not installed "
+        f"({type(e).__name__}: {e}); install the synth extra: {INSTALL_SYNTH} "
+        "(anonymeter goes in with --no-deps: its numpy<1.27 pin is stale; it runs on numpy 2)"
+    )
+
+
 def load_records(path: str | Path, what: str) -> Table:
     """A CSV table or an ``.npz`` of images; ``what`` names the argument in errors."""
     p = Path(path)
@@ -73,7 +86,10 @@ def load_records(path: str | Path, what: str) -> Table:
         return Table("image", None, arr.reshape(arr.shape[0], -1), str(p))
     if p.suffix.lower() not in (".csv", ".txt"):
         raise ConfigError(f"{what}: {p} must be a .csv table or an .npz of images")
-    import pandas as pd
+    try:
+        import pandas as pd
+    except ImportError as e:
+        raise _missing("pandas", e) from None
 
     try:
         df = pd.read_csv(p, skipinitialspace=True)
@@ -158,9 +174,10 @@ def check(
     holdout: Table | None = None,
     *,
     secret: str | None = None,
-    n_attacks: int = 300,
+    n_attacks: int | None = None,
     n_boot: int = 500,
     seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The whole check (see the module docstring): a JSON-ready document with a verdict."""
     from invguard.metrics.membership import membership_metrics
@@ -239,8 +256,20 @@ def check(
             "corrected risks need real records the generator never saw; only absolute distances are shown."
         )
     if real.kind == "table":
+        n_att = default_n_attacks(len(real)) if n_attacks is None else n_attacks
+        rule = " (the default: a third of the real records, between 20 and 500)" if n_attacks is None else ""
+        notes.append(f"anonymeter: each attack targets up to {n_att} records{rule}.")
         metrics.update(
-            _anonymeter(real, synthetic, holdout, secret=secret, n_attacks=n_attacks, seed=seed, rng=rng)
+            _anonymeter(
+                real,
+                synthetic,
+                holdout,
+                secret=secret,
+                n_attacks=n_att,
+                seed=seed,
+                rng=rng,
+                progress=progress,
+            )
         )
     else:
         notes.append("anonymeter's risks are defined for tables; this check ran on images (distances only).")
@@ -268,6 +297,17 @@ def check(
     }
 
 
+SINGLING_OUT_ATTEMPTS_PER_ATTACK = 1000
+
+
+def default_n_attacks(n_real: int) -> int:
+    """The default number of records each anonymeter attack targets: a third of the real records,
+    at least 20 and at most 500 (300 rows: 100 attacks; 1,500 rows and more: 500). The risk's CI
+    narrows as 1/sqrt(n_attacks), while the attacks' cost grows with it; a third keeps the attacked
+    records a minority of the table and a small CSV's check within a couple of minutes."""
+    return int(min(500, max(20, n_real // 3)))
+
+
 def _anonymeter(
     real: Table,
     synthetic: Table,
@@ -277,19 +317,22 @@ def _anonymeter(
     n_attacks: int,
     seed: int,
     rng: np.random.Generator,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Metric]:
     """anonymeter's three risks. Each attack uses every record passed to it (``n_attacks`` real and
-    control records drawn here with the seeded generator), so a seeded run reproduces exactly."""
+    control records drawn here with the seeded generator), so a seeded run reproduces exactly.
+
+    The singling-out attack draws predicates until ``n_attacks`` distinct ones single out a synthetic
+    record; on a low-diversity synthetic set (a collapsed generator) there are fewer than that, and
+    anonymeter's default of 10 million draws ran for many minutes, so the draws are capped at
+    :data:`SINGLING_OUT_ATTEMPTS_PER_ATTACK` per attack (anonymeter then evaluates the queries it
+    found). ``progress`` gets one line as each attack starts."""
     import warnings
 
     try:
         from anonymeter.evaluators import InferenceEvaluator, LinkabilityEvaluator, SinglingOutEvaluator
     except ImportError as e:
-        raise ConfigError(
-            "invguard synth check needs the anonymeter package: "
-            "pip install 'invguard[synth]' && pip install --no-deps 'anonymeter==1.1.0' "
-            "(its numpy<1.27 pin is stale; it runs on numpy 2)"
-        ) from e
+        raise _missing("anonymeter", e) from None
 
     cols = list(real.frame.columns)
     if secret is not None and secret not in cols:
@@ -309,10 +352,27 @@ def _anonymeter(
         r = ev.risk(confidence_level=0.95)
         out[name] = Metric(float(r.value), float(r.ci[0]), float(r.ci[1]), True, desc)
 
+    n_runs = 3 if len(cols) >= 2 else 1
+    started = [time.perf_counter()]
+
+    def say(i: int, name: str) -> None:
+        if progress is not None:
+            took = time.perf_counter() - started[0]
+            prev = f" (previous took {took:.0f}s)" if i > 1 else ""
+            progress(f"anonymeter {i}/{n_runs}: {name}, {n} attacks{prev}")
+        started[0] = time.perf_counter()
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # anonymeter warns when an attack finds few successes
+        say(1, "singling-out")
         so = SinglingOutEvaluator(
-            ori=ori_n, syn=syn, control=ctl_n, n_attacks=n, n_cols=min(3, len(cols)), seed=seed
+            ori=ori_n,
+            syn=syn,
+            control=ctl_n,
+            n_attacks=n,
+            n_cols=min(3, len(cols)),
+            max_attempts=SINGLING_OUT_ATTEMPTS_PER_ATTACK * n,
+            seed=seed,
         )
         risk(
             "singling_out_risk",
@@ -321,6 +381,7 @@ def _anonymeter(
         )
         if len(cols) >= 2:
             half = len(cols) // 2
+            say(2, "linkability")
             lk = LinkabilityEvaluator(
                 ori=ori_n,
                 syn=syn,
@@ -336,6 +397,7 @@ def _anonymeter(
                 "through the synthetic data",
             )
             target = secret or cols[-1]
+            say(3, f"inference of {target!r}")
             inf = InferenceEvaluator(
                 ori=ori_n,
                 syn=syn,
@@ -441,9 +503,10 @@ def synth_check(
     out_dir: str | Path | None = None,
     formats: list[str] | None = None,
     secret: str | None = None,
-    n_attacks: int = 300,
+    n_attacks: int | None = None,
     seed: int = 0,
     clock: Any = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Load the files, run :func:`check`, write the reports; returns ``(document, paths)``."""
     from invguard.defences.report import write_reports
@@ -456,6 +519,7 @@ def synth_check(
         secret=secret,
         n_attacks=n_attacks,
         seed=seed,
+        progress=progress,
     )
     doc["started_at"] = t0
     doc["finished_at"] = (clock or time.time)()
