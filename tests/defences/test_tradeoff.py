@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from invguard.cli import app
 from invguard.core.errors import ConfigError
+from invguard.defences.report import tradeoff_rows
 from invguard.defences.tradeoff import TradeoffConfig, decide, load_tradeoff_config, settings_of
 
 
@@ -76,6 +77,53 @@ def test_utility_drop_and_no_qualifying_setting():
     assert (
         doc["recommendation"]["setting"] is None and "eps=4: crashed (boom)" in doc["recommendation"]["text"]
     )
+
+
+def test_inconclusive_gates_are_not_shown_as_failures_and_the_recommendation_says_so():
+    rows = [
+        row(0, None, 0.95, (0.02, 0.01, 0.048), 1.0),  # passes: CI upper 0.048 <= 0.05
+        row(1, 8.0, 0.93, (0.04, 0.02, 0.07), 2.0),  # straddles
+        row(2, 4.0, 0.92, (0.03, 0.01, 0.06), 2.0),  # straddles
+        row(3, 2.0, 0.90, (0.10, 0.08, 0.12), 2.0),  # surely fails
+    ]
+    doc = decide(cfg(utility_floor=0.5), rows)
+    by = {r["label"]: r for r in doc["settings"]}
+    assert [by[k]["gate_status"] for k in ("non-private", "eps=8", "eps=4", "eps=2")] == [
+        "pass", "inconclusive", "inconclusive", "fail",
+    ]  # fmt: skip
+    text = doc["recommendation"]["text"]
+    assert text.startswith("Recommended: non-private")
+    assert "it passes with membership.lira.tpr_at_fpr_0.01 95% CI upper end 0.048 <= 0.05." in text
+    assert (
+        "eps=8, eps=4 are inconclusive at this sample size (a 95% CI straddles a gate's threshold): "
+        "neither shown to pass nor to fail; more data would settle them (eps=8: about " in text
+    )
+    assert "eps=4, eps=2" not in text  # a real failure is not listed among the inconclusive
+    _, body = tradeoff_rows(doc)
+    verdicts = {b[0]: b[-1] for b in body}
+    assert verdicts == {
+        "non-private": "RECOMMENDED",
+        "eps=8": "inconclusive (CI straddles the threshold)",
+        "eps=4": "inconclusive (CI straddles the threshold)",
+        "eps=2": "fails a gate",
+    }
+    # no setting decided: the sentence still says the inconclusive ones could be settled
+    doc = decide(cfg(utility_floor=0.5), rows[1:3])
+    assert doc["recommendation"]["setting"] is None
+    assert "eps=8, eps=4 are inconclusive at this sample size" in doc["recommendation"]["text"]
+
+
+def test_audit_epsilon_is_shown_as_a_lower_bound():
+    r = row(0, 4.0, 0.9, (0.01, 0.0, 0.02), 1.0)
+    r["attacks"].append(
+        {"attack": "dp.one_run", "status": "ok", "info": {},
+         "metrics": {"epsilon_clopper_pearson": {"value": 0.758, "low": 0.758, "high": 4.19},
+                     "epsilon_one_run": {"value": 0.5, "low": 0.3, "high": 0.7}}}
+    )  # fmt: skip
+    head, body = tradeoff_rows(decide(cfg(utility_floor=0.5), [r]))
+    cells = dict(zip(head, body[0], strict=True))
+    assert cells["dp.one_run.epsilon_clopper_pearson (lower bound)"] == ">= 0.758"
+    assert cells["dp.one_run.epsilon_one_run (lower bound)"] == ">= 0.5 [0.3, 0.7]"
 
 
 def test_config_problems_are_reported_with_their_place(tmp_path):

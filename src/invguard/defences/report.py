@@ -77,12 +77,34 @@ def _metric(row: dict[str, Any], dotted: str) -> dict[str, Any] | None:
     return metric_of(row, dotted)
 
 
+# epsilon from a DP audit is a 95%-confidence lower bound, not an estimate: the one-run bound keeps
+# its bootstrap range (of the bound), the Clopper-Pearson bound is shown alone (its stored interval
+# is the plug-in range, which starts at the bound itself and reads like a CI around an estimate)
+_LOWER_BOUNDS = {"epsilon_one_run", "epsilon_clopper_pearson"}
+
+
+def _cell(m: dict[str, Any] | None, column: str) -> str:
+    name = column.split(".")[-1]
+    if m is None or m.get("value") is None or name not in _LOWER_BOUNDS:
+        return fmt(m)
+    if name == "epsilon_clopper_pearson":
+        return f">= {m['value']:.3g}"
+    return f">= {fmt(m)}"
+
+
+def _inconclusive_verdict(gates: list[dict[str, Any]]) -> str:
+    msgs = [o["message"] for o in gates if o["status"] == "inconclusive"]
+    if msgs and all("not measurable" in m for m in msgs):
+        return "inconclusive (not measurable at this sample size)"
+    return "inconclusive (CI straddles the threshold)"
+
+
 def tradeoff_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     cols = _columns(doc)
     head = [
         "setting",
         "utility (95% CI)",
-        *cols,
+        *[f"{c} (lower bound)" if c.split(".")[-1] in _LOWER_BOUNDS else c for c in cols],
         "accountant epsilon",
         "DP claim",
         "train CPU s",
@@ -101,6 +123,8 @@ def tradeoff_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             verdict = "RECOMMENDED"
         elif r.get("qualifies"):
             verdict = "qualifies"
+        elif r.get("gate_status") == "inconclusive":
+            verdict = _inconclusive_verdict(gates)
         elif not r.get("passes_gates"):
             verdict = "fails a gate"
         else:
@@ -110,7 +134,7 @@ def tradeoff_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             [
                 r["label"],
                 fmt(r.get("utility")),
-                *[fmt(_metric(r, c)) for c in cols],
+                *[_cell(_metric(r, c), c) for c in cols],
                 f"{p['epsilon']:.3g}" if p else "∞ (none)",
                 r.get("dp_claim", "—"),
                 fmt(cost.get("cpu_time_s"), 3),

@@ -533,6 +533,15 @@ def decide(cfg: TradeoffConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
                 + f" the floor {floor:.3f}"
             )
         r["passes_gates"] = r.get("status") == "ok" and not blocking
+        # "fail": some gate is surely violated (or not checkable); "inconclusive": none is, but some
+        # CI straddles its threshold (or the metric is not measurable at this sample size)
+        r["gate_status"] = (
+            "pass"
+            if r["passes_gates"]
+            else "fail"
+            if r.get("status") != "ok" or any(o["status"] != "inconclusive" for o in blocking)
+            else "inconclusive"
+        )
         r["qualifies"] = bool(r["passes_gates"] and r["utility_ok"])
         if r.get("status") == "ok" and base_cpu:
             r["cost"]["ratio_to_non_private"] = r["cost"]["cpu_time_s"] / base_cpu
@@ -543,13 +552,17 @@ def decide(cfg: TradeoffConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     best = min(ok, key=lambda r: (r["cost"]["cpu_time_s"], -r["utility"]["value"])) if ok else None
     leak_metric = _leakage_axis(cfg, rows)
     pareto = _pareto(rows, leak_metric)
+    unsettled = [r for r in rows if r.get("gate_status") == "inconclusive"]
     if best is not None:
         text = (
             f"Recommended: {best['label']} — the cheapest setting to train "
             f"({best['cost']['cpu_time_s']:.1f} s CPU{_ratio(best)}) that passes every gate on the "
             "conservative end of its 95% CI"
             + (f" and keeps {floor_text}" if floor_text else "")
-            + f"; held-out accuracy {best['utility']['value']:.3f}."
+            + f"; held-out accuracy {best['utility']['value']:.3f}"
+            + _passed_on(best)
+            + "."
+            + _unsettled_text(unsettled)
         )
     else:
         why = []
@@ -569,6 +582,8 @@ def decide(cfg: TradeoffConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
             + (f" within {floor_text}" if floor_text else "")
             + ": "
             + " | ".join(why)
+            + "."
+            + _unsettled_text(unsettled)
         )
     return {
         "format": "invguard-tradeoff-results",
@@ -586,6 +601,48 @@ def decide(cfg: TradeoffConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "text": text,
         },
     }
+
+
+def _passed_on(r: dict[str, Any]) -> str:
+    """What the recommended setting's gates read: ``; it passes with membership...tpr CI upper 0.048``."""
+    parts = []
+    for o in r.get("gates", []):
+        if o["status"] == "pass" and o.get("decided_on") in ("high", "low"):
+            end = "upper" if o["decided_on"] == "high" else "lower"
+            bound = o.get(o["decided_on"])
+            if bound is not None:
+                name = f"{o['attack']}.{o['metric']}"
+                parts.append(f"{name} 95% CI {end} end {bound:.3g} {o['op']} {o['threshold']:g}")
+    return f"; it passes with {', '.join(parts)}" if parts else ""
+
+
+def _unsettled_text(rows: list[dict[str, Any]]) -> str:
+    """The sentence on the settings whose gates are inconclusive (neither passed nor failed)."""
+    if not rows:
+        return ""
+    labels = ", ".join(r["label"] for r in rows)
+    settle = next(
+        (
+            f"{r['label']}: {o['settle']}"
+            for r in rows
+            for o in r.get("gates", [])
+            if o["status"] == "inconclusive" and o.get("settle")
+        ),
+        None,
+    )
+    msgs = [o["message"] for r in rows for o in r.get("gates", []) if o["status"] == "inconclusive"]
+    why = (
+        "a gate's metric is not measurable"
+        if all("not measurable" in m for m in msgs)
+        else "a 95% CI straddles a gate's threshold"
+    )
+    one = len(rows) == 1
+    return (
+        f" {labels} {'is' if one else 'are'} inconclusive at this sample size ({why}): neither shown "
+        f"to pass nor to fail; more data would settle {'it' if one else 'them'}"
+        + (f" ({settle})" if settle else "")
+        + "."
+    )
 
 
 def _ratio(r: dict[str, Any]) -> str:
