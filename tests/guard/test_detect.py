@@ -304,6 +304,14 @@ def test_mitigation_is_silent_expires_and_is_lifted_by_an_admin(make_guard, tmp_
     assert after.keys() == before.keys() and after["policy"] == before["policy"]
     assert set(answers[-1][1]) == set(h0)
     assert sorted(after["scores"][0]) == [0.0] * 9 + [1.0]
+    # the one-hot answers of the mitigation are the guard defending itself: counted apart, not in M2
+    served = [r for r in records(guard) if r.get("decision") == "served"]
+    n_mit = sum(1 for r in served if r.get("mitigated"))
+    assert n_mit >= 1
+    m = call(url, "/metrics", method="GET")[2].decode()
+    assert f'invguard_guard_mitigated_scored_rows_total{{role="partner"}} {float(n_mit)}' in m
+    assert f'invguard_guard_mitigated_high_confidence_responses_total{{role="partner"}} {float(n_mit)}' in m
+    assert f'invguard_guard_response_entropy_nats_count{{role="partner"}} {float(len(served) - n_mit)}' in m
     # the admin API: admin role only
     assert call(url, "/admin/flagged", method="GET")[0] == 401
     s, _, raw = call(url, "/admin/flagged", key=KEYS["partner"], method="GET")

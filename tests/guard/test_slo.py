@@ -45,9 +45,12 @@ def test_burn_rate_windows_and_page_vs_ticket():
     assert ev.last["m2"]["burn"]["1h"] == pytest.approx(0.2)
     # a probe: 90% high confidence for 10 minutes -> burn 18 over 5 min; over 1 h (50 min at 1% and
     # 10 min at 90%) the rate is 15.8% -> burn 3.2: below 14.4, no page yet; over the 2 h 10 min seen
-    # so far (the 3 d window, partly observed) the rate is 7.8%, above the budget: a ticket
-    assert [b.severity for b in feed(ev, c, clock, 10, 90, 100)] == ["ticket"]
+    # so far the rate is 7.8% (burn 1.55), but that is 2 h 10 min of the ticket's 3 d window: the rest
+    # spent nothing, so the 3 d burn is 1.55 * 130 / 4320 = 0.047, no ticket
+    assert feed(ev, c, clock, 10, 90, 100) == []
     assert ev.last["m2"]["burn"]["5m"] == pytest.approx(18)
+    assert ev.last["m2"]["observed"]["3d"] == 130 * 60
+    assert ev.last["m2"]["burn"]["3d"] == pytest.approx((1020 / 13000 / 0.05) * 130 / 4320)
     # 45 more minutes: over 1 h the rate is 83% (burn 16.5 > 14.4) and the 5 min window confirms
     (b,) = feed(ev, c, clock, 45, 90, 100)
     assert b.severity == "page" and b.long_window == 3600 and b.short_window == 300
@@ -57,9 +60,9 @@ def test_burn_rate_windows_and_page_vs_ticket():
     assert reg.get_sample_value("invguard_slo_objective", {"slo": "m2"}) == 0.95
     left = reg.get_sample_value("invguard_slo_error_budget_remaining", {"slo": "m2"})
     assert left == pytest.approx(ev.last["m2"]["budget_remaining"]) and left < 0  # 2.5 h of history
-    # the probe stops: the 5 min window clears within 5 minutes, and so does the page (the slow-burn
-    # ticket stays: the 3 d budget is overspent)
-    assert [b.severity for b in feed(ev, c, clock, 6, 0, 100)] == ["ticket"]
+    assert "over 1h and" in b.describe()  # the 1 h window was observed in full
+    # the probe stops: the 5 min window clears within 5 minutes, and so does the page
+    assert feed(ev, c, clock, 6, 0, 100) == []
 
 
 def test_slow_burn_opens_a_ticket_not_a_page():
@@ -125,3 +128,28 @@ def test_counter_totals_read_the_guard_metrics():
     assert t["high_confidence_rate"] == (1, 3)
     assert t["audit_fidelity"] == (2, 12)
     assert t["limit_violation_rate"] == (3, 9)
+
+
+def test_a_window_longer_than_the_uptime_is_not_reported_as_observed_in_full():
+    # the guard started a minute ago and every answer since was high-confidence: that is not a
+    # burn "over 6h" (the 6 h window holds one minute), so no page
+    clock, c = Clock(), Counters()
+    ev = SLOEvaluator([M2], c, clock=clock)
+    ev.tick()
+    assert feed(ev, c, clock, 1, 30, 30) == []
+    assert ev.last["m2"]["observed"]["6h"] == 60 and ev.last["m2"]["burn"]["6h"] == pytest.approx(20 / 360)
+    # a leak fast enough to spend 2% of the budget within the history there is still pages: 100%
+    # high-confidence (burn 20) for 44 min spends 20 * 44/60 = 14.7 > 14.4 of the 1 h window
+    (b,) = feed(ev, c, clock, 43, 30, 30)
+    assert b.severity == "page" and b.long_window == 3600 and b.observed_long == 44 * 60
+    assert b.burn_long == pytest.approx(20 * 44 / 60)
+    assert "over 1h (only 44m observed so far, the rest counted as spending nothing)" in b.describe()
+
+
+def test_answers_under_a_detection_mitigation_are_not_counted_in_m2():
+    reg = CollectorRegistry()
+    m = GuardMetrics(reg)
+    m.entropy.labels("partner").observe(0.5)
+    m.mitigated_rows.labels("partner").inc(40)  # a tightened client's one-hot answers
+    m.mitigated_high_confidence.labels("partner").inc(40)
+    assert counter_totals(reg)["high_confidence_rate"] == (0, 1)

@@ -6,7 +6,11 @@ decisions and field names. Never a client id.
 Privacy SLIs:
 
 - **M2** ``invguard_guard_high_confidence_responses_total``: response rows whose returned scores
-  have entropy below the configured threshold (a confident answer is what inversion feeds on).
+  have entropy below the configured threshold (a confident answer is what inversion feeds on), over
+  ``invguard_guard_response_entropy_nats_count``. Rows answered under a detection mitigation (a
+  tightened client's one-hot answers) are the guard defending itself, not the policy leaking: they
+  are counted apart (``invguard_guard_mitigated_scored_rows_total``,
+  ``invguard_guard_mitigated_high_confidence_responses_total``) and in neither M2 term.
 - **M4** ``invguard_guard_sensitive_fields_total``: fields returned that expose more than a label
   (``scores``, ``logits``), by route and role: the response-field audit.
 - **M6** ``invguard_guard_limit_violations_total``: requests refused by the rate limit or a budget.
@@ -151,6 +155,20 @@ class GuardMetrics:
         self.high_confidence = Counter(
             "invguard_guard_high_confidence_responses",
             "M2: response rows whose returned scores have entropy below the configured threshold.",
+            ["role"],
+            registry=registry,
+        )
+        self.mitigated_rows = Counter(
+            "invguard_guard_mitigated_scored_rows",
+            "Scored response rows answered under a detection mitigation (kept out of the entropy "
+            "histogram and of M2: the guard defending itself, not the policy leaking).",
+            ["role"],
+            registry=registry,
+        )
+        self.mitigated_high_confidence = Counter(
+            "invguard_guard_mitigated_high_confidence_responses",
+            "Response rows under a detection mitigation (e.g. one-hot answers) with entropy below "
+            "the M2 threshold; not counted in M2.",
             ["role"],
             registry=registry,
         )

@@ -355,13 +355,17 @@ class Pipeline:
         if probs is not None:
             ent = _entropy(np.asarray(probs, dtype=np.float64)).tolist()
             rec["entropy"] = [round(e, 6) for e in ent]
-            hist = self.child(self.metrics.entropy, role.name)
-            n_conf = 0
-            for h in ent:
-                hist.observe(h)
-                n_conf += h < self.hc_threshold
-            if n_conf:
-                self.child(self.metrics.high_confidence, role.name).inc(n_conf)
+            n_conf = sum(h < self.hc_threshold for h in ent)
+            if "mitigated" in rec:  # the guard's own mitigation: counted apart, never in M2
+                self.child(self.metrics.mitigated_rows, role.name).inc(len(ent))
+                if n_conf:
+                    self.child(self.metrics.mitigated_high_confidence, role.name).inc(n_conf)
+            else:
+                hist = self.child(self.metrics.entropy, role.name)
+                for h in ent:
+                    hist.observe(h)
+                if n_conf:
+                    self.child(self.metrics.high_confidence, role.name).inc(n_conf)
             if ex.arm is not None:
                 self.canary.served(ex.arm, ex.client, len(ent), int(n_conf))
         self.child(self.metrics.rows, role.name).inc(rows)

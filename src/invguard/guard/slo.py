@@ -30,8 +30,16 @@ incident-resolution SLO is judged on the long windows alone. The exported rules 
 injected), keeps a fine history for the short windows and a coarse one (every 5 min) for the SLO
 window, exports ``invguard_slo_burn_rate{slo,window}``, ``invguard_slo_error_budget_remaining{slo}``
 and ``invguard_slo_objective{slo}``, and returns the breaches so the guard opens an incident.
-Until a window has been observed in full, its rate is over the history there is (like PromQL's
-``increase`` over a partial range).
+Until a window has been observed in full (the guard started less than a window ago), its burn rate
+counts the unobserved part as spending nothing: the rate over the history there is, times the
+observed share of the window. So a long window's condition means what the workbook means by it (that
+fraction of the budget spent within the window), a minute of one-sided traffic after a start is not
+reported as a burn "over 6h", and a leak fast enough to spend the fraction within the history
+observed so far still alerts. A breach says how much of its long window was observed. (The
+exported rules read Prometheus's own history, which outlives a restart of the guard.)
+
+M2 reads the rows answered under the role's own policy: rows answered under a detection mitigation
+(a tightened client's one-hot answers) are counted apart by :mod:`invguard.guard.metrics`.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -102,16 +110,26 @@ class Breach:
     burn_short: float
     threshold: float
     budget_remaining: float
+    observed_long: float | None = None  # seconds of the long window observed (None: all of it)
 
     def describe(self) -> str:
+        partial = self.observed_long is not None and self.observed_long < self.long_window
+        over = (
+            f"{_win(self.long_window)} (only {_win(self.observed_long)} observed so far, the rest "
+            "counted as spending nothing)"
+            if partial and self.observed_long is not None
+            else _win(self.long_window)
+        )
         return (
             f"SLO {self.slo} ({self.sli}) burning its error budget at {self.burn_long:.1f}x over "
-            f"{_win(self.long_window)} and {self.burn_short:.1f}x over {_win(self.short_window)} "
+            f"{over} and {self.burn_short:.1f}x over {_win(self.short_window)} "
             f"(alert at {self.threshold:g}x); {self.budget_remaining:.0%} of the budget left"
         )
 
 
 def _win(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
     if seconds >= 86400 and seconds % 86400 == 0:
         return f"{seconds / 86400:g}d"
     if seconds >= HOUR:
@@ -211,11 +229,11 @@ class SLOEvaluator:
                 coarse.popleft()
         return cur
 
-    def _window(self, sli: str, now: float, w: float) -> tuple[float, float]:
-        """(bad, total) of the events of the last ``w`` seconds."""
+    def _window(self, sli: str, now: float, w: float) -> tuple[float, float, float]:
+        """(bad, total, seconds observed) of the events of the last ``w`` seconds."""
         hist = self._fine.get(sli) if w <= _FINE_KEEP - 60 else self._coarse.get(sli)
         if not hist:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0
         start = hist[0]
         for s in hist:  # the latest sample at or before now - w
             if s[0] <= now - w:
@@ -223,15 +241,15 @@ class SLOEvaluator:
             else:
                 break
         end = self._fine[sli][-1]
-        return end[1] - start[1], end[2] - start[2]
+        return end[1] - start[1], end[2] - start[2], min(w, now - start[0])
 
-    def _events(self, slo: SLOConfig, now: float, w: float) -> tuple[float, float]:
-        if slo.sli == "incident_resolution":
+    def _events(self, slo: SLOConfig, now: float, w: float) -> tuple[float, float, float]:
+        if slo.sli == "incident_resolution":  # the incident store keeps its own history
             if self.incidents is None:
-                return 0.0, 0.0
+                return 0.0, 0.0, w
             assert slo.threshold_hours is not None
             late, total = self.incidents.resolution_within(slo.threshold_hours * HOUR, now - w, now)
-            return float(late), float(total)
+            return float(late), float(total), w
         return self._window(slo.sli, now, w)
 
     def tick(self) -> list[Breach]:
@@ -240,22 +258,28 @@ class SLOEvaluator:
         self._sample(now)
         breaches = []
         for slo in self.slos:
-            bad, total = self._events(slo, now, slo.window_seconds)
+            bad, total, _ = self._events(slo, now, slo.window_seconds)
             spent = _ratio(bad, total, slo.budget)
             left = 1.0 - spent if math.isfinite(spent) else -math.inf
             burns: dict[float, float] = {}
+            observed: dict[float, float] = {}
             alerts: list[Breach] = []
             for sev, lw, sw, frac in ALERT_WINDOWS:
                 for w in (lw, sw):
                     if w not in burns:
-                        b, t = self._events(slo, now, w)
+                        b, t, seen = self._events(slo, now, w)
                         enough = t >= slo.min_events or slo.budget <= 0 or slo.sli == "incident_resolution"
-                        burns[w] = _ratio(b, t, slo.budget) if enough else 0.0
+                        rate = _ratio(b, t, slo.budget) if enough else 0.0
+                        # a window not yet observed in full: its unobserved part spent nothing
+                        share = min(1.0, seen / w) if w > 0 else 1.0
+                        burns[w] = rate * share if rate > 0 else 0.0
+                        observed[w] = seen
                 thr = slo.burn_threshold(lw, frac)
                 # incidents are rare events: the short window's confirmation is for traffic SLIs
                 confirmed = slo.sli == "incident_resolution" or burns[sw] > thr
                 if burns[lw] > thr and confirmed:
-                    alerts.append(Breach(slo.name, slo.sli, sev, lw, sw, burns[lw], burns[sw], thr, left))
+                    breach = Breach(slo.name, slo.sli, sev, lw, sw, burns[lw], burns[sw], thr, left)
+                    alerts.append(replace(breach, observed_long=observed[lw]))
             if alerts:  # the most urgent condition speaks for the SLO
                 breaches.append(alerts[0])
             self.last[slo.name] = {
@@ -267,6 +291,7 @@ class SLOEvaluator:
                 "total": total,
                 "budget_remaining": left,
                 "burn": {_win(w): v for w, v in sorted(burns.items())},
+                "observed": {_win(w): v for w, v in sorted(observed.items())},
                 "alert": alerts[0].severity if alerts else None,
             }
             if self._g_burn is not None and self._g_left is not None:
