@@ -45,12 +45,13 @@ def test_transitions_reach_the_audit_log_and_the_webhook(tmp_path, monkeypatch):
         # an operator acknowledges from another process (the CLI): its own store handle
         other = IncidentStore(tmp_path / "incidents.db", clock=clock)
         other.acknowledge(1, "alice", "on it")
-        # a probe: 30 minutes of mostly confident answers breaches the M2 SLO
+        # a probe: 50 minutes of confident answers (burn 20) spend 2% of the budget within the hour
+        # the guard has run (20 * 50/60 > 14.4): the M2 SLO pages
         for _ in range(60):
             clock.t += 60
             for _ in range(50):
                 metrics.entropy.labels("partner").observe(0.01)
-            metrics.high_confidence.labels("partner").inc(45 if clock.t - 1_800_000_000 > 1800 else 0)
+            metrics.high_confidence.labels("partner").inc(50 if clock.t - 1_800_000_000 > 600 else 0)
             await oc.tick()
         await oc.close()
         await audit.close()
