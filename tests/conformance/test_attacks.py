@@ -245,4 +245,5 @@ def test_result_round_trips_matches_the_schema_and_renders(name, first_runs, wor
         }
     )
     splits = worlds[ATTACKS.get(name).data_kind][0]
-    rendered(r, cfg, splits, kind="torch-file", model="digits-mlp")
+    page = rendered(r, cfg, splits, kind="torch-file", model="digits-mlp")
+    assert name in page
