@@ -16,7 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_ctrl_c_stops_the_audit_cleanly(tmp_path):
     slow = {"name": "test.prototype", "params": {"steps": 1_000_000, "population": 4}}
-    path = write_config(tmp_path / "slow", attacks=[slow, slow], exposures=None, gates=[])
+    # no query budget: the two jobs must still be running when the interrupt comes (a budget split
+    # between them ends each after a few thousand queries, a second on an idle machine)
+    target = {"name": "tiny-digits", "model": "reference/digits-mlp"}
+    path = write_config(tmp_path / "slow", attacks=[slow, slow], exposures=None, gates=[], target=target)
     env = {
         **os.environ,
         "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
