@@ -520,7 +520,6 @@ def test_records_arriving_during_a_write_form_the_next_batch_and_close_waits_for
     """The write and fsync run on the I/O thread: the loop keeps queueing records meanwhile, they
     go out as the next batch in chain order, and close() seals the log only after both batches."""
     import threading
-    import time
 
     log = tmp_path / "a.jsonl"
     key = load_signing_key(tmp_path / "k.pem")
@@ -530,11 +529,13 @@ def test_records_arriving_during_a_write_form_the_next_batch_and_close_waits_for
     threads: list[str] = []
     blobs: list[int] = []
     real = w._write_sync
+    release = threading.Event()  # the first batch's write is held until the rest are queued
 
     def slow(blob, head):
         threads.append(threading.current_thread().name)
         blobs.append(blob.count(b'"kind":"record"'))
-        time.sleep(0.05)
+        if len(blobs) == 1:
+            assert release.wait(30)
         real(blob, head)
 
     w._write_sync = slow
@@ -546,6 +547,8 @@ def test_records_arriving_during_a_write_form_the_next_batch_and_close_waits_for
             await asyncio.sleep(0)
         rest = [asyncio.ensure_future(w.append({"i": i})) for i in range(1, 11)]
         await asyncio.sleep(0)
+        assert not first.done()  # the first write is still on the I/O thread
+        release.set()
         await w.close()
         assert all(f.done() for f in [first, *rest])
         return [first.result()] + [f.result() for f in rest]
