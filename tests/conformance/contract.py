@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from invguard.core import BudgetExhausted
 from invguard.core.result import AttackResult
 
 
@@ -52,3 +53,18 @@ def rendered(r: AttackResult, cfg: Any, splits: Any, *, kind: str, model: str) -
     page: str = html.render(results)
     assert r.attack in page and "Traceback" not in page
     return page
+
+
+def within_budget(
+    attack: Any, target: Any, splits: Any, ctx: Any, holder: Any, budget: int
+) -> AttackResult | None:
+    """Run ``attack`` on ``target`` (seed 2): it may stop on its budget, but ``holder`` (the object
+    that keeps the count) and the result never count more than ``budget`` queries."""
+    try:
+        r: AttackResult | None = attack.run(target, splits, seed=2, context=ctx)
+    except BudgetExhausted:
+        r = None
+    assert holder.queries_used <= budget
+    if r is not None:
+        assert r.queries_used <= budget
+    return r

@@ -26,9 +26,9 @@ import tests.audit_attacks
 import tests.conformance.toys  # noqa: F401
 from invguard import policies
 from invguard.attacks import ATTACKS, RunContext
-from invguard.core import Access, AccessError, BudgetExhausted
+from invguard.core import Access, AccessError
 from invguard.core.result import AttackResult
-from tests.conformance.contract import comparable, rendered
+from tests.conformance.contract import comparable, rendered, within_budget
 from tests.servers import serve
 
 BUDGET = 150
@@ -171,17 +171,6 @@ def _told_the_architecture(cls, splits, worlds):
     return cls.fast()
 
 
-def _within_budget(attack, target, splits, ctx, budget_holder):
-    try:
-        r = attack.run(target, splits, seed=2, context=ctx)
-    except BudgetExhausted:
-        r = None
-    assert budget_holder.queries_used <= BUDGET
-    if r is not None:
-        assert r.queries_used <= BUDGET
-    return r
-
-
 @pytest.fixture(scope="session")
 def onnx_files(worlds, tmp_path_factory):
     """Each world's model exported to ONNX: the on-device target (white-box through onnx2torch)."""
@@ -202,10 +191,10 @@ def test_budget_is_never_exceeded_on_the_device_model_and_through_a_policy(name,
     attack = cls.fast()
     device = OnnxTarget(onnx_files[cls.data_kind], budget=BUDGET)
     assert device.access == Access.WHITEBOX  # the graph converts: gradients on the device
-    _within_budget(attack, device, splits, ctx, device)
+    within_budget(attack, device, splits, ctx, device, BUDGET)
     if attack.requires <= Access.SCORES:
         wrapped = policies.PolicyTarget(_target(module, splits), policies.ScoresOnly(), budget=BUDGET)
-        _within_budget(attack, wrapped, splits, ctx, wrapped)
+        within_budget(attack, wrapped, splits, ctx, wrapped, BUDGET)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -228,7 +217,7 @@ def test_budget_is_never_exceeded_through_the_http_target(name, worlds, ctx, mod
         with pytest.raises(AccessError):
             attack.run(http, splits)
     else:
-        _within_budget(attack, http, splits, ctx, http)
+        within_budget(attack, http, splits, ctx, http, BUDGET)
     assert served["rows"] - before == http.queries_used <= BUDGET
 
 

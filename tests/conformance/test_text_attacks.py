@@ -19,9 +19,9 @@ import os
 import pytest
 
 from invguard.attacks import ATTACKS, RunContext
-from invguard.core import AccessError, BudgetExhausted, TextAccess
+from invguard.core import AccessError, TextAccess
 from invguard.core.result import AttackResult
-from tests.conformance.contract import comparable, rendered
+from tests.conformance.contract import comparable, rendered, within_budget
 from tests.servers import serve
 
 BUDGET = 40
@@ -99,17 +99,6 @@ def test_seeded_runs_are_identical(name, lm, tctx, first_text_runs):
     assert comparable(again) == comparable(first_text_runs(name))
 
 
-def _within_budget(attack, target, splits, ctx):
-    try:
-        r = attack.run(target, splits, seed=2, context=ctx)
-    except BudgetExhausted:
-        r = None
-    assert target.queries_used <= BUDGET
-    if r is not None:
-        assert r.queries_used <= BUDGET
-    return r
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_budget_is_never_exceeded_through_a_text_policy_and_the_http_target(name, lm, tctx, text_server):
     from invguard.policies.text import SecretFilter, TextPolicyTarget
@@ -119,7 +108,7 @@ def test_budget_is_never_exceeded_through_a_text_policy_and_the_http_target(name
     path, splits, _ = lm
     attack = ATTACKS.get(name).fast()
     inner = HFLMTarget(path, budget=BUDGET)
-    _within_budget(attack, TextPolicyTarget(inner, SecretFilter()), splits, tctx)
+    within_budget(attack, TextPolicyTarget(inner, SecretFilter()), splits, tctx, inner, BUDGET)
     assert inner.queries_used <= BUDGET
     url, served = text_server
     before = served.queries_used
@@ -128,7 +117,7 @@ def test_budget_is_never_exceeded_through_a_text_policy_and_the_http_target(name
         with pytest.raises(AccessError):
             attack.run(http, splits)
     else:
-        _within_budget(attack, http, splits, tctx)
+        within_budget(attack, http, splits, tctx, http, BUDGET)
     assert served.queries_used - before == http.queries_used <= BUDGET
 
 

@@ -97,8 +97,9 @@ def recover(
     return Recovered(rep.records, rep.last_hash, rep.records - rep.last_checkpoint_size, acc, rejected)
 
 
-def _no_files(path: Path, public_key: str, witnesses: Sequence[Witness]) -> None:
-    """A log with no files is new only if no witness holds a head of it: else it was deleted."""
+def _signed_heads(path: Path, public_key: str, witnesses: Sequence[Witness]) -> list[tuple[Witness, Any]]:
+    """Each reachable witness with the validly signed head it holds (an unreachable one is warned of)."""
+    out = []
     for w in witnesses:
         try:
             doc = w.read()
@@ -106,11 +107,18 @@ def _no_files(path: Path, public_key: str, witnesses: Sequence[Witness]) -> None
             log.warning("audit log %s: cannot compare with its witness (%s)", path, e)
             continue
         if doc is not None and check_sig(doc, public_key) is None:
-            raise ConfigError(
-                f"audit log {path} has no files, but the witness {w.name} holds a signed head of "
-                f"{doc.get('size')} records of it: the chain was deleted (rolled back); investigate (keep "
-                "the witness's head as evidence); to start a new log on purpose, give it a new witness"
-            )
+            out.append((w, doc))
+    return out
+
+
+def _no_files(path: Path, public_key: str, witnesses: Sequence[Witness]) -> None:
+    """A log with no files is new only if no witness holds a head of it: else it was deleted."""
+    for w, doc in _signed_heads(path, public_key, witnesses):
+        raise ConfigError(
+            f"audit log {path} has no files, but the witness {w.name} holds a signed head of "
+            f"{doc.get('size')} records of it: the chain was deleted (rolled back); investigate (keep "
+            "the witness's head as evidence); to start a new log on purpose, give it a new witness"
+        )
 
 
 def _anchors(path: Path, public_key: str, witnesses: Sequence[Witness], check_head: bool) -> list[Anchor]:
@@ -119,14 +127,8 @@ def _anchors(path: Path, public_key: str, witnesses: Sequence[Witness], check_he
     hp = head_path(path)
     if check_head and hp.exists():
         anchors.append(Anchor("head", f"head {hp}", read_checkpoint(hp)))
-    for w in witnesses:
-        try:
-            doc = w.read()
-        except WitnessError as e:
-            log.warning("audit log %s: cannot compare with its witness (%s)", path, e)
-            continue
-        if doc is not None and check_sig(doc, public_key) is None:
-            anchors.append(Anchor("witness", f"witness {w.name}", doc))
+    for w, doc in _signed_heads(path, public_key, witnesses):
+        anchors.append(Anchor("witness", f"witness {w.name}", doc))
     return anchors
 
 
